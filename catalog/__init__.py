@@ -1,0 +1,1 @@
+"""vmaccel catalog package."""
