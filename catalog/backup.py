@@ -1,0 +1,148 @@
+"""Writing a backup: one VM's images, committed together or not at all.
+
+Life of a backup (DESIGN invariant 1)::
+
+    begin        backup row inserted, state 'in_progress' (invisible to readers)
+    images       chunks appended to packs; sealed packs become durable, then their rows commit
+    commit       last pack sealed and durable -> ONE transaction: image rows (with the
+                 changeIds) + backup state 'complete' -> manifest written
+    abort/crash  the row stays 'in_progress' or becomes 'failed'; gc removes it and whatever
+                 chunks only it referenced
+
+Use as a context manager: leaving the block without :meth:`BackupWriter.commit` aborts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from catalog.blockmap import empty_map
+from catalog.errors import UsageError
+from catalog.imagewriter import ImageWriter, WriteStats
+from catalog.index import BackupRow, ImageRow
+
+if TYPE_CHECKING:
+    from catalog.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image whose map is built but not yet committed."""
+
+    disk: str
+    size: int
+    root: bytes | None
+    depth: int
+    parent_id: int | None
+    change_id: str | None
+    meta: dict[str, Any]
+    stats: dict[str, int]
+
+
+class BackupWriter:
+    def __init__(self, repo: Repository, vm: str, meta: dict[str, Any]) -> None:
+        if not repo.writable:
+            raise UsageError("the repository was opened read-only; backups need write=True")
+        self.repo, self.vm, self.meta = repo, vm, meta
+        self.uuid = str(uuid.uuid4())
+        self.started = time.time()
+        with repo.index.transaction():
+            self.id = repo.index.add_backup(self.uuid, vm, self.started, meta)
+        self._images: dict[str, PendingImage] = {}
+        self._open: dict[str, ImageWriter] = {}
+        self._done = False
+
+    def image_writer(self, disk: str, size: int, parent: ImageRow | None = None) -> ImageWriter:
+        """A writer for disk ``disk`` of ``size`` bytes, starting from ``parent``'s map.
+
+        With a parent, only the changed blocks need writing: every other block keeps the
+        parent's chunk. Without one, the image starts as all holes.
+        """
+        if disk in self._images or disk in self._open:
+            raise UsageError(f"disk {disk!r} is already part of this backup")
+        cfg = self.repo.config
+        if parent is not None and parent.block_size != cfg.block_size:
+            raise UsageError("the parent image has another block size; take a full backup")
+        base = self.repo.map_root(parent) if parent else empty_map(0, cfg.map_fanout)
+        writer = ImageWriter(self.repo.chunks, self.repo.blockmap, base, size, cfg.block_size)
+        self._open[disk] = writer
+        return writer
+
+    def finish_image(
+        self,
+        disk: str,
+        writer: ImageWriter,
+        parent: ImageRow | None = None,
+        change_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> PendingImage:
+        """Close ``writer`` and remember its image for :meth:`commit`."""
+        if self._open.get(disk) is not writer:
+            raise UsageError(f"no open image writer for disk {disk!r}")
+        root = writer.finish()
+        del self._open[disk]
+        stats: WriteStats = writer.stats
+        img = PendingImage(
+            disk,
+            writer.size,
+            root.root,
+            root.depth,
+            parent.id if parent else None,
+            change_id,
+            dict(meta or {}),
+            {k: v for k, v in asdict(stats).items() if k != "extra"},
+        )
+        self._images[disk] = img
+        return img
+
+    def commit(self, meta: dict[str, Any] | None = None) -> BackupRow:
+        """Make the backup durable and visible. Returns its index row."""
+        if self._open:
+            raise UsageError(f"disks {sorted(self._open)} were not finished")
+        repo, cfg = self.repo, self.repo.config
+        repo.chunks.flush()  # every chunk and map node durable and indexed first
+        finished = time.time()
+        self.meta.update(meta or {})
+        with repo.index.transaction():
+            for img in self._images.values():
+                repo.index.add_image(
+                    self.id,
+                    {
+                        **asdict(img),
+                        "block_size": cfg.block_size,
+                        "fanout": cfg.map_fanout,
+                    },
+                )
+            repo.index.finish_backup(self.id, finished, self.meta)
+        self._done = True
+        row = repo.backup(self.id)
+        repo.write_manifest(row)
+        logger.info("backup %s of %s complete: %d images", row.id, self.vm, len(self._images))
+        return row
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        for w in self._open.values():
+            w.abort()
+        self._open.clear()
+        self.repo.chunks.abort()
+        with self.repo.index.transaction():
+            self.repo.index.set_backup_state(self.id, "failed")
+        self._done = True
+
+    def __enter__(self) -> BackupWriter:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._done:
+            self.abort()

@@ -1,0 +1,374 @@
+"""The SQLite catalog: every SQL statement of vmaccel lives in this module.
+
+The index is a cache of what the packs and backup manifests hold (``repo rebuild-index``
+recreates it from them), kept in SQLite in WAL mode with ``synchronous=FULL`` so that a commit
+that returned is durable. SQL is written portably (``ON CONFLICT``, no SQLite-only functions)
+so a PostgreSQL dialect can follow. Schema changes are sqlite-utils migrations.
+
+Tables: ``pack`` (one row per sealed pack), ``chunk`` (where each chunk id is stored),
+``backup`` (one run of one VM; ``state`` is ``in_progress``, ``complete`` or ``deleting``),
+``image`` (one disk of one backup: the root of its block map).
+
+Thread safety: one connection guarded by a lock; every method may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from catalog.errors import IndexCorrupt
+
+migrations = Migrations("vmaccel.catalog")
+
+
+@migrations(name="0001_initial")
+def _m0001(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE pack (
+            id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,
+            created REAL NOT NULL, state TEXT NOT NULL DEFAULT 'live');
+        CREATE TABLE chunk (
+            id BLOB PRIMARY KEY, pack_id INTEGER NOT NULL REFERENCES pack(id),
+            "offset" INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL,
+            kind INTEGER NOT NULL, flags INTEGER NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE INDEX chunk_pack ON chunk(pack_id);
+        CREATE TABLE backup (
+            id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, vm TEXT NOT NULL,
+            started REAL NOT NULL, finished REAL, state TEXT NOT NULL,
+            meta TEXT NOT NULL DEFAULT '{}');
+        CREATE INDEX backup_vm ON backup(vm, started);
+        CREATE TABLE image (
+            id INTEGER PRIMARY KEY, backup_id INTEGER NOT NULL REFERENCES backup(id),
+            disk TEXT NOT NULL, size INTEGER NOT NULL, block_size INTEGER NOT NULL,
+            fanout INTEGER NOT NULL, depth INTEGER NOT NULL, root BLOB,
+            parent_id INTEGER, change_id TEXT, meta TEXT NOT NULL DEFAULT '{}',
+            stats TEXT NOT NULL DEFAULT '{}', UNIQUE (backup_id, disk));
+        """
+    )
+
+
+@dataclass(frozen=True)
+class ChunkLocation:
+    """Where a chunk is stored: pack name, payload offset and lengths in bytes, codec flags."""
+
+    id: bytes
+    pack: str
+    offset: int
+    stored_len: int
+    raw_len: int
+    kind: int
+    flags: int
+    crc: int
+
+
+@dataclass(frozen=True)
+class PackRow:
+    id: int
+    name: str
+    size: int
+    created: float
+    state: str
+
+
+@dataclass(frozen=True)
+class BackupRow:
+    """One backup as indexed. Times are UNIX seconds (UTC); ``meta`` is free-form JSON."""
+
+    id: int
+    uuid: str
+    vm: str
+    started: float
+    finished: float | None
+    state: str
+    meta: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image: the block map root of one disk in one backup. Sizes in bytes."""
+
+    id: int
+    backup_id: int
+    disk: str
+    size: int
+    block_size: int
+    fanout: int
+    depth: int
+    root: bytes | None
+    parent_id: int | None
+    change_id: str | None
+    meta: dict[str, Any]
+    stats: dict[str, Any]
+
+
+_CHUNK_COLS = 'c.id, p.name, c."offset", c.stored_len, c.raw_len, c.kind, c.flags, c.crc'
+_IMAGE_COLS = (
+    "id, backup_id, disk, size, block_size, fanout, depth, root, parent_id, change_id, meta, stats"
+)
+_BACKUP_COLS = "id, uuid, vm, started, finished, state, meta"
+
+
+class Index:
+    """The catalog database of one repository."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorrupt(f"the catalog {path} cannot be opened: {exc}") from exc
+        self._lock = threading.RLock()
+        self.path = path
+
+    def migrate(self) -> None:
+        """Apply pending schema migrations (each in its own transaction)."""
+        with self._lock:
+            migrations.apply(sqlite_utils.Database(self._conn))
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; commits (durably) on success, rolls back on any exception."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._conn.execute(sql, params)
+
+    # -- packs and chunks -------------------------------------------------------------------
+
+    def add_pack(self, name: str, size: int, created: float, entries: Iterable[Any]) -> int:
+        """Record a sealed, durable pack and its chunks. ``entries`` are ``PackEntry``s.
+
+        A chunk id already present keeps its first location (a duplicate copy is garbage).
+        Must run inside :meth:`transaction`.
+        """
+        cur = self._execute(
+            "INSERT INTO pack (name, size, created) VALUES (?, ?, ?) RETURNING id",
+            (name, size, created),
+        )
+        pack_id = int(cur.fetchone()[0])
+        with self._lock:
+            self._conn.executemany(
+                'INSERT INTO chunk (id, pack_id, "offset", stored_len, raw_len, kind, flags, crc)'
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                [
+                    (e.id, pack_id, e.offset, e.stored_len, e.raw_len, e.kind, e.flags, e.crc)
+                    for e in entries
+                ],
+            )
+        return pack_id
+
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        return bool(self._query("SELECT 1 FROM chunk WHERE id = ?", (chunk_id,)))
+
+    def chunk(self, chunk_id: bytes) -> ChunkLocation | None:
+        rows = self._query(
+            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id WHERE c.id = ?",
+            (chunk_id,),
+        )
+        return ChunkLocation(*rows[0]) if rows else None
+
+    def chunks(self, kind: int | None = None) -> Iterator[ChunkLocation]:
+        """Every chunk, in pack order (so a full read walks each pack sequentially)."""
+        where = "" if kind is None else f"WHERE c.kind = {int(kind)}"
+        rows = self._query(
+            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id {where}"
+            ' ORDER BY p.name, c."offset"'
+        )
+        return (ChunkLocation(*r) for r in rows)
+
+    def chunks_in_pack(self, pack_id: int) -> list[ChunkLocation]:
+        rows = self._query(
+            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id"
+            ' WHERE c.pack_id = ? ORDER BY c."offset"',
+            (pack_id,),
+        )
+        return [ChunkLocation(*r) for r in rows]
+
+    def delete_chunks(self, ids: Iterable[bytes]) -> None:
+        with self._lock:
+            self._conn.executemany("DELETE FROM chunk WHERE id = ?", ((i,) for i in ids))
+
+    def move_chunks(self, pack_id: int, entries: Iterable[Any]) -> None:
+        """Point existing chunk rows at their new copies in pack ``pack_id`` (repacking)."""
+        with self._lock:
+            self._conn.executemany(
+                'UPDATE chunk SET pack_id = ?, "offset" = ?, stored_len = ?, crc = ? WHERE id = ?',
+                [(pack_id, e.offset, e.stored_len, e.crc, e.id) for e in entries],
+            )
+
+    def packs(self, state: str | None = None) -> list[PackRow]:
+        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+        rows = self._query(
+            f"SELECT id, name, size, created, state FROM pack {where} ORDER BY name", params
+        )
+        return [PackRow(*r) for r in rows]
+
+    def set_pack_state(self, pack_id: int, state: str) -> None:
+        self._execute("UPDATE pack SET state = ? WHERE id = ?", (state, pack_id))
+
+    def delete_pack(self, pack_id: int) -> None:
+        self._execute("DELETE FROM chunk WHERE pack_id = ?", (pack_id,))
+        self._execute("DELETE FROM pack WHERE id = ?", (pack_id,))
+
+    def pack_usage(self) -> dict[int, tuple[int, int]]:
+        """pack id -> (chunk count, stored bytes of its chunks, headers excluded)."""
+        rows = self._query("SELECT pack_id, COUNT(*), SUM(stored_len) FROM chunk GROUP BY pack_id")
+        return {int(p): (int(n), int(b)) for p, n, b in rows}
+
+    def chunk_totals(self) -> tuple[int, int, int]:
+        """(chunk count, stored bytes, raw bytes) over every data chunk."""
+        n, stored, raw = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(stored_len), 0), COALESCE(SUM(raw_len), 0)"
+            " FROM chunk WHERE kind = 1"
+        )[0]
+        return int(n), int(stored), int(raw)
+
+    # -- backups and images -----------------------------------------------------------------
+
+    def add_backup(self, uuid: str, vm: str, started: float, meta: dict[str, Any]) -> int:
+        cur = self._execute(
+            "INSERT INTO backup (uuid, vm, started, state, meta) VALUES (?, ?, ?, ?, ?)"
+            " RETURNING id",
+            (uuid, vm, started, "in_progress", json.dumps(meta, sort_keys=True)),
+        )
+        return int(cur.fetchone()[0])
+
+    def restore_backup(self, row: BackupRow) -> int:
+        """Insert a backup exactly as described (used by rebuild-index)."""
+        cur = self._execute(
+            "INSERT INTO backup (uuid, vm, started, finished, state, meta)"
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            (row.uuid, row.vm, row.started, row.finished, row.state, json.dumps(row.meta)),
+        )
+        return int(cur.fetchone()[0])
+
+    def finish_backup(self, backup_id: int, finished: float, meta: dict[str, Any]) -> None:
+        self._execute(
+            "UPDATE backup SET state = 'complete', finished = ?, meta = ? WHERE id = ?",
+            (finished, json.dumps(meta, sort_keys=True), backup_id),
+        )
+
+    def set_backup_state(self, backup_id: int, state: str) -> None:
+        self._execute("UPDATE backup SET state = ? WHERE id = ?", (state, backup_id))
+
+    def delete_backup(self, backup_id: int) -> None:
+        self._execute("DELETE FROM image WHERE backup_id = ?", (backup_id,))
+        self._execute("DELETE FROM backup WHERE id = ?", (backup_id,))
+
+    def backups(self, vm: str | None = None, state: str | None = "complete") -> list[BackupRow]:
+        """Backups oldest first, optionally of one VM and in one state (None: any state)."""
+        clauses, params = [], []
+        if vm is not None:
+            clauses.append("vm = ?")
+            params.append(vm)
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._query(
+            f"SELECT {_BACKUP_COLS} FROM backup {where} ORDER BY started, id", params
+        )
+        return [_backup(r) for r in rows]
+
+    def backup(self, backup_id: int) -> BackupRow | None:
+        rows = self._query(f"SELECT {_BACKUP_COLS} FROM backup WHERE id = ?", (backup_id,))
+        return _backup(rows[0]) if rows else None
+
+    def backup_by_uuid(self, uuid: str) -> BackupRow | None:
+        rows = self._query(f"SELECT {_BACKUP_COLS} FROM backup WHERE uuid = ?", (uuid,))
+        return _backup(rows[0]) if rows else None
+
+    def add_image(self, backup_id: int, img: dict[str, Any]) -> int:
+        """Insert one image row; ``img`` has the ImageRow fields except ``id``/``backup_id``."""
+        cur = self._execute(
+            "INSERT INTO image (backup_id, disk, size, block_size, fanout, depth, root,"
+            " parent_id, change_id, meta, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
+            (
+                backup_id,
+                img["disk"],
+                img["size"],
+                img["block_size"],
+                img["fanout"],
+                img["depth"],
+                img["root"],
+                img.get("parent_id"),
+                img.get("change_id"),
+                json.dumps(img.get("meta", {}), sort_keys=True),
+                json.dumps(img.get("stats", {}), sort_keys=True),
+            ),
+        )
+        return int(cur.fetchone()[0])
+
+    def images(self, backup_id: int | None = None) -> list[ImageRow]:
+        """Images of one backup (by disk name), or of every non-deleted backup."""
+        if backup_id is None:
+            rows = self._query(
+                f"SELECT {_IMAGE_COLS} FROM image WHERE backup_id IN"
+                " (SELECT id FROM backup WHERE state != 'deleting') ORDER BY id"
+            )
+        else:
+            rows = self._query(
+                f"SELECT {_IMAGE_COLS} FROM image WHERE backup_id = ? ORDER BY disk",
+                (backup_id,),
+            )
+        return [_image(r) for r in rows]
+
+    def image(self, image_id: int) -> ImageRow | None:
+        rows = self._query(f"SELECT {_IMAGE_COLS} FROM image WHERE id = ?", (image_id,))
+        return _image(rows[0]) if rows else None
+
+
+def _backup(r: Sequence[Any]) -> BackupRow:
+    return BackupRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))
+
+
+def _image(r: Sequence[Any]) -> ImageRow:
+    return ImageRow(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        r[6],
+        r[7],
+        r[8],
+        r[9],
+        json.loads(r[10]),
+        json.loads(r[11]),
+    )
