@@ -1,1 +1,33 @@
-"""vmaccel guestfs package."""
+"""guestfs: look inside a disk image without mounting it, from any seekable binary stream.
+
+Vocabulary: a *disk* holds a *partition table* (MBR, GPT or none) whose *partitions*, and the
+*logical volumes* of LVM physical volumes on them, are *volumes*; a volume's bytes live on the
+disk as *segments*. The *allocation map* is the normalized set of disk *extents* the guest
+uses; `plan_reads` intersects it with changed extents. guestfs imports nothing else of ours.
+"""
+
+from guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map, read_layout
+from guestfs.errors import GuestFsError
+from guestfs.extent import Extent
+from guestfs.partition import Partition, PartitionTable
+from guestfs.readplan import free_blocks, plan_reads
+from guestfs.usage import FsState
+from guestfs.volume import Segment, Volume, VolumeKind, VolumeView
+
+__all__ = [
+    "AllocationMap",
+    "Extent",
+    "FsState",
+    "GuestFsError",
+    "Partition",
+    "PartitionTable",
+    "Segment",
+    "Volume",
+    "VolumeKind",
+    "VolumeReport",
+    "VolumeView",
+    "build_allocation_map",
+    "free_blocks",
+    "plan_reads",
+    "read_layout",
+]

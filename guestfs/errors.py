@@ -1,0 +1,18 @@
+"""The one exception guestfs raises for bad or unsupported on-disk structures.
+
+guestfs imports nothing else of vmaccel, so it cannot derive from the project's error root
+(`catalog.errors.VmaccelError`); the caller maps `GuestFsError` into that tree once.
+"""
+
+from __future__ import annotations
+
+
+class GuestFsError(Exception):
+    """An on-disk structure is damaged, inconsistent or unsupported.
+
+    The message names the structure and what was wrong with it, e.g.
+    ``"GPT header: CRC32 mismatch (stored 0x1234abcd, computed 0x0badf00d)"``.
+    The allocation map never lets this escape for a single filesystem (that volume is then
+    taken whole, with the message as the reason); it escapes only when the disk layout itself
+    (partition table, LVM metadata) cannot be trusted.
+    """
