@@ -1,0 +1,163 @@
+package main
+
+// The bed: an http.Handler in front of vcsim's. vcsim's VM objects cannot be wrapped (a dozen
+// places type-assert *simulator.VirtualMachine), so everything the bed adds happens here, on the
+// wire: a few SOAP methods are answered or post-processed (see soapHooks), /api speaks vAPI
+// JSON-RPC, /vmaccel-test/ is the control API for tests; all else goes to vcsim untouched.
+//
+// Locking: bed.mu serialises every change of disk contents, snapshots and change tracking, and
+// is held across a forwarded CreateSnapshot_Task so no guest write lands between vcsim creating
+// the snapshot and the bed freezing its disks. vcsim's per-object locks (Map.WithLock) are taken
+// inside bed.mu, never the other way round.
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+type diskID struct {
+	vm  string // VM moref value
+	key int32  // device key
+}
+
+// frozenDisk is one disk of a snapshot: a full copy of the disk at snapshot time.
+type frozenDisk struct {
+	descriptor string   // datastore path named by the snapshot's config
+	flat       string   // local path of its -flat.vmdk
+	capacity   int64    // bytes
+	tracker    *tracker // the disk's tracker when the snapshot was taken, nil if CBT was off
+	seq        int      // the snapshot's change sequence in tracker
+}
+
+type snapshotRecord struct {
+	vm    types.ManagedObjectReference
+	disks map[int32]*frozenDisk
+}
+
+type soapHook func(w http.ResponseWriter, r *http.Request, body []byte, call *simulator.Method)
+
+type bed struct {
+	mu        sync.Mutex
+	next      http.Handler
+	client    *vim25.Client // in-process vim client, bypassing this layer (used by the control API)
+	window    int64         // bytes covered by one QueryChangedDiskAreas answer
+	block     int64         // change tracking granularity
+	trackers  map[diskID]*tracker
+	snapshots map[string]*snapshotRecord // by snapshot moref value
+	faults    faultQueue
+	hooks     map[string]soapHook
+	vapi      *vapiBridge
+}
+
+func newBed(svc *simulator.Service, next http.Handler, window, block int64) *bed {
+	client, err := vim25.NewClient(context.Background(), svc)
+	if err != nil {
+		log.Fatalf("in-process client: %v", err)
+	}
+	b := &bed{
+		next:      next,
+		client:    client,
+		window:    window,
+		block:     block,
+		trackers:  map[diskID]*tracker{},
+		snapshots: map[string]*snapshotRecord{},
+	}
+	b.hooks = map[string]soapHook{
+		"CreateSnapshot_Task":          b.createSnapshot,
+		"RemoveSnapshot_Task":          b.afterSuccess(b.dropVanishedSnapshots),
+		"RemoveAllSnapshots_Task":      b.afterSuccess(b.dropVanishedSnapshots),
+		"Destroy_Task":                 b.afterSuccess(b.dropVanishedSnapshots),
+		"RevertToSnapshot_Task":        b.revertToSnapshot,
+		"RevertToCurrentSnapshot_Task": b.revertToSnapshot,
+		"ReconfigVM_Task":              b.afterSuccess(b.syncAllTracking),
+		"QueryChangedDiskAreas":        b.queryChangedDiskAreas,
+	}
+	b.vapi = newVapiBridge(next, svc.Listen.User)
+	return b
+}
+
+func (b *bed) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case strings.HasPrefix(r.URL.Path, controlPrefix):
+		b.control(w, r)
+	case r.URL.Path == "/api" && r.Method == http.MethodPost:
+		b.vapi.ServeHTTP(w, r)
+	case r.URL.Path == "/sdk" && r.Method == http.MethodPost:
+		b.serveSOAP(w, r)
+	default:
+		b.next.ServeHTTP(w, r)
+	}
+}
+
+func (b *bed) serveSOAP(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	method := soapMethod(body)
+	hook := b.hooks[method]
+	isTask := strings.HasSuffix(method, "_Task")
+	if hook == nil && !isTask {
+		b.next.ServeHTTP(w, withBody(r, body))
+		return
+	}
+	call, err := decodeSOAP(body)
+	if err != nil { // let vcsim produce its own fault for a malformed request
+		b.next.ServeHTTP(w, withBody(r, body))
+		return
+	}
+	if isTask && b.faults.take(faultTask) {
+		failTask(w, method, call.This, faultTask)
+		return
+	}
+	if hook == nil {
+		b.next.ServeHTTP(w, withBody(r, body))
+		return
+	}
+	hook(w, r, body, call)
+}
+
+func withBody(r *http.Request, body []byte) *http.Request {
+	r.Body = io.NopCloser(strings.NewReader(string(body)))
+	r.ContentLength = int64(len(body))
+	return r
+}
+
+// afterSuccess forwards a task method to vcsim and runs f (under bed.mu) once the task succeeded.
+func (b *bed) afterSuccess(f func(this types.ManagedObjectReference)) soapHook {
+	return func(w http.ResponseWriter, r *http.Request, body []byte, call *simulator.Method) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		rec := forward(b.next, r, body)
+		if _, ok := succeededTask(rec); ok {
+			f(call.This)
+		}
+		relay(w, rec)
+	}
+}
+
+// succeededTask returns the finished task vcsim answered with, if it succeeded (vcsim runs
+// tasks synchronously, so the outcome is known when the response is written).
+func succeededTask(rec *httptest.ResponseRecorder) (*simulator.Task, bool) {
+	ref, ok := returnedRef(rec)
+	if !ok || ref.Type != "Task" {
+		return nil, false
+	}
+	task, ok := simulator.Map.Get(ref).(*simulator.Task)
+	if !ok {
+		return nil, false
+	}
+	var state types.TaskInfoState
+	simulator.Map.WithLock(task, func() { state = task.Info.State })
+	return task, state == types.TaskInfoStateSuccess
+}
