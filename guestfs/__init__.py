@@ -3,12 +3,24 @@
 Vocabulary: a *disk* holds a *partition table* (MBR, GPT or none) whose *partitions*, and the
 *logical volumes* of LVM physical volumes on them, are *volumes*; a volume's bytes live on the
 disk as *segments*. The *allocation map* is the normalized set of disk *extents* the guest
-uses; `plan_reads` intersects it with changed extents. guestfs imports nothing else of ours.
+uses; `plan_reads` intersects it with changed extents. A volume's *file tree* is a
+`FileSystem` (stat/listdir/open/readlink by POSIX path, symlinks never followed);
+`browse_disk` opens every volume's. guestfs imports nothing else of ours.
 """
 
 from guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map, read_layout
+from guestfs.browse import BrowsedVolume, browse_disk, open_filesystem, volume_name
 from guestfs.errors import GuestFsError
 from guestfs.extent import Extent
+from guestfs.filesystem import (
+    FileKind,
+    FileStat,
+    FileSystem,
+    IsADirectoryPathError,
+    NotADirectoryPathError,
+    NotASymlinkError,
+    PathNotFoundError,
+)
 from guestfs.partition import Partition, PartitionTable
 from guestfs.readplan import free_blocks, plan_reads
 from guestfs.usage import FsState
@@ -16,18 +28,29 @@ from guestfs.volume import Segment, Volume, VolumeKind, VolumeView
 
 __all__ = [
     "AllocationMap",
+    "BrowsedVolume",
     "Extent",
+    "FileKind",
+    "FileStat",
+    "FileSystem",
     "FsState",
     "GuestFsError",
+    "IsADirectoryPathError",
+    "NotADirectoryPathError",
+    "NotASymlinkError",
     "Partition",
     "PartitionTable",
+    "PathNotFoundError",
     "Segment",
     "Volume",
     "VolumeKind",
     "VolumeReport",
     "VolumeView",
+    "browse_disk",
     "build_allocation_map",
     "free_blocks",
+    "open_filesystem",
     "plan_reads",
     "read_layout",
+    "volume_name",
 ]

@@ -34,17 +34,22 @@ logger = logging.getLogger(__name__)
 
 # Parsers index into bytes read from a hostile disk; these are how such bugs surface.
 _MALFORMED = (GuestFsError, struct.error, IndexError, ValueError, KeyError, OverflowError)
+MALFORMED_LAYOUT = _MALFORMED  # also used by guestfs.browse for LVM metadata
 
 
 @dataclass(frozen=True)
 class VolumeReport:
-    """What the map decided for one volume; `used_bytes` counts bytes of the volume in use."""
+    """What the map decided for one volume; `used_bytes` counts bytes of the volume in use.
+
+    `note` explains a CLEAN decision that overrode a warning sign (e.g. ext4 needs_recovery
+    with an empty journal)."""
 
     volume: Volume
     fstype: str | None
     state: FsState
     used_bytes: int
     whole_reason: str | None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,9 @@ def _map_volume(disk: BinaryIO, vol: Volume, used: list[Extent]) -> VolumeReport
     used.extend(mapped)
     if usage.whole_reason:
         logger.info("%s (%s) taken whole: %s", vol.name, usage.fstype, usage.whole_reason)
-    return VolumeReport(vol, vol.fstype, usage.state, total(mapped), usage.whole_reason)
+    if usage.note:
+        logger.info("%s (%s) clean: %s", vol.name, usage.fstype, usage.note)
+    return VolumeReport(vol, vol.fstype, usage.state, total(mapped), usage.whole_reason, usage.note)
 
 
 def _map_physical_volume(disk: BinaryIO, vol: Volume, used: list[Extent]) -> list[VolumeReport]:

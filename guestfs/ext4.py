@@ -11,8 +11,16 @@ bytes):
   superblock/descriptor backups plus any bitmaps or inode tables placed in it (which mkfs and
   the kernel never do for another group without clearing the flag, but we add every group's
   bitmaps and inode table anyway, so flex_bg layouts are covered whatever the flag says).
-Clean means s_state has VALID_FS and not ERROR_FS and INCOMPAT_RECOVER (journal needs
-replay) is clear; otherwise the volume is taken whole.
+- Inode n lives in group (n - 1) // s_inodes_per_group, at index (n - 1) % s_inodes_per_group
+  of that group's inode table, s_inode_size bytes each.
+
+Clean (DESIGN invariant 5: no pending journal replay) means s_state has VALID_FS and not
+ERROR_FS, and either INCOMPAT_RECOVER (needs_recovery) is clear or the internal journal
+(inode s_journal_inum) is empty: its jbd2 superblock has s_start == 0 and s_errno == 0 (see
+guestfs.jbd2). needs_recovery stays set for as long as a journaled ext4 is mounted, so a live
+guest's root is always flagged; what matters is whether recovery would replay anything, and
+after fsfreeze (quiesced snapshot) or a clean unmount it would not. An external journal
+cannot be checked, so needs_recovery with one is dirty. Anything else is taken whole.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from dataclasses import dataclass
 from guestfs.blockread import iter_blocks
 from guestfs.errors import GuestFsError
 from guestfs.extent import Extent, from_bitmap, merge
+from guestfs.jbd2 import read_journal_super
 from guestfs.usage import FsState, FsUsage, whole
 from guestfs.volume import VolumeView
 
@@ -31,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 STATE_VALID_FS = 0x1
 STATE_ERROR_FS = 0x2
+COMPAT_HAS_JOURNAL = 0x4
 COMPAT_RESIZE_INODE = 0x10
 COMPAT_SPARSE_SUPER2 = 0x200
 INCOMPAT_RECOVER = 0x4
@@ -60,6 +70,7 @@ class Superblock:
     desc_size: int
     first_meta_bg: int
     backup_bgs: tuple[int, int]
+    journal_inum: int = 0
 
     @property
     def group_count(self) -> int:
@@ -111,6 +122,7 @@ def read_superblock(view: VolumeView) -> Superblock:
         desc_size=desc_size,
         first_meta_bg=struct.unpack_from("<I", raw, 0x104)[0],
         backup_bgs=struct.unpack_from("<II", raw, 0x24C),
+        journal_inum=struct.unpack_from("<I", raw, 0xE0)[0],
     )
     _check_geometry(sb, view.volume.size)
     return sb
@@ -140,9 +152,9 @@ def ext4_usage(view: VolumeView, fstype: str = "ext4") -> FsUsage:
     """
     size = view.volume.size
     sb = read_superblock(view)
-    state = _state(sb)
+    state, reason = fs_state(view, sb)
     if state is not FsState.CLEAN:
-        return whole(fstype, state, size, _dirty_reason(sb))
+        return whole(fstype, state, size, reason or "ext4 state unknown")
     if sb.ro_compat & RO_COMPAT_BIGALLOC:
         return whole(
             fstype, FsState.CLEAN, size, "ext4 bigalloc (clustered bitmaps) is not supported"
@@ -164,28 +176,51 @@ def ext4_usage(view: VolumeView, fstype: str = "ext4") -> FsUsage:
         count = min(sb.blocks_per_group, sb.blocks_count - first)
         used.extend(from_bitmap(bitmap, bs, first * bs, count))
     used.append(Extent(sb.blocks_count * bs, size - sb.blocks_count * bs))
-    return FsUsage(fstype, FsState.CLEAN, merge(used))
+    return FsUsage(fstype, FsState.CLEAN, merge(used), note=reason)
 
 
-def _state(sb: Superblock) -> FsState:
+def fs_state(view: VolumeView, sb: Superblock) -> tuple[FsState, str | None]:
+    """Whether the on-disk bitmaps can be trusted, and why (see the module docstring).
+
+    Returns (CLEAN, None) for a plainly clean filesystem, (CLEAN, note) when needs_recovery is
+    set but the journal is empty, else (DIRTY or UNKNOWN, reason). Reads the journal inode and
+    the jbd2 superblock only when needs_recovery is set; never raises for a damaged journal
+    (that is a dirty filesystem, with the damage as the reason).
+    """
     if sb.incompat & INCOMPAT_JOURNAL_DEV:
-        return FsState.UNKNOWN
-    clean = (
-        sb.state & STATE_VALID_FS
-        and not sb.state & STATE_ERROR_FS
-        and not sb.incompat & INCOMPAT_RECOVER
-    )
-    return FsState.CLEAN if clean else FsState.DIRTY
-
-
-def _dirty_reason(sb: Superblock) -> str:
-    if sb.incompat & INCOMPAT_JOURNAL_DEV:
-        return "ext4 external journal device, not a filesystem"
-    if sb.incompat & INCOMPAT_RECOVER:
-        return "ext4 journal needs recovery (needs_recovery set; mounted or not cleanly unmounted)"
+        return FsState.UNKNOWN, "ext4 external journal device, not a filesystem"
     if sb.state & STATE_ERROR_FS:
-        return "ext4 has recorded errors (s_state ERROR_FS)"
-    return "ext4 not cleanly unmounted (s_state lacks VALID_FS)"
+        return FsState.DIRTY, "ext4 has recorded errors (s_state ERROR_FS)"
+    if not sb.state & STATE_VALID_FS:
+        return FsState.DIRTY, "ext4 not cleanly unmounted (s_state lacks VALID_FS)"
+    if not sb.incompat & INCOMPAT_RECOVER:
+        return FsState.CLEAN, None
+    needs = "ext4 journal needs recovery (needs_recovery set"
+    if not sb.compat & COMPAT_HAS_JOURNAL or sb.journal_inum == 0:
+        return FsState.DIRTY, f"{needs}; external or no journal, so it cannot be checked)"
+    try:
+        inode = read_inode(view, sb, sb.journal_inum)
+        journal = read_journal_super(view, inode, sb.block_size, sb.blocks_count)
+    except (GuestFsError, struct.error) as exc:
+        return FsState.DIRTY, f"{needs}; journal unreadable: {exc})"
+    if journal.errno:
+        return FsState.DIRTY, f"{needs}; journal aborted with s_errno {journal.errno})"
+    if not journal.empty:
+        return FsState.DIRTY, f"{needs}; jbd2 log holds transactions from block {journal.start})"
+    return FsState.CLEAN, (
+        "ext4 needs_recovery set but the jbd2 journal is empty (s_start 0): nothing to replay"
+    )
+
+
+def read_inode(view: VolumeView, sb: Superblock, ino: int) -> bytes:
+    """The raw on-disk bytes (s_inode_size) of inode number `ino` (1-based)."""
+    if not 0 < ino <= sb.inodes_per_group * sb.group_count:
+        raise GuestFsError(f"ext4: inode {ino} is out of range")
+    group, index = divmod(ino - 1, sb.inodes_per_group)
+    dpb = sb.descs_per_block
+    block = view.pread(_desc_block(sb, group // dpb) * sb.block_size, sb.block_size)
+    desc = _parse_desc(sb, block, (group % dpb) * sb.desc_size, group)
+    return view.pread(desc.inode_table * sb.block_size + index * sb.inode_size, sb.inode_size)
 
 
 def read_group_descs(view: VolumeView, sb: Superblock) -> list[GroupDesc]:
@@ -193,21 +228,23 @@ def read_group_descs(view: VolumeView, sb: Superblock) -> list[GroupDesc]:
     dpb = sb.descs_per_block
     locations = [_desc_block(sb, m) for m in range(sb.gdt_blocks)]
     blocks = dict(iter_blocks(view, locations, sb.block_size))
-    descs = []
-    for g in range(sb.group_count):
-        raw = blocks[locations[g // dpb]]
-        off = (g % dpb) * sb.desc_size
-        bb, ib, it = struct.unpack_from("<III", raw, off)
-        flags = struct.unpack_from("<H", raw, off + 0x12)[0]
-        if sb.desc_size >= 64:
-            bbh, ibh, ith = struct.unpack_from("<III", raw, off + 0x20)
-            bb, ib, it = bb | bbh << 32, ib | ibh << 32, it | ith << 32
-        desc = GroupDesc(bb, ib, it, flags)
-        for what, block in (("block bitmap", bb), ("inode bitmap", ib), ("inode table", it)):
-            if not sb.first_data_block <= block < sb.blocks_count:
-                raise GuestFsError(f"ext4: group {g} {what} at block {block} is outside the fs")
-        descs.append(desc)
-    return descs
+    return [
+        _parse_desc(sb, blocks[locations[g // dpb]], (g % dpb) * sb.desc_size, g)
+        for g in range(sb.group_count)
+    ]
+
+
+def _parse_desc(sb: Superblock, raw: bytes, off: int, g: int) -> GroupDesc:
+    """Group `g`'s descriptor at byte `off` of descriptor block `raw`, range-checked."""
+    bb, ib, it = struct.unpack_from("<III", raw, off)
+    flags = struct.unpack_from("<H", raw, off + 0x12)[0]
+    if sb.desc_size >= 64:
+        bbh, ibh, ith = struct.unpack_from("<III", raw, off + 0x20)
+        bb, ib, it = bb | bbh << 32, ib | ibh << 32, it | ith << 32
+    for what, block in (("block bitmap", bb), ("inode bitmap", ib), ("inode table", it)):
+        if not sb.first_data_block <= block < sb.blocks_count:
+            raise GuestFsError(f"ext4: group {g} {what} at block {block} is outside the fs")
+    return GroupDesc(bb, ib, it, flags)
 
 
 def _desc_block(sb: Superblock, m: int) -> int:

@@ -33,6 +33,7 @@ class FsUsage:
     state: FsState
     used: tuple[Extent, ...]
     whole_reason: str | None = None
+    note: str | None = None  # why a volume with a warning sign still counts as CLEAN
 
 
 def whole(fstype: str, state: FsState, size: int, reason: str) -> FsUsage:

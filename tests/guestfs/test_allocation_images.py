@@ -175,18 +175,6 @@ def _read(path: Path, offset: int, n: int) -> bytes:
         return f.read(n)
 
 
-def test_dirty_ext4_is_taken_whole(mbr_disk: DiskImage, disk_copy) -> None:  # type: ignore[no-untyped-def]
-    copy = disk_copy(mbr_disk)
-    spec = mbr_disk.filesystems[0]
-    incompat_at = spec.offset + 1024 + 0x60
-    flags = int.from_bytes(_read(copy, incompat_at, 4), "little") | 0x4  # needs_recovery
-    _patch(copy, incompat_at, flags.to_bytes(4, "little"))
-    rep = report(build(copy), "p1")
-    assert rep.state is FsState.DIRTY
-    assert "needs recovery" in (rep.whole_reason or "")
-    assert rep.used_bytes == rep.volume.size
-
-
 def test_dirty_fat_is_taken_whole(mbr_disk: DiskImage, disk_copy) -> None:  # type: ignore[no-untyped-def]
     copy = disk_copy(mbr_disk)
     spec = mbr_disk.filesystems[1]

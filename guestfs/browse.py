@@ -1,0 +1,128 @@
+"""Open the file tree of every volume of a disk: `browse_disk` and `open_filesystem`.
+
+Every volume of the layout is reported, browsable or not, under a stable, path-safe name: the
+partition's ("p1", "p5"), "disk" for a bare filesystem, and for an LVM logical volume the
+device-mapper name of VG/LV ("-" doubled inside each part, joined by "-": "vg-root",
+"my--vg-lv--1"), which cannot collide and is what the guest sees in /dev/mapper. A volume that
+cannot be browsed (swap, unknown content, a PV, an LV of an unsupported type, damaged
+filesystem metadata) gets `filesystem=None` and a reason; only a damaged partition table
+raises, since then no volume can be trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from guestfs.allocation import MALFORMED_LAYOUT, disk_size_of, logical_volumes, read_layout
+from guestfs.errors import GuestFsError
+from guestfs.filesystem import FileSystem
+from guestfs.fs_ext import open_ext
+from guestfs.fs_fat import open_fat
+from guestfs.fs_ntfs import open_ntfs
+from guestfs.fs_xfs import open_xfs
+from guestfs.lvm import read_physical_volume
+from guestfs.probe import EXT_FAMILY
+from guestfs.volume import Volume, VolumeKind, VolumeView
+
+logger = logging.getLogger(__name__)
+
+_OPENERS: dict[str, Callable[[VolumeView, str], FileSystem]] = {
+    "xfs": open_xfs,
+    "ntfs": open_ntfs,
+    "vfat": open_fat,
+    **{name: open_ext for name in EXT_FAMILY},
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9+_.-]")
+
+
+@dataclass(frozen=True)
+class BrowsedVolume:
+    """One volume of a disk: its path-safe `name`, what it holds, and its file tree.
+
+    `filesystem` is None exactly when `reason` says why it cannot be browsed. `label` is the
+    filesystem's volume label, if any. The filesystem reads through the disk stream given to
+    `browse_disk` (not thread-safe; see guestfs.filesystem).
+    """
+
+    name: str
+    volume: Volume
+    fstype: str | None
+    label: str | None
+    filesystem: FileSystem | None
+    reason: str | None
+
+
+def open_filesystem(view: VolumeView, fstype: str | None = None) -> FileSystem:
+    """The file tree of the filesystem behind `view` (fstype defaults to the probed one).
+
+    Raises `GuestFsError` if the fstype is not browsable or its metadata is unusable.
+    """
+    kind = fstype or view.volume.fstype
+    opener = _OPENERS.get(kind or "")
+    if opener is None:
+        what = f"{kind} is not a filesystem we browse" if kind else "unrecognised content"
+        raise GuestFsError(what)
+    assert kind is not None
+    return opener(view, kind)
+
+
+def volume_name(volume: Volume) -> str:
+    """The stable, path-safe name of `volume` (see the module docstring)."""
+    if volume.kind is VolumeKind.LOGICAL_VOLUME:
+        vg, _, lv = volume.name.partition("/")
+        name = "-".join(part.replace("-", "--") for part in (vg, lv) if part)
+    else:
+        name = volume.name
+    safe = _UNSAFE.sub("_", name)
+    return safe if safe.strip(".") else "_"
+
+
+def browse_disk(disk: BinaryIO, disk_size: int | None = None) -> list[BrowsedVolume]:
+    """Every volume of the disk behind the seekable `disk`, in disk order, LVs after their PV.
+
+    Raises `GuestFsError` only when the partition table is present but damaged.
+    """
+    size = disk_size_of(disk) if disk_size is None else disk_size
+    out: list[BrowsedVolume] = []
+    for volume in read_layout(disk, size).volumes:
+        if volume.fstype == "lvm2":
+            out.extend(_browse_physical_volume(disk, volume))
+        else:
+            out.append(_browse(disk, volume))
+    return out
+
+
+def _browse(disk: BinaryIO, volume: Volume) -> BrowsedVolume:
+    name = volume_name(volume)
+    try:
+        fs = open_filesystem(VolumeView(disk, volume))
+    except GuestFsError as exc:
+        if volume.fstype in _OPENERS:
+            logger.warning("%s (%s) cannot be browsed: %s", name, volume.fstype, exc)
+        return BrowsedVolume(name, volume, volume.fstype, None, None, str(exc))
+    return BrowsedVolume(name, volume, volume.fstype, fs.label, fs, None)
+
+
+def _browse_physical_volume(disk: BinaryIO, volume: Volume) -> list[BrowsedVolume]:
+    """The PV itself (never browsable) and then each of its LVs."""
+    name = volume_name(volume)
+    try:
+        pv = read_physical_volume(VolumeView(disk, volume))
+    except MALFORMED_LAYOUT as exc:
+        reason = f"unreadable LVM physical volume: {exc}"
+        return [BrowsedVolume(name, volume, "lvm2", None, None, reason)]
+    note = "LVM physical volume; its logical volumes are listed separately"
+    out = [BrowsedVolume(name, volume, "lvm2", None, None, note)]
+    readable = {lv.name for lv in logical_volumes(disk, volume, pv)}
+    for lv in pv.logical_volumes:
+        if lv.name in readable:
+            continue
+        why = lv.unsupported or "it spans other physical volumes (disks)"
+        skipped = Volume(lv.name, VolumeKind.LOGICAL_VOLUME, lv.size, ())
+        out.append(BrowsedVolume(volume_name(skipped), skipped, None, None, None, why))
+    out.extend(_browse(disk, lv_volume) for lv_volume in logical_volumes(disk, volume, pv))
+    return out
