@@ -5,7 +5,7 @@ Life of a backup (DESIGN invariant 1)::
     begin        backup row inserted, state 'in_progress' (invisible to readers)
     images       chunks appended to packs; sealed packs become durable, then their rows commit
     commit       last pack sealed and durable -> ONE transaction: image rows (with the
-                 changeIds) + backup state 'complete' -> manifest written
+                 changeIds) + backup state 'complete' + manifest written durably -> COMMIT
     abort/crash  the row stays 'in_progress' or becomes 'failed'; gc removes it and whatever
                  chunks only it referenced
 
@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from catalog.blockmap import empty_map
+from catalog.blockmap import BlockMap, empty_map
+from catalog.chunkstore import ChunkStore
 from catalog.errors import UsageError
 from catalog.imagewriter import ImageWriter, WriteStats
 from catalog.index import BackupRow, ImageRow
@@ -51,6 +52,11 @@ class BackupWriter:
         if not repo.writable:
             raise UsageError("the repository was opened read-only; backups need write=True")
         self.repo, self.vm, self.meta = repo, vm, meta
+        # Each backup appends through its own pack writer, so several backups (VMs) can run
+        # in parallel threads; they share the index, whose connection is locked.
+        cfg = repo.config
+        self.chunks = ChunkStore(repo.index, repo.packs, repo.codec, cfg.repo_id, cfg.pack_size)
+        self.blockmap = BlockMap(self.chunks)
         self.uuid = str(uuid.uuid4())
         self.started = time.time()
         with repo.index.transaction():
@@ -71,7 +77,9 @@ class BackupWriter:
         if parent is not None and parent.block_size != cfg.block_size:
             raise UsageError("the parent image has another block size; take a full backup")
         base = self.repo.map_root(parent) if parent else empty_map(0, cfg.map_fanout)
-        writer = ImageWriter(self.repo.chunks, self.repo.blockmap, base, size, cfg.block_size)
+        writer = ImageWriter(self.chunks, self.blockmap, base, size, cfg.block_size)
+        if parent is not None and parent.size != size:
+            self._resize_tail(writer, parent, size)
         self._open[disk] = writer
         return writer
 
@@ -107,7 +115,7 @@ class BackupWriter:
         if self._open:
             raise UsageError(f"disks {sorted(self._open)} were not finished")
         repo, cfg = self.repo, self.repo.config
-        repo.chunks.flush()  # every chunk and map node durable and indexed first
+        self.chunks.flush()  # every chunk and map node durable and indexed first
         finished = time.time()
         self.meta.update(meta or {})
         with repo.index.transaction():
@@ -121,9 +129,13 @@ class BackupWriter:
                     },
                 )
             repo.index.finish_backup(self.id, finished, self.meta)
+            # The manifest is made durable inside the transaction, just before COMMIT: a crash
+            # after the commit must never leave a complete backup that rebuild-index cannot
+            # restore. A crash before it leaves a manifest of an unfinished backup, which gc
+            # deletes with the backup (its chunks are durable anyway).
+            row = repo.backup(self.id)
+            repo.write_manifest(row)
         self._done = True
-        row = repo.backup(self.id)
-        repo.write_manifest(row)
         logger.info("backup %s of %s complete: %d images", row.id, self.vm, len(self._images))
         return row
 
@@ -133,10 +145,26 @@ class BackupWriter:
         for w in self._open.values():
             w.abort()
         self._open.clear()
-        self.repo.chunks.abort()
+        self.chunks.abort()
         with self.repo.index.transaction():
             self.repo.index.set_backup_state(self.id, "failed")
         self._done = True
+
+    def _resize_tail(self, writer: ImageWriter, parent: ImageRow, size: int) -> None:
+        """Rewrite the block holding the old end of a resized disk.
+
+        A short last block is stored as a short chunk, and a block cut by a shrink keeps bytes
+        past the new end. Without this, growing would read past the short chunk and a shrink
+        followed by a growth would show the cut bytes again instead of zeros.
+        """
+        bs, keep = writer.block_size, min(parent.size, size)
+        if keep % bs == 0:
+            return
+        block = keep // bs
+        cid = self.blockmap.lookup(self.repo.map_root(parent), block, 1)[0]
+        if cid is not None:
+            data = self.chunks.load(cid)[: keep % bs]
+            writer.write(block * bs, data.ljust(min(bs, size - block * bs), b"\0"))
 
     def __enter__(self) -> BackupWriter:
         return self

@@ -274,4 +274,6 @@ class BlockMap:
                 )
         if all(e == HOLE for e in entries):
             return None
+        if node_id is not None and entries == self.node(node_id, fanout)[1]:
+            return node_id  # nothing changed below: share the node, write nothing
         return self._store.store_node(encode_node(level, entries))

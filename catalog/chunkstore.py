@@ -69,7 +69,7 @@ class ChunkStore:
         if self.known(chunk.id):
             return False
         writer = self._open_writer()
-        writer.add(chunk.id, kind, chunk.flags, chunk.raw_len, chunk.payload)
+        writer.add(chunk.id, kind, chunk.flags, chunk.raw_len, chunk.payload, chunk.crc)
         self._pending.add(chunk.id)
         self.stored_bytes += len(chunk.payload)
         if writer.size >= self._pack_size:

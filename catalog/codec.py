@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import zlib
 from dataclasses import dataclass
 
 import blake3
@@ -37,12 +38,17 @@ _NONCE = 12
 
 @dataclass(frozen=True)
 class EncodedChunk:
-    """A chunk ready to be appended to a pack. ``raw_len`` is the plaintext length in bytes."""
+    """A chunk ready to be appended to a pack. ``raw_len`` is the plaintext length in bytes.
+
+    ``crc`` is the crc32 of ``payload`` (the pack entry checksum), computed by ``encode`` so
+    that worker threads pay for it rather than the single pack-writer thread.
+    """
 
     id: bytes
     flags: int
     raw_len: int
     payload: bytes
+    crc: int
 
 
 class ChunkCodec:
@@ -73,7 +79,7 @@ class ChunkCodec:
             flags |= FLAG_ENCRYPTED
             nonce = secrets.token_bytes(_NONCE)
             payload = nonce + self._aead.encrypt(nonce, payload, cid + bytes([flags]))
-        return EncodedChunk(cid, flags, len(data), payload)
+        return EncodedChunk(cid, flags, len(data), payload, zlib.crc32(payload))
 
     def decode(self, chunk_id: bytes, flags: int, raw_len: int, payload: bytes) -> bytes:
         """Return the plaintext of a stored chunk, verified against ``chunk_id``."""

@@ -21,9 +21,11 @@ from typing import Any
 
 from catalog.blockmap import BlockMap, MapRoot
 from catalog.chunkstore import ChunkStore
+from catalog.errors import DamageError
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_READAHEAD_BYTES = 16 * 1024 * 1024
+SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 
 
 class ImageReader(io.RawIOBase):
@@ -49,6 +51,7 @@ class ImageReader(io.RawIOBase):
         self._lock = threading.RLock()  # a done future runs its callback under _fetch's lock
         self._pos = 0
         self._last_end = -1
+        self._ra_next = 0  # first block not yet requested by read-ahead
         self._zero = bytes(block_size)
 
     @property
@@ -110,7 +113,9 @@ class ImageReader(io.RawIOBase):
         first, last = offset // bs, (offset + n - 1) // bs
         ids = self._map.lookup(self._root, first, last - first + 1)
         futures = [self._fetch(cid) if cid else None for cid in ids]
-        if offset == self._last_end:
+        # Near-sequential counts as sequential: FUSE and other multi-threaded callers issue
+        # neighbouring reads in parallel, so they arrive slightly out of order.
+        if abs(offset - self._last_end) <= SEQUENTIAL_SLACK_BYTES:
             self._prefetch(last + 1)
         self._last_end = offset + n
         pos = 0
@@ -146,10 +151,20 @@ class ImageReader(io.RawIOBase):
     # -- chunk fetching -----------------------------------------------------------------------
 
     def _prefetch(self, first: int) -> None:
-        count = min(self._readahead, self._root.blocks - first)
-        if count <= 0:
-            return
-        for cid in self._map.lookup(self._root, first, count):
+        """Request the ``_readahead`` blocks after ``first``, in batches of at least a quarter
+        window: blocks already requested are not looked up again, so small sequential reads
+        do not each walk the whole window."""
+        end = min(first + self._readahead, self._root.blocks)
+        with self._lock:
+            start = self._ra_next if first <= self._ra_next <= end else first
+            if end - start < max(1, self._readahead // 4):
+                return
+            self._ra_next = end
+        try:
+            ids = self._map.lookup(self._root, start, end - start)
+        except DamageError:
+            return  # read-ahead is best effort: only a read that needs a damaged node fails
+        for cid in ids:
             if cid is not None:
                 self._fetch(cid)
 

@@ -44,12 +44,12 @@ def _m0001(db: sqlite_utils.Database) -> None:
             kind INTEGER NOT NULL, flags INTEGER NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
         CREATE INDEX chunk_pack ON chunk(pack_id);
         CREATE TABLE backup (
-            id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, vm TEXT NOT NULL,
+            id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT NOT NULL UNIQUE, vm TEXT NOT NULL,
             started REAL NOT NULL, finished REAL, state TEXT NOT NULL,
             meta TEXT NOT NULL DEFAULT '{}');
         CREATE INDEX backup_vm ON backup(vm, started);
         CREATE TABLE image (
-            id INTEGER PRIMARY KEY, backup_id INTEGER NOT NULL REFERENCES backup(id),
+            id INTEGER PRIMARY KEY AUTOINCREMENT, backup_id INTEGER NOT NULL REFERENCES backup(id),
             disk TEXT NOT NULL, size INTEGER NOT NULL, block_size INTEGER NOT NULL,
             fanout INTEGER NOT NULL, depth INTEGER NOT NULL, root BLOB,
             parent_id INTEGER, change_id TEXT, meta TEXT NOT NULL DEFAULT '{}',
@@ -117,6 +117,7 @@ _IMAGE_COLS = (
     "id, backup_id, disk, size, block_size, fanout, depth, root, parent_id, change_id, meta, stats"
 )
 _BACKUP_COLS = "id, uuid, vm, started, finished, state, meta"
+_ID_BATCH = 500  # ids per IN (...) query: under every engine's bound-parameter limit
 
 
 class Index:
@@ -268,11 +269,23 @@ class Index:
         return int(cur.fetchone()[0])
 
     def restore_backup(self, row: BackupRow) -> int:
-        """Insert a backup exactly as described (used by rebuild-index)."""
+        """Insert a backup exactly as described, keeping its id (used by rebuild-index).
+
+        Ids are kept so backups keep the numbers users know them by, and images their
+        ``parent_id`` links. (A PostgreSQL dialect must advance the id sequence afterwards.)
+        """
         cur = self._execute(
-            "INSERT INTO backup (uuid, vm, started, finished, state, meta)"
-            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-            (row.uuid, row.vm, row.started, row.finished, row.state, json.dumps(row.meta)),
+            "INSERT INTO backup (id, uuid, vm, started, finished, state, meta)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                row.id,
+                row.uuid,
+                row.vm,
+                row.started,
+                row.finished,
+                row.state,
+                json.dumps(row.meta, sort_keys=True),
+            ),
         )
         return int(cur.fetchone()[0])
 
@@ -351,6 +364,68 @@ class Index:
     def image(self, image_id: int) -> ImageRow | None:
         rows = self._query(f"SELECT {_IMAGE_COLS} FROM image WHERE id = ?", (image_id,))
         return _image(rows[0]) if rows else None
+
+    # -- maintenance queries (verify, stats, rebuild-index) ------------------------------------
+
+    def chunk_kinds(self, ids: Iterable[bytes]) -> dict[bytes, int]:
+        """id -> kind for those of ``ids`` that have a chunk row (absent ids are missing)."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[bytes, int] = {}
+        for start in range(0, len(wanted), _ID_BATCH):
+            batch = wanted[start : start + _ID_BATCH]
+            marks = ", ".join("?" * len(batch))
+            for cid, kind in self._query(
+                f"SELECT id, kind FROM chunk WHERE id IN ({marks})", batch
+            ):
+                found[bytes(cid)] = int(kind)
+        return found
+
+    def chunk_totals_by_kind(self) -> dict[int, tuple[int, int, int]]:
+        """kind -> (chunk count, stored bytes, raw bytes), over every chunk row."""
+        rows = self._query(
+            "SELECT kind, COUNT(*), COALESCE(SUM(stored_len), 0), COALESCE(SUM(raw_len), 0)"
+            " FROM chunk GROUP BY kind"
+        )
+        return {int(k): (int(n), int(s), int(r)) for k, n, s, r in rows}
+
+    def pack_totals(self) -> tuple[int, int]:
+        """(pack count, bytes of every pack as recorded at sealing)."""
+        n, size = self._query("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM pack")[0]
+        return int(n), int(size)
+
+    def backup_totals(self) -> tuple[int, int, int, int]:
+        """(backups, VMs, images, sum of image sizes in bytes) over complete backups."""
+        backups, vms = self._query(
+            "SELECT COUNT(*), COUNT(DISTINCT vm) FROM backup WHERE state = 'complete'"
+        )[0]
+        images, size = self._query(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM image WHERE backup_id IN"
+            " (SELECT id FROM backup WHERE state = 'complete')"
+        )[0]
+        return int(backups), int(vms), int(images), int(size)
+
+    def restore_image(self, row: ImageRow) -> int:
+        """Insert an image exactly as described, keeping its id (used by rebuild-index)."""
+        cur = self._execute(
+            "INSERT INTO image (id, backup_id, disk, size, block_size, fanout, depth, root,"
+            " parent_id, change_id, meta, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " RETURNING id",
+            (
+                row.id,
+                row.backup_id,
+                row.disk,
+                row.size,
+                row.block_size,
+                row.fanout,
+                row.depth,
+                row.root,
+                row.parent_id,
+                row.change_id,
+                json.dumps(row.meta, sort_keys=True),
+                json.dumps(row.stats, sort_keys=True),
+            ),
+        )
+        return int(cur.fetchone()[0])
 
 
 def _backup(r: Sequence[Any]) -> BackupRow:

@@ -7,8 +7,9 @@ encrypted in ``repokey`` repositories) behind a small header::
 
     magic "VMAMAN\\x01\\x00" | flags u8 | raw_len u32 | content id 32 B | payload
 
-A manifest is written (durably) right after the backup's completing transaction and deleted
-*before* prune removes the backup's rows, so a manifest never resurrects a pruned backup.
+A manifest is written (durably) inside the backup's completing transaction, just before its
+commit (so every complete backup has one), and deleted *before* prune removes the backup's
+rows, so a manifest never resurrects a pruned backup.
 """
 
 from __future__ import annotations

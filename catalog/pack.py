@@ -83,9 +83,16 @@ class PackWriter:
         return len(self._entries)
 
     def add(
-        self, chunk_id: bytes, kind: int, flags: int, raw_len: int, payload: bytes
+        self,
+        chunk_id: bytes,
+        kind: int,
+        flags: int,
+        raw_len: int,
+        payload: bytes,
+        crc: int | None = None,
     ) -> PackEntry:
-        crc = zlib.crc32(payload)
+        """Append one entry. ``crc`` is ``zlib.crc32(payload)`` if the caller has it already."""
+        crc = zlib.crc32(payload) if crc is None else crc
         header = _ENTRY.pack(kind, flags, 0, len(payload), raw_len, crc, chunk_id)
         offset = self._pos + len(header)
         self._out.write(header)

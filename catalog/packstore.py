@@ -128,6 +128,11 @@ class LocalPackStore:
     def delete_temporary(self, name: str) -> None:
         (self._tmp / name).unlink(missing_ok=True)
 
+    def temporary_stat(self, name: str) -> tuple[int, float]:
+        """(size in bytes, modification time in UNIX seconds) of a temporary pack."""
+        st = (self._tmp / name).stat()
+        return st.st_size, st.st_mtime
+
     def close(self) -> None:
         with self._lock:
             for fd, _ in self._fds.values():

@@ -15,9 +15,10 @@ Open with :meth:`Repository.open` as a context manager; ``write=True`` takes the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from catalog.backup import BackupWriter
 from catalog.blockmap import BlockMap, MapRoot
@@ -43,6 +44,7 @@ from catalog.packstore import LocalPackStore
 logger = logging.getLogger(__name__)
 
 Passphrase = str | Callable[[], str] | None
+READER_LOCK_WAIT = 60.0  # seconds a reader waits for gc to finish deleting pack files
 
 
 def _passphrase(p: Passphrase) -> str:
@@ -54,15 +56,35 @@ def _passphrase(p: Passphrase) -> str:
     return value
 
 
+def read_key(path: Path, config: RepositoryConfig, passphrase: Passphrase) -> MasterKey | None:
+    """The master key of the repository at ``path`` (None when it is not encrypted)."""
+    if not config.encrypted:
+        return None
+    try:
+        data = (path / "key").read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(
+            f"{path}/key is missing: the repository cannot be decrypted"
+        ) from None
+    return unwrap_key(data, _passphrase(passphrase), config.repo_id)
+
+
 class Repository:
     def __init__(
-        self, path: Path, config: RepositoryConfig, key: MasterKey | None, lock: FileLock
+        self,
+        path: Path,
+        config: RepositoryConfig,
+        key: MasterKey | None,
+        lock: FileLock,
+        index_path: Path | None = None,
     ) -> None:
+        """``index_path`` (default ``<path>/index.db``) lets rebuild-index build a new index
+        beside the old one and switch them only when it is complete."""
         self.path, self.config, self._lock = path, config, lock
         self.writable = lock.exclusive
         level = config.compression_level if config.compression == "zstd" else None
         self.codec = ChunkCodec(level, key)
-        self.index = Index(path / "index.db")
+        self.index = Index(index_path or path / "index.db")
         self.packs = LocalPackStore(path / "packs")
         self.chunks = ChunkStore(
             self.index, self.packs, self.codec, config.repo_id, config.pack_size
@@ -100,18 +122,10 @@ class Repository:
         if not (path / "config").is_file():
             raise RepositoryNotFound(f"no vmaccel repository at {path} (run `vmaccel repo init`)")
         config = RepositoryConfig.from_json((path / "config").read_text(), str(path / "config"))
-        key = None
-        if config.encrypted:
-            try:
-                data = (path / "key").read_bytes()
-            except FileNotFoundError:
-                raise RepositoryError(
-                    f"{path}/key is missing: the repository cannot be decrypted"
-                ) from None
-            key = unwrap_key(data, _passphrase(passphrase), config.repo_id)
-        lock = FileLock(
-            path / ("lock" if write else "readers.lock"), exclusive=write, wait=lock_wait
-        )
+        key = read_key(path, config, passphrase)
+        # gc holds readers.lock exclusively only while it deletes pack files: readers wait.
+        wait = lock_wait if write else max(lock_wait, READER_LOCK_WAIT)
+        lock = FileLock(path / ("lock" if write else "readers.lock"), exclusive=write, wait=wait)
         lock.acquire()
         try:
             repo = cls(path, config, key, lock)
@@ -193,5 +207,5 @@ class Repository:
             sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else []
         )
 
-    def begin_backup(self, vm: str, meta: dict[str, object] | None = None) -> BackupWriter:
+    def begin_backup(self, vm: str, meta: Mapping[str, Any] | None = None) -> BackupWriter:
         return BackupWriter(self, vm, dict(meta or {}))
