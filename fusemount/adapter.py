@@ -1,0 +1,136 @@
+"""The FUSE operations: a thin, read-only translation between FUSE calls and the tree.
+
+Paths come in as ``str`` (undecodable bytes as surrogates), attributes go out as ``stat``
+dicts and bytes as buffers. Every failure leaves through :func:`fusemount.errors.to_errno` as
+an ``OSError`` carrying the errno FUSE returns; damaged data is ``EIO`` for the read that
+touches it, and the rest of the mount keeps working.
+
+The class does not import the FUSE binding: :mod:`fusemount.binding` drives it, and calls
+:meth:`TreeOperations.read_into` (the kernel's buffer as a ``memoryview``) instead of
+:meth:`TreeOperations.read` where the binding allows, which saves a copy per read.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from catalog.errors import DamageError, VmaccelError
+from fusemount.errors import to_errno
+from fusemount.openfiles import OpenFiles
+from fusemount.tree import Kind, VirtualTree
+from guestfs.errors import GuestFsError
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+def mapped(op: Callable[P, R]) -> Callable[P, R]:
+    """Turn vmaccel and OS errors raised by ``op`` into ``OSError(errno)`` for FUSE."""
+
+    @functools.wraps(op)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return op(*args, **kwargs)
+        except (VmaccelError, OSError, GuestFsError) as exc:
+            code = to_errno(exc)
+            if isinstance(exc, DamageError):
+                logger.warning("%s%s: %s", op.__name__, args[1:3], exc)
+            else:
+                logger.debug("%s%s: %s", op.__name__, args[1:3], exc)
+            raise OSError(code, os.strerror(code)) from exc
+
+    return call
+
+
+class TreeOperations:
+    """Read-only FUSE operations over ``tree``, with ``files`` as the handle table.
+
+    ``keep_cache``: let the kernel keep an image's pages across opens (images never change).
+    ``direct_io``: bypass the page cache (every read reaches us; no kernel read-ahead).
+    """
+
+    use_ns = True  # mfusepy: times in integer nanoseconds
+
+    def __init__(
+        self, tree: VirtualTree, files: OpenFiles, keep_cache: bool = True, direct_io: bool = False
+    ) -> None:
+        self.tree, self.files, self.guest = tree, files, tree.guest
+        self.keep_cache, self.direct_io = keep_cache, direct_io
+
+    @mapped
+    def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        a = self.tree.attr(self.tree.lookup(path))
+        ns = int(a.mtime * 1e9)
+        return {
+            "st_mode": a.mode,
+            "st_size": a.size,
+            "st_nlink": a.nlink,
+            "st_uid": a.uid,
+            "st_gid": a.gid,
+            "st_mtime": ns,
+            "st_atime": ns,
+            "st_ctime": ns,
+            "st_blocks": a.blocks,
+            "st_blksize": 1 << 20,  # large I/O hint: cp, dd and qemu-img read bigger pieces
+        }
+
+    @mapped
+    def readdir(self, path: str, fh: int) -> list[str]:
+        return [".", "..", *self.tree.listdir(path)]
+
+    @mapped
+    def readlink(self, path: str) -> str:
+        node = self.tree.lookup(path)
+        if node.kind is not Kind.LINK or node.target is None:
+            raise OSError(errno.EINVAL, "not a symlink")
+        return node.target
+
+    @mapped
+    def open(self, path: str, flags: int) -> int:
+        if flags & _WRITE_FLAGS:
+            raise OSError(errno.EROFS, "the backup mount is read-only")
+        node = self.tree.lookup(path)
+        if node.kind is Kind.DIR:
+            raise OSError(errno.EISDIR, "is a directory")
+        if node.image_id is not None:
+            return self.files.open_image(node.image_id)
+        if node.guest is not None:
+            if node.perm == 0 or self.guest is None:
+                raise OSError(errno.EACCES, "not a regular file")
+            return self.files.open_stream(self.guest.open(*node.guest))
+        return self.files.open_bytes(node.content or b"")
+
+    @mapped
+    def read_into(self, path: str | None, buf: memoryview, offset: int, fh: int) -> int:
+        """Fill ``buf`` (the kernel's buffer, ``size`` bytes) from ``offset``; returns the count.
+
+        Short only at end of file: FUSE pads a short read with zeros, so a partial answer to
+        a request that touches damage would be wrong bytes; the whole request fails instead.
+        """
+        return self.files.read_into(fh, offset, buf)
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        buf = bytearray(size)
+        n = self.read_into(path, memoryview(buf), offset, fh)
+        return bytes(buf[:n])
+
+    @mapped
+    def release(self, path: str | None, fh: int) -> int:
+        self.files.release(fh)
+        return 0
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": 4096, "f_frsize": 4096, "f_namemax": 255}
+
+    def destroy(self, path: str) -> None:
+        self.files.close_all()
+        if self.guest is not None:
+            self.guest.close()
