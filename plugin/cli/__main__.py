@@ -1,0 +1,5 @@
+"""``python -m plugin.cli``: the same as the ``vmaccel`` command."""
+
+from plugin.cli.app import run
+
+run()

@@ -1,0 +1,174 @@
+"""``vmaccel backup``: back up VMs from vCenter, or one disk with no vCenter (``--source``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from catalog.errors import NotFound, UsageError
+from catalog.repository import Repository
+from plugin.cli.options import JsonOpt, LockWaitOpt, RepoOpt
+from plugin.cli.output import emit, err_console
+from plugin.cli.progress import Tracker, byte_progress
+from plugin.cli.settings import Settings, build_settings
+from plugin.job.report import RunReport, VmReport
+from plugin.job.selection import Selection, missing_names, select
+from plugin.job.standalone import back_up_source, default_name, open_source, parse_source
+from plugin.job.transports import TransportConfig
+from plugin.job.vmjob import VmBackupOptions, run_backups
+from plugin.registry import Registry
+from plugin.vcenter.connection import VCenter
+from plugin.vcenter.inventory import list_vms
+from plugin.vcenter.tags import TagDirectory
+
+FAILED_EXIT = 1
+_Multi = Annotated[list[str] | None, typer.Option(show_default=False)]
+
+
+def backup(
+    repo: RepoOpt = None,
+    vcenter: Annotated[
+        str | None, typer.Option("--vcenter", help="A vCenter from `vcenter add`.")
+    ] = None,
+    vm: Annotated[list[str] | None, typer.Option("--vm", help="VM name (repeatable).")] = None,
+    folder: Annotated[
+        list[str] | None,
+        typer.Option("--folder", help="Folder path, e.g. /DC0/vm/prod (repeatable)."),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", help="CATEGORY:TAG (repeatable; VMs matching any).")
+    ] = None,
+    exclude_vm: Annotated[
+        list[str] | None, typer.Option("--exclude-vm", help="Name pattern to leave out.")
+    ] = None,
+    exclude_disk: Annotated[
+        list[str] | None, typer.Option("--exclude-disk", help="VM:DISK (label, key or disk-KEY).")
+    ] = None,
+    transport: Annotated[
+        str, typer.Option("--transport", help="auto, nbd, http or file.")
+    ] = "auto",
+    datastore_path: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--datastore-path",
+            metavar="DS=DIR",
+            help="Local mount of a datastore (file transport).",
+        ),
+    ] = None,
+    nbd_command: Annotated[
+        str | None,
+        typer.Option(
+            "--nbd-command",
+            help="NBD server command template, e.g. 'nbdkit -s -r vddk ... file={file} "
+            "snapshot={snapshot}'.",
+        ),
+    ] = None,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, help="VMs backed up at once.")] = 1,
+    rescan: Annotated[
+        bool, typer.Option("--rescan", help="Read every allocated block and audit CBT.")
+    ] = False,
+    no_quiesce: Annotated[
+        bool, typer.Option("--no-quiesce", help="Crash-consistent snapshots only.")
+    ] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", metavar="file:PATH|nbd:URI", help="Back up one disk with no vCenter."
+        ),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name to file a --source backup under.")
+    ] = None,
+    no_skip_free: Annotated[
+        bool,
+        typer.Option("--no-skip-free", help="Also read blocks the guest filesystems do not use."),
+    ] = False,
+    lock_wait: LockWaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Take backups: every backup is a full restore point, read as an incremental."""
+    settings = build_settings(repo, lock_wait)
+    if (source is None) == (vcenter is None):
+        raise UsageError("give either --vcenter NAME with a VM selection, or --source")
+    with (
+        Repository.open(
+            settings.require_repo(), settings.passphrase, write=True, lock_wait=settings.lock_wait
+        ) as r,
+        byte_progress(not as_json) as track,
+    ):
+        if source is not None:
+            report = RunReport((_standalone(r, source, name, not no_skip_free, track),))
+        else:
+            assert vcenter is not None
+            sel = Selection(
+                tuple(vm or ()), tuple(folder or ()), frozenset(), tuple(exclude_vm or ())
+            )
+            opts = VmBackupOptions(
+                transport=TransportConfig(transport, _datastore_paths(datastore_path), nbd_command),
+                quiesce=not no_quiesce,
+                vray=not no_skip_free,
+                rescan=rescan,
+                exclude_disks=frozenset(exclude_disk or ()),
+                parallel=parallel,
+            )
+            report = _vcenter(settings, r, vcenter, sel, tuple(tag or ()), opts, track)
+    emit(report, as_json)
+    if not report.ok:
+        raise typer.Exit(FAILED_EXIT)
+
+
+def _standalone(
+    r: Repository, source: str, name: str | None, vray: bool, track: Tracker
+) -> VmReport:
+    kind, _ = parse_source(source)
+    src = open_source(source)
+    try:
+        vm = name or default_name(source)
+        return back_up_source(r, src, vm, kind, vray=vray, progress=track(vm, src.size))
+    finally:
+        src.close()
+
+
+def _vcenter(
+    settings: Settings,
+    r: Repository,
+    name: str,
+    sel: Selection,
+    tags: tuple[str, ...],
+    opts: VmBackupOptions,
+    track: Tracker,
+) -> RunReport:
+    endpoint = Registry(settings.config_dir).endpoint(name, settings.env)
+    if tags:
+        directory = TagDirectory(endpoint)
+        ids = directory.tag_ids(tags)
+        sel = Selection(
+            sel.names, sel.folders, frozenset(directory.tagged_vms(list(ids.values()))), sel.exclude
+        )
+    if sel.empty and not tags:
+        raise UsageError("select VMs with --vm, --folder or --tag")
+    with VCenter(endpoint) as vc:
+        inventory = list_vms(vc)
+        missing = missing_names(inventory, sel)
+        if missing:
+            raise NotFound(f"no VM named {', '.join(map(repr, missing))} in vCenter {name}")
+        chosen, skipped = select(inventory, sel)
+        for vm_name, why in skipped:
+            err_console.print(
+                f"skipping {vm_name}: {why}", highlight=False, markup=False, soft_wrap=True
+            )
+        if not chosen:
+            raise NotFound("the selection matches no VM that can be backed up")
+        return run_backups(vc, r, chosen, opts, track)
+
+
+def _datastore_paths(specs: list[str] | None) -> dict[str, Path]:
+    out = {}
+    for spec in specs or ():
+        ds, sep, path = spec.partition("=")
+        if not sep or not ds or not path:
+            raise UsageError(f"--datastore-path {spec!r} is not DATASTORE=DIR")
+        out[ds] = Path(path)
+    return out

@@ -1,0 +1,94 @@
+"""``vmaccel mount`` and ``vmaccel umount``: every backup as a read-only file system.
+
+fusemount is imported inside the commands only (import-linter allows this one edge), so the
+rest of the CLI, and backups, run on hosts without libfuse.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from catalog.errors import BackupNotFound
+from catalog.repository import Repository
+from plugin.cli.options import RepoOpt
+from plugin.cli.output import console
+from plugin.cli.settings import ENV_PASSPHRASE, build_settings
+
+# The background mode re-runs this CLI in the foreground mode, detached.
+_CHILD = "import sys; from plugin.cli.app import run; sys.argv[0] = 'vmaccel'; run()"
+
+
+def mount(
+    mountpoint: Annotated[Path, typer.Argument(help="An empty directory to mount on.")],
+    repo: RepoOpt = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="Show only this VM.")] = None,
+    backup: Annotated[
+        str | None,
+        typer.Option("--backup", help="Show only this backup: ID, VM@latest or VM@<time>."),
+    ] = None,
+    foreground: Annotated[
+        bool, typer.Option("--foreground", "-f", help="Stay in the foreground until unmounted.")
+    ] = False,
+    allow_other: Annotated[
+        bool, typer.Option("--allow-other", help="Let other users (e.g. a hypervisor) read it.")
+    ] = False,
+    direct_io: Annotated[
+        bool, typer.Option("--direct-io", help="Bypass the kernel page cache.", hidden=True)
+    ] = False,
+) -> None:
+    """Mount a repository read-only: /<vm>/<time>/<disk>.vmdk, -flat.vmdk, .raw, vm.json."""
+    from fusemount.backupref import resolve_backup
+    from fusemount.mount import MountOptions, check_mountpoint, serve, start_detached
+
+    settings = build_settings(repo)
+    path = settings.require_repo()
+    mountpoint = mountpoint.absolute()
+    check_mountpoint(mountpoint)
+    with Repository.open(path, settings.passphrase) as r:
+        backup_id = resolve_backup(r, backup).id if backup else None
+        if vm is not None and not r.backups(vm=vm):
+            raise BackupNotFound(f"VM {vm!r} has no complete backups in {path}")
+        if foreground:
+            options = MountOptions(
+                vm=vm, backup_id=backup_id, allow_other=allow_other, direct_io=direct_io
+            )
+            serve(r, mountpoint, options)
+            return
+        encrypted = r.config.encrypted
+    command = [sys.executable, "-c", _CHILD, "mount", "--repo", str(path), str(mountpoint), "-f"]
+    command += ["--vm", vm] if vm is not None else []
+    command += ["--backup", str(backup_id)] if backup_id is not None else []
+    command += ["--allow-other"] if allow_other else []
+    command += ["--direct-io"] if direct_io else []
+    env = dict(os.environ)
+    if encrypted:
+        env[ENV_PASSPHRASE] = settings.passphrase()  # asked once, here, not in the child
+    pid = start_detached(command, mountpoint, env)
+    console.print(
+        f"mounted {path} at {mountpoint} (process {pid}); "
+        f"unmount with: vmaccel umount {mountpoint}",
+        highlight=False,
+        markup=False,
+    )
+
+
+def umount(
+    mountpoint: Annotated[Path, typer.Argument(help="Where a repository is mounted.")],
+    lazy: Annotated[
+        bool, typer.Option("--lazy", help="Detach now even if busy; finish when unused.")
+    ] = False,
+) -> None:
+    """Unmount a repository mounted with `vmaccel mount`."""
+    from fusemount.mount import umount as do_umount
+
+    do_umount(mountpoint, lazy=lazy)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("mount")(mount)
+    app.command("umount")(umount)

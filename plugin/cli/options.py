@@ -1,0 +1,24 @@
+"""Options shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+RepoOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--repo", "-r", help="Repository directory (default: $VMACCEL_REPO).", show_default=False
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+LockWaitOpt = Annotated[
+    float,
+    typer.Option(
+        "--lock-wait",
+        metavar="SECONDS",
+        help="Wait this long for another writer to finish instead of failing.",
+    ),
+]

@@ -1,0 +1,94 @@
+"""What a backup run reports: per disk, per VM, per run. Frozen; JSON via ``to_dict``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class DiskReport:
+    """One disk of one VM. Byte counts: ``bytes_read`` through the transport, ``new_bytes``
+    of chunks not stored before (logical), ``stored_bytes`` of those after compression."""
+
+    disk: str
+    mode: str
+    reason: str
+    size: int
+    bytes_read: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+    hole_bytes: int = 0
+    duration: float = 0.0
+    change_id: str | None = None
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def read_fraction(self) -> float:
+        """Bytes read / disk size: the accelerator optimization (lower is better)."""
+        return self.bytes_read / self.size if self.size else 0.0
+
+
+@dataclass(frozen=True)
+class VmReport:
+    vm: str
+    backup_id: int | None
+    disks: tuple[DiskReport, ...]
+    duration: float
+    consistency: str = "crash-consistent"
+    error: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(d.ok for d in self.disks)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    vms: tuple[VmReport, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(v.ok for v in self.vms)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for vm, raw in zip(self.vms, out["vms"], strict=True):
+            raw["ok"] = vm.ok
+            for disk, d in zip(vm.disks, raw["disks"], strict=True):
+                d["ok"] = disk.ok
+                d["read_fraction"] = round(disk.read_fraction, 6)
+        out["ok"] = self.ok
+        return out
+
+    def summary(self) -> list[str]:
+        lines = []
+        for vm in self.vms:
+            state = "ok" if vm.ok else f"FAILED: {vm.error or 'see disks'}"
+            lines.append(
+                f"{vm.vm}: backup {vm.backup_id} {state} ({vm.duration:.1f} s, {vm.consistency})"
+            )
+            for d in vm.disks:
+                lines.append(
+                    f"  {d.disk}: {d.mode} ({d.reason}); read {human_bytes(d.bytes_read)} of "
+                    f"{human_bytes(d.size)} ({d.read_fraction:.1%}), new {human_bytes(d.new_bytes)}"
+                    f", stored {human_bytes(d.stored_bytes)}, {d.duration:.1f} s"
+                    + (f"; ERROR {d.error}" if d.error else "")
+                )
+                lines.extend(f"    warning: {w}" for w in d.warnings)
+            lines.extend(f"  warning: {w}" for w in vm.warnings)
+        return lines

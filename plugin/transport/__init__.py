@@ -1,0 +1,1 @@
+"""Transports: how disk bytes are read (``file``, ``nbd``, ``http``), behind one protocol."""

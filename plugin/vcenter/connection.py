@@ -1,0 +1,137 @@
+"""A logged-in vCenter session, with the two primitives every vCenter call here builds on:
+reading properties through the PropertyCollector with explicit paths, and waiting for tasks.
+
+Attribute access on pyVmomi objects fetches properties one by one (slow on real vCenter, and
+vcsim crashes on unset ones), so nothing in this package reads ``vm.config`` style attributes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
+
+from plugin.errors import CertificateMismatch, ConnectionFailed, LoginFailed, VCenterError
+from plugin.vcenter.models import Endpoint
+from plugin.vcenter.tls import ssl_context
+
+logger = logging.getLogger(__name__)
+
+
+class VCenter:
+    """One SOAP session. Use as a context manager; logs out on exit."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 60.0) -> None:
+        self.endpoint = endpoint
+        try:
+            self.si = SmartConnect(
+                host=endpoint.hostname,
+                port=endpoint.port,
+                user=endpoint.user,
+                pwd=endpoint.password,
+                sslContext=ssl_context(endpoint.trust),
+                thumbprint=endpoint.trust.thumbprint,
+                httpConnectionTimeout=int(timeout),
+            )
+        except vim.fault.InvalidLogin:
+            raise LoginFailed(
+                f"vCenter {endpoint.host} refused the login of {endpoint.user!r}: check the user "
+                "name and password"
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise CertificateMismatch(
+                f"the certificate of {endpoint.host} is not signed by the configured CA: "
+                f"{exc.verify_message}"
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise ConnectionFailed(f"cannot reach vCenter {endpoint.host}: {exc}") from exc
+        self.content = self.si.RetrieveContent()
+        self.api_version: str = self.si._stub.version
+
+    def close(self) -> None:
+        try:
+            Disconnect(self.si)
+        except (OSError, vmodl.MethodFault, http.client.HTTPException) as exc:
+            logger.debug("logout from %s failed: %s", self.endpoint.host, exc)
+
+    def __enter__(self) -> VCenter:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def session_cookie(self) -> str:
+        """``vmware_soap_session=...`` for HTTP requests on behalf of this session."""
+        cookie: str = self.si._stub.cookie
+        return cookie.split(";", 1)[0]
+
+    def ref(self, kind: type[Any], moref: str) -> Any:
+        return kind(moref, self.si._stub)
+
+    def props(self, obj: Any, *paths: str) -> dict[str, Any]:
+        """Properties of one managed object; unset properties are absent from the result."""
+        found = self.props_of([obj], type(obj), paths)
+        return found.get(obj._moId, {})
+
+    def props_of(
+        self, objs: Sequence[Any], kind: type[Any], paths: Sequence[str]
+    ) -> dict[str, dict[str, Any]]:
+        """moref -> {path: value} for many objects of one type, in one round trip."""
+        pc = self.content.propertyCollector
+        spec = vmodl.query.PropertyCollector.FilterSpec(
+            objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=o, skip=False) for o in objs],
+            propSet=[vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))],
+        )
+        out: dict[str, dict[str, Any]] = {}
+        result = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+        while result is not None:
+            for o in result.objects:
+                out[o.obj._moId] = {p.name: p.val for p in o.propSet or ()}
+            if not result.token:
+                break
+            result = pc.ContinueRetrievePropertiesEx(result.token)
+        return out
+
+    def all_of(self, kind: type[Any], paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """moref -> properties for every object of ``kind`` in the inventory."""
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [kind], True)
+        try:
+            objs = self.props(view, "view").get("view", [])
+            return self.props_of(objs, kind, paths) if objs else {}
+        finally:
+            view.DestroyView()
+
+    def wait_task(self, task: Any, what: str, timeout: float = 3600.0) -> Any:
+        """Wait for ``task``; return its result or raise its fault as a VCenterError."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while time.monotonic() < deadline:
+            info = self.props(task, "info.state", "info.error", "info.result")
+            state = info.get("info.state")
+            if state == "success":
+                return info.get("info.result")
+            if state == "error":
+                fault = info.get("info.error")
+                raise TaskFailed(what, fault)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+        raise VCenterError(f"{what} did not finish within {timeout:.0f} s")
+
+
+class TaskFailed(VCenterError):
+    """A vCenter task ended in error. ``fault_type`` names the vim fault class."""
+
+    def __init__(self, what: str, fault: Any) -> None:
+        msg = getattr(fault, "msg", None) or type(fault).__name__
+        super().__init__(f"{what} failed: {msg}")
+        self.fault_type = type(fault).__name__

@@ -1,0 +1,112 @@
+"""The VM inventory: every VM with the properties a backup needs, read in one round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pyVmomi import vim
+
+from plugin.vcenter.connection import VCenter
+from plugin.vcenter.models import DiskRef, SnapshotRef, VmRef
+
+VM_PATHS = (
+    "name",
+    "parent",
+    "config.instanceUuid",
+    "config.template",
+    "runtime.powerState",
+    "config.changeTrackingEnabled",
+    "snapshot",
+    "config.hardware.device",
+)
+
+
+def disk_refs(devices: Iterable[Any]) -> tuple[DiskRef, ...]:
+    """DiskRefs of the VirtualDisks among ``devices`` (from a VM's or a snapshot's config)."""
+    return tuple(disk_ref(d) for d in devices or () if isinstance(d, vim.vm.device.VirtualDisk))
+
+
+def disk_ref(d: Any) -> DiskRef:
+    b = d.backing
+    if isinstance(b, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo):
+        kind = "rdm-physical" if b.compatibilityMode == "physicalMode" else "rdm-virtual"
+    elif isinstance(b, vim.vm.device.VirtualDisk.FlatVer2BackingInfo):
+        kind = "flat"
+    elif isinstance(b, vim.vm.device.VirtualDisk.SparseVer2BackingInfo):
+        kind = "sparse"
+    else:
+        kind = type(b).__name__
+    file_name = getattr(b, "fileName", "") or ""
+    datastore = file_name[1:].split("]", 1)[0] if file_name.startswith("[") else ""
+    return DiskRef(
+        key=int(d.key),
+        label=d.deviceInfo.label if d.deviceInfo else f"disk {d.key}",
+        capacity=int(d.capacityInBytes or (d.capacityInKB or 0) * 1024),
+        file_name=file_name,
+        uuid=getattr(b, "uuid", None),
+        change_id=getattr(b, "changeId", None),
+        disk_mode=getattr(b, "diskMode", "persistent") or "persistent",
+        backing=kind,
+        datastore=datastore,
+    )
+
+
+def _snapshots(info: Any) -> tuple[SnapshotRef, ...]:
+    out: list[SnapshotRef] = []
+    stack = list(info.rootSnapshotList) if info is not None else []
+    while stack:
+        node = stack.pop()
+        out.append(SnapshotRef(node.snapshot._moId, node.name, node.description or ""))
+        stack.extend(node.childSnapshotList or ())
+    return tuple(out)
+
+
+def _folder_paths(vc: VCenter) -> tuple[dict[str, str], dict[str, str]]:
+    """moref -> inventory path ("/DC0/vm/sub") for folders, and folder moref -> datacenter."""
+    folders = vc.all_of(vim.Folder, ("name", "parent"))
+    dcs = vc.all_of(vim.Datacenter, ("name", "vmFolder"))
+    paths: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for dc in dcs.values():
+        root = dc["vmFolder"]._moId
+        paths[root], owner[root] = f"/{dc['name']}/vm", dc["name"]
+
+    def resolve(moref: str) -> str:
+        if moref not in paths:
+            props = folders.get(moref)
+            parent = props.get("parent") if props else None
+            if props is None or parent is None or parent._moId not in folders:
+                paths[moref] = f"/{props['name'] if props else moref}"
+            else:
+                paths[moref] = f"{resolve(parent._moId)}/{props['name']}"
+                owner[moref] = owner.get(parent._moId, "")
+        return paths[moref]
+
+    for moref in folders:
+        resolve(moref)
+    return paths, owner
+
+
+def list_vms(vc: VCenter) -> list[VmRef]:
+    """Every VM and template, sorted by name."""
+    paths, owner = _folder_paths(vc)
+    vms = []
+    for moref, p in vc.all_of(vim.VirtualMachine, VM_PATHS).items():
+        parent = p.get("parent")
+        folder = paths.get(parent._moId, "") if parent is not None else ""
+        vms.append(
+            VmRef(
+                moref=moref,
+                name=p.get("name", moref),
+                instance_uuid=p.get("config.instanceUuid") or moref,
+                folder=folder,
+                power_state=str(p.get("runtime.powerState", "unknown")),
+                template=bool(p.get("config.template", False)),
+                cbt_enabled=bool(p.get("config.changeTrackingEnabled", False)),
+                snapshots=_snapshots(p.get("snapshot")),
+                disks=disk_refs(p.get("config.hardware.device", ())),
+                datacenter=owner.get(parent._moId, "") if parent is not None else "",
+            )
+        )
+    return sorted(vms, key=lambda v: v.name)
