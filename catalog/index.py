@@ -1,4 +1,5 @@
-"""The SQLite catalog: every SQL statement of vmaccel lives in this module.
+"""The SQLite catalog: the SQL of vmaccel lives in this module (and, for the file catalog, in
+catalog/filecatalog.py, which runs its statements through :meth:`Index.query`).
 
 The index is a cache of what the packs and backup manifests hold (``repo rebuild-index``
 recreates it from them), kept in SQLite in WAL mode with ``synchronous=FULL`` so that a commit
@@ -54,6 +55,29 @@ def _m0001(db: sqlite_utils.Database) -> None:
             fanout INTEGER NOT NULL, depth INTEGER NOT NULL, root BLOB,
             parent_id INTEGER, change_id TEXT, meta TEXT NOT NULL DEFAULT '{}',
             stats TEXT NOT NULL DEFAULT '{}', UNIQUE (backup_id, disk));
+        """
+    )
+
+
+@migrations(name="0002_file_catalog")
+def _m0002(db: sqlite_utils.Database) -> None:
+    # The file catalog (catalog/filecatalog.py): a listing is one filesystem's file tree,
+    # stored once per distinct content; images point at the listings of their volumes.
+    db.executescript(
+        """
+        CREATE TABLE listing (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, digest BLOB NOT NULL UNIQUE,
+            entries INTEGER NOT NULL);
+        CREATE TABLE file_entry (
+            listing_id INTEGER NOT NULL REFERENCES listing(id), path TEXT NOT NULL,
+            kind TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER);
+        CREATE INDEX file_entry_listing ON file_entry(listing_id);
+        CREATE INDEX file_entry_path ON file_entry(path);
+        CREATE TABLE image_volume (
+            image_id INTEGER NOT NULL REFERENCES image(id), volume TEXT NOT NULL,
+            fstype TEXT, listing_id INTEGER NOT NULL REFERENCES listing(id),
+            PRIMARY KEY (image_id, volume));
+        CREATE INDEX image_volume_listing ON image_volume(listing_id);
         """
     )
 
@@ -167,6 +191,15 @@ class Index:
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._conn.execute(sql, params)
+
+    # Table modules (catalog/filecatalog.py) keep their statements next to their concept and
+    # run them through these two; nothing else outside this module touches SQL.
+    query = _query
+    execute = _execute
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._lock:
+            self._conn.executemany(sql, rows)
 
     # -- packs and chunks -------------------------------------------------------------------
 
@@ -299,6 +332,14 @@ class Index:
         self._execute("UPDATE backup SET state = ? WHERE id = ?", (state, backup_id))
 
     def delete_backup(self, backup_id: int) -> None:
+        self._execute(
+            "DELETE FROM image_volume WHERE image_id IN"
+            " (SELECT id FROM image WHERE backup_id = ?)",
+            (backup_id,),
+        )
+        unused = "SELECT id FROM listing WHERE id NOT IN (SELECT listing_id FROM image_volume)"
+        self._execute(f"DELETE FROM file_entry WHERE listing_id IN ({unused})")
+        self._execute(f"DELETE FROM listing WHERE id IN ({unused})")
         self._execute("DELETE FROM image WHERE backup_id = ?", (backup_id,))
         self._execute("DELETE FROM backup WHERE id = ?", (backup_id,))
 

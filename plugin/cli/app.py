@@ -12,7 +12,7 @@ import click
 import typer
 
 from catalog.errors import VmaccelError
-from plugin.cli import backup, backups, maintenance, mount, repo, restore, vcenter
+from plugin.cli import backup, backups, files, maintenance, mount, repo, restore, vcenter
 from plugin.cli.output import err_console
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command("backup")(backup.backup)
 maintenance.register(app)
 mount.register(app)
 app.add_typer(restore.app, name="restore")
+app.add_typer(files.app, name="files")
 
 
 @app.callback()

@@ -85,6 +85,9 @@ def backup(
         bool,
         typer.Option("--no-skip-free", help="Also read blocks the guest filesystems do not use."),
     ] = False,
+    no_file_index: Annotated[
+        bool, typer.Option("--no-file-index", help="Do not add the guest files to the catalog.")
+    ] = False,
     lock_wait: LockWaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -99,7 +102,9 @@ def backup(
         byte_progress(not as_json) as track,
     ):
         if source is not None:
-            report = RunReport((_standalone(r, source, name, not no_skip_free, track),))
+            report = RunReport(
+                (_standalone(r, source, name, not no_skip_free, not no_file_index, track),)
+            )
         else:
             assert vcenter is not None
             sel = Selection(
@@ -112,6 +117,7 @@ def backup(
                 rescan=rescan,
                 exclude_disks=frozenset(exclude_disk or ()),
                 parallel=parallel,
+                file_index=not no_file_index,
             )
             report = _vcenter(settings, r, vcenter, sel, tuple(tag or ()), opts, track)
     emit(report, as_json)
@@ -120,13 +126,15 @@ def backup(
 
 
 def _standalone(
-    r: Repository, source: str, name: str | None, vray: bool, track: Tracker
+    r: Repository, source: str, name: str | None, vray: bool, file_index: bool, track: Tracker
 ) -> VmReport:
     kind, _ = parse_source(source)
     src = open_source(source)
     try:
         vm = name or default_name(source)
-        return back_up_source(r, src, vm, kind, vray=vray, progress=track(vm, src.size))
+        return back_up_source(
+            r, src, vm, kind, vray=vray, progress=track(vm, src.size), file_index=file_index
+        )
     finally:
         src.close()
 

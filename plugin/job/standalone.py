@@ -15,6 +15,7 @@ from catalog.index import ImageRow
 from catalog.repository import Repository
 from plugin.job.copy import Progress
 from plugin.job.disk import DiskJob, back_up_disk
+from plugin.job.fileindex import index_backup
 from plugin.job.plan import FULL, INCREMENTAL
 from plugin.job.report import VmReport
 from plugin.transport.file import FileSource
@@ -62,6 +63,7 @@ def back_up_source(
     transport: str,
     vray: bool = True,
     progress: Progress | None = None,
+    file_index: bool = True,
 ) -> VmReport:
     """Back up ``source`` as disk ``disk0`` of ``vm``. Failures abort the backup and are
     reported (nothing half-done becomes visible)."""
@@ -81,4 +83,5 @@ def back_up_source(
             row = bw.commit()
     except VmaccelError as exc:
         return VmReport(vm, None, (), time.monotonic() - started, error=str(exc))
-    return VmReport(vm, row.id, (disk,), time.monotonic() - started)
+    warnings = index_backup(repo, row) if file_index else []
+    return VmReport(vm, row.id, (disk,), time.monotonic() - started, warnings=tuple(warnings))

@@ -25,6 +25,7 @@ from plugin.errors import ChangeTrackingError, SourceChanged
 from plugin.job.baseline import Baseline, decide
 from plugin.job.copy import Progress
 from plugin.job.disk import DiskJob, back_up_disk
+from plugin.job.fileindex import index_backup
 from plugin.job.plan import FULL, INCREMENTAL, RESCAN
 from plugin.job.report import DiskReport, RunReport, VmReport
 from plugin.job.transports import TransportConfig, open_disk
@@ -46,6 +47,7 @@ class VmBackupOptions:
     exclude_disks: frozenset[str] = frozenset()  # "VM:DISK" with DISK a label, key or disk-KEY
     parallel: int = 1
     snapshots_per_datastore: int = 4
+    file_index: bool = True
 
 
 def previous_images(repo: Repository, vm: VmRef) -> dict[str, ImageRow]:
@@ -152,6 +154,8 @@ class VmRun:
                 )
         except VmaccelError as exc:
             return None, tuple(reports), str(exc)
+        if self.opts.file_index:
+            warnings.extend(index_backup(self.repo, row))
         return row.id, tuple(reports), None
 
     def _skip_reason(self, vm: VmRef, disk: DiskRef) -> str | None:

@@ -1,0 +1,78 @@
+"""The file catalog filled after backups of a real guest disk (GPT: FAT32, ext4, NTFS, LVM)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from catalog import Repository, RepositoryConfig
+from catalog.filecatalog import find_files
+from plugin.cli.app import main
+from plugin.job.fileindex import index_image
+from tests.guestimages.guestday import GuestDay
+from tests.guestimages.model import GuestImage
+
+
+def _backup(repo: Path, image: Path) -> None:
+    assert main(["backup", "--repo", str(repo), "--source", f"file:{image}", "--name", "g",
+                 "--json"]) == 0
+
+
+def test_every_volume_is_cataloged_and_unchanged_volumes_are_reused(
+    tmp_path: Path, private_image: Callable[[str], GuestImage]
+) -> None:
+    image = private_image("gpt")
+    repo = tmp_path / "repo"
+    Repository.init(repo, RepositoryConfig())
+    _backup(repo, image.path)
+    _backup(repo, image.path)
+    with Repository.open(repo) as r:
+        first, second = r.backups("g")
+        img = r.image(second, "disk0")
+        parent = r.image(first, "disk0")
+        assert img.parent_id == parent.id
+        volumes = {row[0] for row in r.index.query(
+            "SELECT volume FROM image_volume WHERE image_id = ?", (img.id,))}
+        # every filesystem of the disk: FAT32, ext4, NTFS and the ext4 logical volume
+        assert len(volumes) == 4
+    with Repository.open(repo, write=True) as r:
+        walked, reused = index_image(r, img, parent)
+        assert (walked, reused) == (0, 4)
+        for vol in image.volumes:
+            for path, expect in vol.files.items():
+                if expect.kind != "file":
+                    continue
+                hits = find_files(r.index, "/" + path.lstrip("/"), vm="g")
+                sizes = {(h.backup_id, h.size) for h in hits if h.path == "/" + path.lstrip("/")}
+                assert (second.id, expect.size) in sizes, path
+
+
+def test_find_shows_each_version_after_a_guest_day(
+    tmp_path: Path,
+    private_image: Callable[[str], GuestImage],
+    guest_day: Callable[..., GuestDay],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    image = private_image("gpt")
+    repo = tmp_path / "repo"
+    Repository.init(repo, RepositoryConfig())
+    _backup(repo, image.path)
+    day = guest_day(image, fraction=0.2, seed=3)
+    _backup(repo, day.image.path)
+    capsys.readouterr()
+    volume, change = next(
+        (v, c) for v, cs in day.changes.items() for c in cs if c.action == "append"
+    )
+    before = image.volume(volume).files[change.path]
+    after = day.image.volume(volume).files[change.path]
+    assert after.size > before.size
+    assert main(["files", "find", "--repo", str(repo), "/" + change.path.lstrip("/"),
+                 "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    # The same tree exists on several volumes of the test disk; the appended one must show
+    # both versions, each in its own restore point.
+    assert {(h["backup_id"], h["size"]) for h in hits} >= {(1, before.size), (2, after.size)}
+    assert not any(h["backup_id"] == 1 and h["size"] == after.size for h in hits)
