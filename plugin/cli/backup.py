@@ -6,14 +6,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from catalog.errors import NotFound, UsageError
 from catalog.repository import Repository
 from plugin.cli.options import JsonOpt, LockWaitOpt, RepoOpt
-from plugin.cli.output import emit, err_console
+from plugin.cli.output import console, emit, err_console
 from plugin.cli.progress import Tracker, byte_progress
 from plugin.cli.settings import Settings, build_settings
-from plugin.job.report import RunReport, VmReport
+from plugin.job.report import RunReport, VmReport, human_bytes
 from plugin.job.selection import Selection, missing_names, select
 from plugin.job.standalone import back_up_source, default_name, open_source, parse_source
 from plugin.job.transports import TransportConfig
@@ -120,9 +121,41 @@ def backup(
                 file_index=not no_file_index,
             )
             report = _vcenter(settings, r, vcenter, sel, tuple(tag or ()), opts, track)
-    emit(report, as_json)
+    if as_json:
+        emit(report, as_json)
+    else:
+        render(report)
     if not report.ok:
         raise typer.Exit(FAILED_EXIT)
+
+
+def render(report: RunReport) -> None:
+    """The per-disk summary table, then one line per warning and error."""
+    table = Table("VM", "disk", "mode", "read / size", "new stored", "time", title="backup summary")
+    for vm in report.vms:
+        for d in vm.disks:
+            table.add_row(
+                vm.vm,
+                d.disk,
+                d.mode,
+                f"{human_bytes(d.bytes_read)} / {human_bytes(d.size)} ({d.read_fraction:.1%})",
+                human_bytes(d.stored_bytes),
+                f"{d.duration:.1f} s",
+            )
+        if not vm.disks:
+            table.add_row(vm.vm, "-", "failed", "-", "-", f"{vm.duration:.1f} s")
+    console.print(table)
+    for vm in report.vms:
+        state = f"backup {vm.backup_id}, {vm.consistency}" if vm.ok else "FAILED"
+        console.print(f"{vm.vm}: {state} ({vm.duration:.1f} s)", highlight=False, markup=False)
+        for d in vm.disks:
+            console.print(f"  {d.disk}: {d.mode}: {d.reason}", highlight=False, markup=False)
+            for w in d.warnings:
+                console.print(f"  warning: {d.disk}: {w}", highlight=False, markup=False)
+        for w in vm.warnings:
+            console.print(f"  warning: {w}", highlight=False, markup=False)
+        if vm.error:
+            err_console.print(f"  error: {vm.error}", highlight=False, markup=False)
 
 
 def _standalone(

@@ -45,11 +45,14 @@ def allocation_of(source: DiskSource) -> tuple[AllocationMap | None, list[str]]:
         amap = build_allocation_map(cast(BinaryIO, SourceStream(source)), source.size)
     except GuestFsError as exc:
         return None, [f"free-block skipping off: {exc}"]
-    notes = [
-        f"{r.volume.name}: {r.fstype or 'unknown'} taken whole ({r.whole_reason})"
-        for r in amap.volumes
-        if r.whole_reason
-    ]
+    notes = []
+    for r in amap.volumes:
+        if not r.whole_reason:
+            continue
+        if r.fstype is None:  # unformatted space, swap, unknown filesystems: read as is
+            logger.info("%s taken whole: %s", r.volume.name, r.whole_reason)
+        else:
+            notes.append(f"{r.volume.name}: {r.fstype} taken whole ({r.whole_reason})")
     return amap, notes
 
 
