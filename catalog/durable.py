@@ -7,11 +7,19 @@ from pathlib import Path
 
 
 def write_file_durably(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory."""
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the directory.
+
+    The file gets exactly ``mode`` (a temp file left by a crash is removed, never reused with
+    its old permissions, and the umask cannot widen or narrow it).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        os.write(fd, data)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
