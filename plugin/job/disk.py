@@ -23,6 +23,12 @@ from plugin.transport.source import DiskSource, SourceStream
 logger = logging.getLogger(__name__)
 
 
+def skipped_free(image: ImageRow) -> bool:
+    """Whether ``image`` left the guest's free blocks out (holes where the disk may hold data).
+    Images from before the ``skip_free`` flag tell by their allocation summary."""
+    return bool(image.meta.get("skip_free", bool(image.meta.get("allocation"))))
+
+
 @dataclass(frozen=True)
 class DiskJob:
     """What to back up for one disk. ``changed`` None means read every allocated block."""
@@ -95,6 +101,7 @@ def back_up_disk(bw: BackupWriter, job: DiskJob, progress: Progress | None = Non
         **(job.meta or {}),
         "source": src.name,
         "allocation": allocation_summary(amap),
+        "skip_free": amap is not None,
         "mode": plan.mode,
         "reason": plan.reason,
     }

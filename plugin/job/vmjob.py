@@ -24,7 +24,7 @@ from catalog.repository import Repository
 from plugin.errors import ChangeTrackingError, SourceChanged
 from plugin.job.baseline import Baseline, decide
 from plugin.job.copy import Progress
-from plugin.job.disk import DiskJob, back_up_disk
+from plugin.job.disk import DiskJob, back_up_disk, skipped_free
 from plugin.job.fileindex import index_backup
 from plugin.job.plan import FULL, INCREMENTAL, RESCAN
 from plugin.job.report import DiskReport, RunReport, VmReport
@@ -178,6 +178,10 @@ class VmRun:
         current = Baseline(vm.instance_uuid, disk.key, disk.uuid, disk.capacity, disk.change_id)
         base = Baseline.from_meta(parent.meta) if parent else None
         mode, reason = decide(current, base)
+        if mode != FULL and not self.opts.vray and parent is not None and skipped_free(parent):
+            # Free blocks are holes in the parent and CBT will not name them: only a full
+            # read gives the byte-for-byte image --no-skip-free promises.
+            mode, reason = FULL, "the earlier image left free blocks out (--no-skip-free)"
         changed = None
         if base is not None and base.change_id and (mode == INCREMENTAL or self.opts.rescan):
             try:

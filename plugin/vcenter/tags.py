@@ -15,7 +15,7 @@ from com.vmware.vapi.std.errors_client import Unauthenticated
 from vmware.vapi.vsphere.client import VsphereClient, create_vsphere_client
 
 from catalog.errors import NotFound, UsageError
-from plugin.errors import ConnectionFailed, LoginFailed, VCenterError
+from plugin.errors import CertificateMismatch, ConnectionFailed, LoginFailed, VCenterError
 from plugin.vcenter.models import Endpoint
 from plugin.vcenter.tls import requests_session
 
@@ -48,6 +48,16 @@ class TagDirectory:
             raise LoginFailed(
                 f"vCenter {endpoint.host} refused the tagging login of {endpoint.user!r}"
             ) from None
+        except requests.exceptions.SSLError as exc:
+            if "Fingerprints did not match" in str(exc):
+                raise CertificateMismatch(
+                    f"the certificate of {endpoint.host} does not match the pinned thumbprint "
+                    f"{endpoint.trust.thumbprint}; if it was renewed on purpose, add the vCenter "
+                    "again"
+                ) from None
+            raise ConnectionFailed(
+                f"TLS with the vSphere API of {endpoint.host} failed: {exc}"
+            ) from exc
         except requests.RequestException as exc:
             raise ConnectionFailed(
                 f"cannot reach the vSphere API of {endpoint.host}: {exc}"

@@ -94,9 +94,25 @@ class _PinnedAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+class _PinnedSession(requests.Session):
+    """A session whose ``https://`` adapter stays the pinned one.
+
+    The vSphere Automation SDK mounts its own ``HTTPAdapter`` on the session it is given (to
+    size the pool) before logging in; with the pin living in the adapter and ``verify`` off,
+    that would silently send the password to any server. Later mounts for HTTPS are refused.
+    """
+
+    def mount(self, prefix: str | bytes, adapter: requests.adapters.BaseAdapter) -> None:
+        current = self.adapters.get("https://")
+        text = prefix.decode() if isinstance(prefix, bytes) else prefix
+        if isinstance(current, _PinnedAdapter) and text.lower().startswith("https"):
+            return
+        super().mount(prefix, adapter)
+
+
 def requests_session(trust: TlsTrust) -> requests.Session:
     """A ``requests`` session that verifies exactly as ``trust`` says (environment ignored)."""
-    session = requests.Session()
+    session = requests.Session() if trust.ca_file is not None else _PinnedSession()
     session.trust_env = False
     if trust.ca_file is not None:
         session.verify = trust.ca_file

@@ -17,8 +17,10 @@ from tests.guestimages.model import GuestImage
 
 
 def _backup(repo: Path, image: Path) -> None:
-    assert main(["backup", "--repo", str(repo), "--source", f"file:{image}", "--name", "g",
-                 "--json"]) == 0
+    assert (
+        main(["backup", "--repo", str(repo), "--source", f"file:{image}", "--name", "g", "--json"])
+        == 0
+    )
 
 
 def test_every_volume_is_cataloged_and_unchanged_volumes_are_reused(
@@ -34,8 +36,12 @@ def test_every_volume_is_cataloged_and_unchanged_volumes_are_reused(
         img = r.image(second, "disk0")
         parent = r.image(first, "disk0")
         assert img.parent_id == parent.id
-        volumes = {row[0] for row in r.index.query(
-            "SELECT volume FROM image_volume WHERE image_id = ?", (img.id,))}
+        volumes = {
+            row[0]
+            for row in r.index.query(
+                "SELECT volume FROM image_volume WHERE image_id = ?", (img.id,)
+            )
+        }
         # every filesystem of the disk: FAT32, ext4, NTFS and the ext4 logical volume
         assert len(volumes) == 4
     with Repository.open(repo, write=True) as r:
@@ -69,8 +75,9 @@ def test_find_shows_each_version_after_a_guest_day(
     before = image.volume(volume).files[change.path]
     after = day.image.volume(volume).files[change.path]
     assert after.size > before.size
-    assert main(["files", "find", "--repo", str(repo), "/" + change.path.lstrip("/"),
-                 "--json"]) == 0
+    assert (
+        main(["files", "find", "--repo", str(repo), "/" + change.path.lstrip("/"), "--json"]) == 0
+    )
     hits = json.loads(capsys.readouterr().out)
     # The same tree exists on several volumes of the test disk; the appended one must show
     # both versions, each in its own restore point.
