@@ -113,7 +113,7 @@ def peak_rss(pid: int) -> int:
 def mounted_run(repo_path: Path, mnt: Path, size: int, direct_io: bool) -> dict[str, Any]:
     mnt.mkdir(exist_ok=True)
     cmd = [sys.executable, "-c", CHILD, "mount", "--repo", str(repo_path), str(mnt), "-f"]
-    proc = subprocess.Popen(cmd + (["--direct-io"] if direct_io else []))
+    proc = subprocess.Popen(cmd + (["--direct-io"] if direct_io else ["--no-direct-io"]))
     try:
         deadline = time.monotonic() + 30
         while not os.path.ismount(mnt):

@@ -1,4 +1,9 @@
-"""The FUSE operations: a thin, read-only translation between FUSE calls and the tree.
+"""The FUSE operations: a thin translation between FUSE calls and the tree.
+
+Read-only, except that with ``writable`` (``vmaccel mount --writable``) the image files
+(``-flat.vmdk``, ``.raw``) take writes, which go to their copy-on-write overlay
+(:mod:`fusemount.overlay`); they cannot be truncated, grown or opened with ``O_TRUNC`` /
+``O_APPEND``. Descriptors, ``vm.json`` and guest files stay read-only (``EROFS``).
 
 Paths come in as ``str`` (undecodable bytes as surrogates), attributes go out as ``stat``
 dicts and bytes as buffers. Every failure leaves through :func:`fusemount.errors.to_errno` as
@@ -30,6 +35,7 @@ logger = logging.getLogger(__name__)
 P = ParamSpec("P")
 R = TypeVar("R")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+_RESIZE_FLAGS = os.O_TRUNC | os.O_APPEND
 
 
 def mapped(op: Callable[P, R]) -> Callable[P, R]:
@@ -51,26 +57,37 @@ def mapped(op: Callable[P, R]) -> Callable[P, R]:
 
 
 class TreeOperations:
-    """Read-only FUSE operations over ``tree``, with ``files`` as the handle table.
+    """FUSE operations over ``tree``, with ``files`` as the handle table.
 
-    ``keep_cache``: let the kernel keep an image's pages across opens (images never change).
-    ``direct_io``: bypass the page cache (every read reaches us; no kernel read-ahead).
+    ``keep_cache``: let the kernel keep pages across opens (complete backups never change).
+    ``direct_io``: image files bypass the page cache (every read reaches us, in requests of up
+    to 1 MiB, with no double caching of data the image reader caches already); small files
+    (descriptors, ``vm.json``, guest files) always use the page cache.
+    ``writable``: image files take writes into their overlays (``files`` must open images as
+    :class:`~fusemount.overlay.OverlayImage`).
     """
 
     use_ns = True  # mfusepy: times in integer nanoseconds
 
     def __init__(
-        self, tree: VirtualTree, files: OpenFiles, keep_cache: bool = True, direct_io: bool = False
+        self,
+        tree: VirtualTree,
+        files: OpenFiles,
+        keep_cache: bool = True,
+        direct_io: bool = True,
+        writable: bool = False,
     ) -> None:
         self.tree, self.files, self.guest = tree, files, tree.guest
-        self.keep_cache, self.direct_io = keep_cache, direct_io
+        self.keep_cache, self.direct_io, self.writable = keep_cache, direct_io, writable
 
     @mapped
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
-        a = self.tree.attr(self.tree.lookup(path))
+        node = self.tree.lookup(path)
+        a = self.tree.attr(node)
         ns = int(a.mtime * 1e9)
+        writable = self.writable and node.image_id is not None
         return {
-            "st_mode": a.mode,
+            "st_mode": a.mode | (0o200 if writable else 0),
             "st_size": a.size,
             "st_nlink": a.nlink,
             "st_uid": a.uid,
@@ -95,9 +112,12 @@ class TreeOperations:
 
     @mapped
     def open(self, path: str, flags: int) -> int:
-        if flags & _WRITE_FLAGS:
-            raise OSError(errno.EROFS, "the backup mount is read-only")
         node = self.tree.lookup(path)
+        if flags & _WRITE_FLAGS:
+            if not self.writable or node.image_id is None:
+                raise OSError(errno.EROFS, "read-only (only image files of --writable mounts)")
+            if flags & _RESIZE_FLAGS:
+                raise OSError(errno.EPERM, "image files cannot be truncated or appended to")
         if node.kind is Kind.DIR:
             raise OSError(errno.EISDIR, "is a directory")
         if node.image_id is not None:
@@ -116,6 +136,38 @@ class TreeOperations:
         a request that touches damage would be wrong bytes; the whole request fails instead.
         """
         return self.files.read_into(fh, offset, buf)
+
+    def open_flags(self, fh: int) -> tuple[bool, bool]:
+        """(keep_cache, direct_io) for the handle ``fh`` just opened (see the class)."""
+        return self.keep_cache, self.direct_io and self.files.is_image(fh)
+
+    @mapped
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        return self.files.write(fh, offset, data)
+
+    @mapped
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        self.files.sync(fh)
+        return 0
+
+    def flush(self, path: str | None, fh: int) -> int:
+        return 0  # durability is fsync's and release's job (see fusemount.overlay)
+
+    @mapped
+    def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        node = self.tree.lookup(path)
+        if not self.writable or node.image_id is None:
+            raise OSError(errno.EROFS, "read-only")
+        if length != node.size:
+            raise OSError(errno.EPERM, "image files cannot be resized")
+        return 0
+
+    @mapped
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        node = self.tree.lookup(path)
+        if not self.writable or node.image_id is None:
+            raise OSError(errno.EROFS, "read-only")
+        return 0  # image times are the backup's; accepted and ignored
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         buf = bytearray(size)

@@ -10,7 +10,8 @@ It uses two fast paths of the binding's low-level class:
 
 * ``read`` hands the kernel's buffer to the operations' ``read_into`` as a ``memoryview``
   instead of returning ``bytes`` that the binding then copies (one copy less per read);
-* ``open`` sets ``keep_cache``/``direct_io`` on the file info from the operations' flags.
+* ``open`` sets ``keep_cache``/``direct_io`` on the file info per handle, from the
+  operations' ``open_flags(fh)`` (images: direct I/O; small files: page cache).
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ class FuseOptions:
     attr_timeout: float = 1.0
     negative_timeout: float = 0.0
     debug: bool = False
+    read_only: bool = True
 
     def as_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "foreground": True,
-            "ro": True,
+            "ro": self.read_only,
             "default_permissions": True,
             "fsname": self.fsname.replace(",", "_"),
             "subtype": "vmaccel",
@@ -136,8 +138,9 @@ def fast_class(binding: ModuleType) -> type:
         def open(self, path: bytes, fip: Any) -> int:
             ops, fi = self.operations, fip.contents
             fi.fh = ops.open(path.decode(self.encoding, "surrogateescape"), fi.flags)
-            fi.keep_cache = 1 if getattr(ops, "keep_cache", False) else 0
-            fi.direct_io = 1 if getattr(ops, "direct_io", False) else 0
+            keep_cache, direct_io = ops.open_flags(fi.fh)
+            fi.keep_cache = 1 if keep_cache else 0
+            fi.direct_io = 1 if direct_io else 0
             return 0
 
     return FastFUSE

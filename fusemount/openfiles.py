@@ -11,6 +11,7 @@ Thread safety: all methods may be called from any thread. Reads run outside the 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import threading
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from fusemount.overlay import OverlayImage
 from fusemount.source import ImageStream
 
 logger = logging.getLogger(__name__)
@@ -94,6 +96,25 @@ class OpenFiles:
         piece = handle.content[offset : offset + len(buf)]
         buf[: len(piece)] = piece
         return len(piece)
+
+    def write(self, fh: int, offset: int, data: bytes | memoryview) -> int:
+        """Write ``data`` at ``offset`` of a writable image handle (its overlay).
+
+        Raises ``OSError(EROFS)`` for any other handle."""
+        stream = self._handles[fh].stream
+        if not isinstance(stream, OverlayImage):
+            raise OSError(errno.EROFS, "only image files of a --writable mount take writes")
+        return stream.write(offset, data)
+
+    def sync(self, fh: int) -> None:
+        """Make the writes through ``fh`` durable (a no-op for read-only handles)."""
+        stream = self._handles[fh].stream
+        if isinstance(stream, OverlayImage):
+            stream.sync()
+
+    def is_image(self, fh: int) -> bool:
+        """Whether ``fh`` reads an image (rather than a generated or guest file)."""
+        return self._handles[fh].image_id is not None
 
     def release(self, fh: int) -> None:
         """Forget ``fh``; closes the image reader when its last handle goes."""

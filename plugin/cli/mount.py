@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from catalog.errors import BackupNotFound
+from catalog.errors import BackupNotFound, UsageError
 from catalog.repository import Repository
 from plugin.cli.options import RepoOpt
 from plugin.cli.output import console
@@ -37,17 +37,39 @@ def mount(
     allow_other: Annotated[
         bool, typer.Option("--allow-other", help="Let other users (e.g. a hypervisor) read it.")
     ] = False,
-    direct_io: Annotated[
-        bool, typer.Option("--direct-io", help="Bypass the kernel page cache.", hidden=True)
+    writable: Annotated[
+        Path | None,
+        typer.Option(
+            "--writable",
+            metavar="OVERLAY_DIR",
+            help="Let image files (-flat.vmdk, .raw) take writes, kept in copy-on-write "
+            "overlays in OVERLAY_DIR (never in the repository), e.g. to run a VM from them.",
+        ),
+    ] = None,
+    keep_overlay: Annotated[
+        bool, typer.Option("--keep-overlay", help="Keep the overlays at unmount (--writable).")
     ] = False,
+    direct_io: Annotated[
+        bool,
+        typer.Option(
+            "--direct-io/--no-direct-io",
+            help="Image files bypass the kernel page cache (default; other files never do).",
+            hidden=True,
+        ),
+    ] = True,
 ) -> None:
-    """Mount a repository read-only: /<vm>/<time>/<disk>.vmdk, -flat.vmdk, .raw, vm.json."""
+    """Mount a repository: /<vm>/<time>/<disk>.vmdk, -flat.vmdk, .raw, vm.json, files/.
+
+    Read-only, unless --writable gives image files a copy-on-write overlay."""
     from fusemount.backupref import resolve_backup
     from fusemount.mount import MountOptions, check_mountpoint, serve, start_detached
 
+    if keep_overlay and writable is None:
+        raise UsageError("--keep-overlay needs --writable OVERLAY_DIR")
     settings = build_settings(repo)
     path = settings.require_repo()
     mountpoint = mountpoint.absolute()
+    overlay_dir = writable.absolute() if writable is not None else None
     check_mountpoint(mountpoint)
     with Repository.open(path, settings.passphrase) as r:
         backup_id = resolve_backup(r, backup).id if backup else None
@@ -55,7 +77,8 @@ def mount(
             raise BackupNotFound(f"VM {vm!r} has no complete backups in {path}")
         if foreground:
             options = MountOptions(
-                vm=vm, backup_id=backup_id, allow_other=allow_other, direct_io=direct_io
+                vm=vm, backup_id=backup_id, allow_other=allow_other, direct_io=direct_io,
+                overlay_dir=overlay_dir, keep_overlay=keep_overlay,
             )
             serve(r, mountpoint, options)
             return
@@ -64,7 +87,9 @@ def mount(
     command += ["--vm", vm] if vm is not None else []
     command += ["--backup", str(backup_id)] if backup_id is not None else []
     command += ["--allow-other"] if allow_other else []
-    command += ["--direct-io"] if direct_io else []
+    command += ["--direct-io"] if direct_io else ["--no-direct-io"]
+    command += ["--writable", str(overlay_dir)] if overlay_dir is not None else []
+    command += ["--keep-overlay"] if keep_overlay else []
     env = dict(os.environ)
     if encrypted:
         env[ENV_PASSPHRASE] = settings.passphrase()  # asked once, here, not in the child

@@ -1,4 +1,4 @@
-"""``vmaccel restore``: get a disk back from a backup, without mounting anything.
+"""``vmaccel restore``: get a disk or guest files back from a backup, without mounting anything.
 
 fusemount is imported inside the commands only, like ``vmaccel mount``: the disk restore
 lives with the rest of the read side, and the CLI stays importable without libfuse.
@@ -17,7 +17,7 @@ from plugin.cli.output import emit
 from plugin.cli.progress import byte_progress
 from plugin.cli.settings import build_settings
 
-app = typer.Typer(help="Restore disks from a backup.", no_args_is_help=True)
+app = typer.Typer(help="Restore disks or guest files from a backup.", no_args_is_help=True)
 
 BackupArg = Annotated[
     str,
@@ -56,3 +56,38 @@ def disk(
 
             report = restore_disk(reader, to, source, overwrite=force, progress=progress)
     emit(report, as_json)
+
+
+@app.command("file")
+def file(
+    backup: BackupArg,
+    guest_paths: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="GUEST_PATH...",
+            help="<volume>/<path> as under the mount's files/ (e.g. p1/etc/nginx); the volume "
+            "may be left out when only one volume holds the path.",
+        ),
+    ],
+    to: Annotated[Path, typer.Option("--to", help="Directory to restore into (made if missing).")],
+    repo: RepoOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing files and symlinks.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore guest files and directories (recursively) into a directory, never outside it."""
+    from fusemount.backupref import resolve_backup
+    from fusemount.filerestore import RestoreIncomplete, restore_guest_paths
+    from fusemount.repoview import RepositoryView
+
+    settings = build_settings(repo)
+    with Repository.open(settings.require_repo(), settings.passphrase) as r:
+        row = resolve_backup(r, backup)
+        report = restore_guest_paths(RepositoryView(r), row.id, guest_paths, to, overwrite)
+    emit(report, as_json)
+    if report.failed:
+        raise RestoreIncomplete(
+            f"{len(report.failed)} entries could not be restored (first: "
+            f"{report.failed[0].path}: {report.failed[0].reason})"
+        )
