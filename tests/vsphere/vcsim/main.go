@@ -10,6 +10,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"io"
@@ -81,7 +83,9 @@ func main() {
 	defer model.Remove()
 	model.Service.RegisterEndpoints = true
 	model.Service.TLS = tlsConfig
-	model.Service.Listen = &url.URL{Host: o.listen}
+	// Own credentials instead of vcsim's default user/pass, which accepts any non-empty
+	// password: a wrong password must fail as it does on vCenter.
+	model.Service.Listen = &url.URL{Host: o.listen, User: url.UserPassword("vmaccel", randomSecret())}
 
 	server := model.Service.NewServer()
 	defer server.Close()
@@ -127,4 +131,12 @@ func datastoreDirs() map[string]string {
 		dirs[ds.Name] = filepath.Clean(ds.Info.GetDatastoreInfo().Url)
 	}
 	return dirs
+}
+
+func randomSecret() string {
+	buf := make([]byte, 12)
+	if _, err := rand.Read(buf); err != nil {
+		log.Fatalf("random password: %v", err)
+	}
+	return hex.EncodeToString(buf)
 }
