@@ -18,8 +18,27 @@ order), ``blockmap`` (the shared map tree), ``imagewriter``/``imagereader``, ``b
 ``gc``, ``stats``, ``rebuild``. ``catalog`` imports nothing else of vmaccel.
 """
 
-from catalog.config import RepositoryConfig
-from catalog.errors import VmaccelError
-from catalog.repository import Repository
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from catalog.config import RepositoryConfig
+    from catalog.errors import VmaccelError
+    from catalog.repository import Repository
+
+# Resolved lazily (PEP 562): `import catalog.errors` must stay cheap for the CLI's start-up.
+_EXPORTS = {
+    "Repository": "catalog.repository",
+    "RepositoryConfig": "catalog.config",
+    "VmaccelError": "catalog.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'catalog' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
 
 __all__ = ["Repository", "RepositoryConfig", "VmaccelError"]

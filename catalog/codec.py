@@ -70,11 +70,11 @@ class ChunkCodec:
         """Encode ``data`` (its id computed unless given). Safe to call from worker threads."""
         cid = chunk_id if chunk_id is not None else self.chunk_id(data)
         flags = 0
-        payload: bytes = bytes(data)
-        if self._level is not None:
-            packed = self._compressor().compress(payload)
-            if len(packed) < len(payload):
-                payload, flags = packed, FLAG_ZSTD
+        packed = self._compressor().compress(data) if self._level is not None else None
+        if packed is not None and len(packed) < len(data):
+            payload, flags = packed, FLAG_ZSTD
+        else:  # copied only when stored as is (a memoryview ``data`` is not kept)
+            payload = data if isinstance(data, bytes) else bytes(data)
         if self._aead is not None:
             flags |= FLAG_ENCRYPTED
             nonce = secrets.token_bytes(_NONCE)

@@ -7,6 +7,13 @@ hash and (for chunks not yet stored) compress/encrypt them, and the calling thre
 results to the pack in order and records (block, chunk id) changes. Changes are applied to the
 block map in batches of ``BATCH_BLOCKS``, so memory stays bounded whatever the disk size.
 
+Each block's "is it stored?" check is made in the worker, cheapest first: a block whose id
+equals the parent image's id for that block is stored (the parent is committed), with no query
+at all, so re-writing unchanged data (an incremental without CBT, a rescan) costs hashing only;
+the other ids of a task are looked up in one batched query. The writer thread re-checks only
+ids pending in this backup (see ``catalog.chunkstore``, "Duplicates"). A block equal to the
+parent's is therefore not re-stored even if the parent's copy is damaged; verify names those.
+
 Contract: offsets and lengths are bytes, block aligned; only the last block of the disk may be
 short. ``data`` must not change after ``write`` returns (pass ``bytes``). An image writer is
 used by one thread. Nothing it writes is visible until the backup that owns it commits.
@@ -61,6 +68,7 @@ class ImageWriter:
         self.size, self.block_size = size, block_size
         blocks = (size + block_size - 1) // block_size
         self._store, self._map = store, blockmap
+        self._parent = base if base.root is not None else None  # immutable: shared by workers
         self._root = blockmap.resize(base, blocks) if base.blocks != blocks else base
         self._own_pool = pool is None
         self._pool = pool or ThreadPoolExecutor(workers or os.cpu_count() or 2, "vmaccel-chunk")
@@ -74,10 +82,13 @@ class ImageWriter:
     def write(self, offset: int, data: bytes) -> None:
         """Store ``data`` at byte ``offset`` (block aligned; see the module contract)."""
         self._check(offset, len(data), allow_short_tail=True)
+        if not isinstance(data, bytes | bytearray):
+            data = bytes(data)
         for start in range(0, len(data), TASK_BYTES):
             piece_len = min(TASK_BYTES, len(data) - start)
-            fut = self._pool.submit(self._encode, data, start, piece_len)
-            self._inflight.append(((offset + start) // self.block_size, fut))
+            first = (offset + start) // self.block_size
+            fut = self._pool.submit(self._encode, data, start, piece_len, first)
+            self._inflight.append((first, fut))
             if len(self._inflight) >= MAX_INFLIGHT_TASKS:
                 self._consume_one()
         self.stats.bytes_written += len(data)
@@ -134,25 +145,45 @@ class ImageWriter:
         if end % self.block_size and not (allow_short_tail and end == self.size):
             raise UsageError(f"write ending at {end} is not block aligned")
 
-    def _encode(self, data: bytes, start: int, length: int) -> list[_Result]:
-        """Worker thread: zero check, hash, encode unknown chunks. Releases the GIL in C."""
-        bs, codec = self.block_size, self._store.codec
+    def _encode(self, data: bytes, start: int, length: int, first: int) -> list[_Result]:
+        """Worker thread: zero check, hash, encode unknown chunks (``first`` is the block at
+        ``start``). Hashing and compression release the GIL; blocks are never copied."""
+        bs, codec, end = self.block_size, self._store.codec, start + length
+        view = memoryview(data)
+        ids: list[bytes | None] = []
+        for pos in range(start, end, bs):
+            n = min(bs, end - pos)
+            # startswith compares in place (memcmp), where slicing would copy the block
+            zero = data.startswith(self._zero if n == bs else self._zero[:n], pos)
+            ids.append(None if zero else codec.chunk_id(view[pos : pos + n]))
+        parent = self._parent_ids(first, len(ids))
+        unknown = self._store.unknown(
+            cid for i, cid in enumerate(ids) if cid is not None and cid != parent[i]
+        )
         out: list[_Result] = []
-        for pos in range(start, start + length, bs):
-            block = data[pos : min(pos + bs, start + length)]
-            if block == self._zero[: len(block)]:
-                out.append((None, None))
-                continue
-            cid = codec.chunk_id(block)
-            out.append((cid, None if self._store.known(cid) else codec.encode(block, cid)))
+        for i, cid in enumerate(ids):
+            enc = None
+            if cid in unknown:
+                unknown.discard(cid)  # a block repeated within the task is encoded once
+                pos = start + i * bs
+                enc = codec.encode(view[pos : min(pos + bs, end)], cid)
+            out.append((cid, enc))
         return out
+
+    def _parent_ids(self, first: int, count: int) -> list[bytes | None]:
+        """The parent's chunk ids for blocks ``first .. first+count-1`` (None past its end)."""
+        ids: list[bytes | None] = [None] * count
+        if self._parent is not None and first < self._parent.blocks:
+            n = min(count, self._parent.blocks - first)
+            ids[:n] = self._map.lookup(self._parent, first, n)
+        return ids
 
     def _consume_one(self) -> None:
         first, fut = self._inflight.popleft()
         for i, (cid, enc) in enumerate(fut.result()):
             if cid is None:
                 self.stats.zero_blocks += 1
-            elif enc is not None and self._store.add(enc):
+            elif enc is not None and self._store.add(enc, check_index=False):
                 self.stats.new_chunks += 1
                 self.stats.new_bytes += enc.raw_len
                 self.stats.stored_bytes += len(enc.payload)

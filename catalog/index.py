@@ -11,6 +11,9 @@ Tables: ``pack`` (one row per sealed pack), ``chunk`` (where each chunk id is st
 ``image`` (one disk of one backup: the root of its block map).
 
 Thread safety: one connection guarded by a lock; every method may be called from any thread.
+The batched chunk lookups (``existing_chunks``, ``chunk_locations``) run on a small pool of
+read-only connections instead, so image writer workers and image readers look up in parallel
+and never wait for a write transaction (WAL: readers see the last commit).
 """
 
 from __future__ import annotations
@@ -159,6 +162,9 @@ class Index:
             raise IndexCorrupt(f"the catalog {path} cannot be opened: {exc}") from exc
         self._lock = threading.RLock()
         self.path = path
+        self._readers: list[sqlite3.Connection] = []  # idle read-only connections (lookups)
+        self._readers_lock = threading.Lock()
+        self._closed = False
 
     def migrate(self) -> None:
         """Apply pending schema migrations (each in its own transaction)."""
@@ -166,6 +172,12 @@ class Index:
             migrations.apply(sqlite_utils.Database(self._conn))
 
     def close(self) -> None:
+        # Readers first: the last connection to close checkpoints the WAL into the database.
+        with self._readers_lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
         with self._lock:
             self._conn.close()
 
@@ -467,6 +479,65 @@ class Index:
             ),
         )
         return int(cur.fetchone()[0])
+
+    # -- concurrent chunk lookups (image writer workers, image readers) --------------------------
+
+    def existing_chunks(self, ids: Iterable[bytes]) -> set[bytes]:
+        """The subset of ``ids`` that has a committed chunk row. Batched (one query per
+        ``_ID_BATCH`` ids) on a read-only connection of its own, so it neither takes nor waits
+        for the main connection's lock (a writer committing with fsync does not stall it)."""
+        wanted = list(dict.fromkeys(ids))
+        found: set[bytes] = set()
+        for start in range(0, len(wanted), _ID_BATCH):
+            batch = wanted[start : start + _ID_BATCH]
+            marks = ", ".join("?" * len(batch))
+            rows = self._read(f"SELECT id FROM chunk WHERE id IN ({marks})", batch)
+            found.update(bytes(r[0]) for r in rows)
+        return found
+
+    def chunk_locations(self, ids: Iterable[bytes]) -> dict[bytes, ChunkLocation]:
+        """id -> location for those of ``ids`` that are committed (absent ids are missing);
+        batched like :meth:`existing_chunks`, on a read-only connection."""
+        wanted = list(dict.fromkeys(ids))
+        found: dict[bytes, ChunkLocation] = {}
+        for start in range(0, len(wanted), _ID_BATCH):
+            batch = wanted[start : start + _ID_BATCH]
+            marks = ", ".join("?" * len(batch))
+            for r in self._read(
+                f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id"
+                f" WHERE c.id IN ({marks})",
+                batch,
+            ):
+                found[bytes(r[0])] = ChunkLocation(*r)
+        return found
+
+    def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run one query on an idle read-only connection (opened on demand, kept for reuse).
+
+        WAL lets these readers run beside the writer; each statement sees the last commit,
+        never the writer's open transaction. At most one connection per concurrent caller.
+        """
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        try:
+            if conn is None:
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30,
+                )
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+        finally:
+            if conn is not None:
+                with self._readers_lock:
+                    if self._closed:  # closed meanwhile: do not keep it
+                        conn.close()
+                    else:
+                        self._readers.append(conn)
 
 
 def _backup(r: Sequence[Any]) -> BackupRow:
