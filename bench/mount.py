@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-# `python bench/mount.py` puts bench/ first on sys.path, where bench/catalog.py would shadow
+# `python bench/mount.py` puts bench/ first on sys.path, where bench/bench_catalog.py would shadow
 # the catalog package: put the repository root there instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,13 +16,10 @@ from plugin.cli.progress import Tracker, byte_progress
 from plugin.cli.settings import Settings, build_settings
 from plugin.job.report import RunReport, VmReport, human_bytes
 from plugin.job.selection import Selection, missing_names, select
-from plugin.job.standalone import back_up_source, default_name, open_source, parse_source
-from plugin.job.transports import TransportConfig
-from plugin.job.vmjob import VmBackupOptions, run_backups
 from plugin.registry import Registry
-from plugin.vcenter.connection import VCenter
-from plugin.vcenter.inventory import list_vms
-from plugin.vcenter.tags import TagDirectory
+
+if TYPE_CHECKING:
+    from plugin.job.vmjob import VmBackupOptions
 
 FAILED_EXIT = 1
 _Multi = Annotated[list[str] | None, typer.Option(show_default=False)]
@@ -111,14 +108,16 @@ def backup(
             sel = Selection(
                 tuple(vm or ()), tuple(folder or ()), frozenset(), tuple(exclude_vm or ())
             )
-            opts = VmBackupOptions(
-                transport=TransportConfig(transport, _datastore_paths(datastore_path), nbd_command),
-                quiesce=not no_quiesce,
-                vray=not no_skip_free,
-                rescan=rescan,
-                exclude_disks=frozenset(exclude_disk or ()),
-                parallel=parallel,
-                file_index=not no_file_index,
+            opts = _options(
+                transport,
+                datastore_path,
+                nbd_command,
+                not no_quiesce,
+                not no_skip_free,
+                rescan,
+                exclude_disk,
+                parallel,
+                not no_file_index,
             )
             report = _vcenter(settings, r, vcenter, sel, tuple(tag or ()), opts, track)
     if as_json:
@@ -147,7 +146,10 @@ def render(report: RunReport) -> None:
     console.print(table)
     for vm in report.vms:
         state = f"backup {vm.backup_id}, {vm.consistency}" if vm.ok else "FAILED"
-        console.print(f"{vm.vm}: {state} ({vm.duration:.1f} s)", highlight=False, markup=False)
+        catalog = f", file catalog {vm.catalog_seconds:.1f} s" if vm.catalog_seconds >= 0.05 else ""
+        console.print(
+            f"{vm.vm}: {state} ({vm.duration:.1f} s{catalog})", highlight=False, markup=False
+        )
         for d in vm.disks:
             console.print(f"  {d.disk}: {d.mode}: {d.reason}", highlight=False, markup=False)
             for w in d.warnings:
@@ -161,6 +163,8 @@ def render(report: RunReport) -> None:
 def _standalone(
     r: Repository, source: str, name: str | None, vray: bool, file_index: bool, track: Tracker
 ) -> VmReport:
+    from plugin.job.standalone import back_up_source, default_name, open_source, parse_source
+
     kind, _ = parse_source(source)
     src = open_source(source)
     try:
@@ -172,6 +176,31 @@ def _standalone(
         src.close()
 
 
+def _options(
+    transport: str,
+    datastore_path: list[str] | None,
+    nbd_command: str | None,
+    quiesce: bool,
+    vray: bool,
+    rescan: bool,
+    exclude_disk: list[str] | None,
+    parallel: int,
+    file_index: bool,
+) -> VmBackupOptions:
+    from plugin.job.transports import TransportConfig
+    from plugin.job.vmjob import VmBackupOptions
+
+    return VmBackupOptions(
+        transport=TransportConfig(transport, _datastore_paths(datastore_path), nbd_command),
+        quiesce=quiesce,
+        vray=vray,
+        rescan=rescan,
+        exclude_disks=frozenset(exclude_disk or ()),
+        parallel=parallel,
+        file_index=file_index,
+    )
+
+
 def _vcenter(
     settings: Settings,
     r: Repository,
@@ -181,8 +210,15 @@ def _vcenter(
     opts: VmBackupOptions,
     track: Tracker,
 ) -> RunReport:
+    # The vSphere SDKs load only for vCenter backups (start-up cost of plain --source runs).
+    from plugin.job.vmjob import run_backups
+    from plugin.vcenter.connection import VCenter
+    from plugin.vcenter.inventory import list_vms
+
     endpoint = Registry(settings.config_dir).endpoint(name, settings.env)
     if tags:
+        from plugin.vcenter.tags import TagDirectory
+
         directory = TagDirectory(endpoint)
         ids = directory.tag_ids(tags)
         sel = Selection(

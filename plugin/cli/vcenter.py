@@ -13,10 +13,7 @@ from catalog.errors import UsageError
 from plugin.cli.output import console, print_json
 from plugin.cli.settings import build_settings
 from plugin.registry import Registry, VCenterEntry, parse_url
-from plugin.vcenter.connection import VCenter
-from plugin.vcenter.inventory import list_vms
 from plugin.vcenter.models import Endpoint, TlsTrust
-from plugin.vcenter.tls import normalize_thumbprint, server_certificate, thumbprints
 
 app = typer.Typer(help="Add, list and test vCenter connections.", no_args_is_help=True)
 
@@ -43,6 +40,9 @@ def add(
 ) -> None:
     """Add (or replace) a vCenter. Without --thumbprint/--ca-file, the certificate seen on
     first contact is shown and pinned. The login is tested before anything is stored."""
+    from plugin.vcenter.connection import VCenter  # the SDK loads only when needed
+    from plugin.vcenter.tls import normalize_thumbprint, server_certificate, thumbprints
+
     if thumbprint and ca_file:
         raise UsageError("give --thumbprint or --ca-file, not both")
     settings = build_settings(None)
@@ -108,6 +108,9 @@ def list_vcenters(
 @app.command("test")
 def test(name: str) -> None:
     """Log in and count the VMs: proves URL, certificate and credentials."""
+    from plugin.vcenter.connection import VCenter
+    from plugin.vcenter.inventory import list_vms
+
     settings = build_settings(None)
     endpoint = Registry(settings.config_dir).endpoint(name, settings.env)
     with VCenter(endpoint) as vc:

@@ -51,6 +51,7 @@ class VmReport:
     consistency: str = "crash-consistent"
     error: str | None = None
     warnings: tuple[str, ...] = ()
+    catalog_seconds: float = 0.0  # filling the file catalog, after the data is safe
 
     @property
     def ok(self) -> bool:

@@ -83,5 +83,13 @@ def back_up_source(
             row = bw.commit()
     except VmaccelError as exc:
         return VmReport(vm, None, (), time.monotonic() - started, error=str(exc))
+    catalog_started = time.monotonic()
     warnings = index_backup(repo, row) if file_index else []
-    return VmReport(vm, row.id, (disk,), time.monotonic() - started, warnings=tuple(warnings))
+    return VmReport(
+        vm,
+        row.id,
+        (disk,),
+        time.monotonic() - started,
+        warnings=tuple(warnings),
+        catalog_seconds=time.monotonic() - catalog_started,
+    )

@@ -102,6 +102,10 @@ class VmRun:
                 snapshots.remove(self.vc, snap.snapshot.moref, f"removing snapshot of {vm.name}")
             except VmaccelError as exc:
                 warnings.append(f"{exc}; the next run removes the leftover snapshot")
+        catalog_started = time.monotonic()
+        if backup_id is not None and self.opts.file_index:
+            # After the snapshot is gone: the catalog reads the stored image, not the VM.
+            warnings.extend(index_backup(self.repo, self.repo.backup(backup_id)))
         return VmReport(
             vm.name,
             backup_id,
@@ -110,6 +114,7 @@ class VmRun:
             consistency,
             error,
             tuple(warnings),
+            catalog_seconds=time.monotonic() - catalog_started,
         )
 
     def _ensure_cbt(self, vm: VmRef) -> list[str]:
@@ -154,8 +159,6 @@ class VmRun:
                 )
         except VmaccelError as exc:
             return None, tuple(reports), str(exc)
-        if self.opts.file_index:
-            warnings.extend(index_backup(self.repo, row))
         return row.id, tuple(reports), None
 
     def _skip_reason(self, vm: VmRef, disk: DiskRef) -> str | None:
