@@ -71,6 +71,7 @@ class Superblock:
     first_meta_bg: int
     backup_bgs: tuple[int, int]
     journal_inum: int = 0
+    inodes_count: int = 0
 
     @property
     def group_count(self) -> int:
@@ -97,7 +98,14 @@ class GroupDesc:
 
 def read_superblock(view: VolumeView) -> Superblock:
     """Parse and sanity-check the primary superblock; raise `GuestFsError` if implausible."""
-    raw = view.pread(1024, 1024)
+    sb = parse_superblock(view.pread(1024, 1024))
+    _check_geometry(sb, view.volume.size)
+    return sb
+
+
+def parse_superblock(raw: bytes) -> Superblock:
+    """The superblock in `raw` (its 1024 bytes); raises `GuestFsError` for a bad magic or
+    block size only (`read_superblock` also checks the geometry against the volume)."""
     (magic, state) = struct.unpack_from("<HH", raw, 0x38)
     if magic != 0xEF53:
         raise GuestFsError(f"ext4: bad superblock magic {magic:#06x}")
@@ -107,7 +115,7 @@ def read_superblock(view: VolumeView) -> Superblock:
         raise GuestFsError(f"ext4: implausible block size 1024 << {log_bs}")
     blocks_hi = struct.unpack_from("<I", raw, 0x150)[0] if incompat & INCOMPAT_64BIT else 0
     desc_size = struct.unpack_from("<H", raw, 0xFE)[0] if incompat & INCOMPAT_64BIT else 32
-    sb = Superblock(
+    return Superblock(
         block_size=1024 << log_bs,
         blocks_count=struct.unpack_from("<I", raw, 0x04)[0] | blocks_hi << 32,
         first_data_block=struct.unpack_from("<I", raw, 0x14)[0],
@@ -123,9 +131,8 @@ def read_superblock(view: VolumeView) -> Superblock:
         first_meta_bg=struct.unpack_from("<I", raw, 0x104)[0],
         backup_bgs=struct.unpack_from("<II", raw, 0x24C),
         journal_inum=struct.unpack_from("<I", raw, 0xE0)[0],
+        inodes_count=struct.unpack_from("<I", raw, 0x00)[0],
     )
-    _check_geometry(sb, view.volume.size)
-    return sb
 
 
 def _check_geometry(sb: Superblock, volume_size: int) -> None:
@@ -218,23 +225,23 @@ def read_inode(view: VolumeView, sb: Superblock, ino: int) -> bytes:
         raise GuestFsError(f"ext4: inode {ino} is out of range")
     group, index = divmod(ino - 1, sb.inodes_per_group)
     dpb = sb.descs_per_block
-    block = view.pread(_desc_block(sb, group // dpb) * sb.block_size, sb.block_size)
-    desc = _parse_desc(sb, block, (group % dpb) * sb.desc_size, group)
+    block = view.pread(desc_block(sb, group // dpb) * sb.block_size, sb.block_size)
+    desc = parse_desc(sb, block, (group % dpb) * sb.desc_size, group)
     return view.pread(desc.inode_table * sb.block_size + index * sb.inode_size, sb.inode_size)
 
 
 def read_group_descs(view: VolumeView, sb: Superblock) -> list[GroupDesc]:
     """All group descriptors, in group order, checked to point inside the filesystem."""
     dpb = sb.descs_per_block
-    locations = [_desc_block(sb, m) for m in range(sb.gdt_blocks)]
+    locations = [desc_block(sb, m) for m in range(sb.gdt_blocks)]
     blocks = dict(iter_blocks(view, locations, sb.block_size))
     return [
-        _parse_desc(sb, blocks[locations[g // dpb]], (g % dpb) * sb.desc_size, g)
+        parse_desc(sb, blocks[locations[g // dpb]], (g % dpb) * sb.desc_size, g)
         for g in range(sb.group_count)
     ]
 
 
-def _parse_desc(sb: Superblock, raw: bytes, off: int, g: int) -> GroupDesc:
+def parse_desc(sb: Superblock, raw: bytes, off: int, g: int) -> GroupDesc:
     """Group `g`'s descriptor at byte `off` of descriptor block `raw`, range-checked."""
     bb, ib, it = struct.unpack_from("<III", raw, off)
     flags = struct.unpack_from("<H", raw, off + 0x12)[0]
@@ -247,7 +254,7 @@ def _parse_desc(sb: Superblock, raw: bytes, off: int, g: int) -> GroupDesc:
     return GroupDesc(bb, ib, it, flags)
 
 
-def _desc_block(sb: Superblock, m: int) -> int:
+def desc_block(sb: Superblock, m: int) -> int:
     """Block number of descriptor block `m` (holding groups [m * dpb, (m + 1) * dpb))."""
     if not sb.incompat & INCOMPAT_META_BG or m < sb.first_meta_bg:
         return sb.first_data_block + 1 + m
@@ -288,7 +295,7 @@ def _group_tables(sb: Superblock, d: GroupDesc) -> list[Extent]:
 
 
 def _descriptor_blocks(sb: Superblock) -> list[Extent]:
-    return [Extent(_desc_block(sb, m) * sb.block_size, sb.block_size) for m in range(sb.gdt_blocks)]
+    return [Extent(desc_block(sb, m) * sb.block_size, sb.block_size) for m in range(sb.gdt_blocks)]
 
 
 def _uninit_group_used(sb: Superblock, g: int) -> list[Extent]:

@@ -1,13 +1,16 @@
-"""ext2/ext3/ext4 file trees, over dissect.extfs (directories, inodes, xattrs).
+"""ext2/ext3/ext4 file trees: inodes and directories parsed by guestfs.ext4inode.
+
+dissect.extfs is used only to check the superblock at open and to read the xattrs of
+inline-data inodes.
 
 File data is mapped here rather than by dissect, to get what a restore needs: unwritten
 (fallocated) extents and zero block pointers at any indirection level read as zeros, every
 block pointer is checked to lie inside the filesystem, and extent trees are depth-bounded.
 Inline data (INLINE_DATA_FL) is i_block's 60 bytes followed by the "system.data" xattr.
 
-Not supported (open_ext raises GuestFsError naming it): META_BG group descriptors (dissect
-assumes descriptors follow the superblock) and bigalloc. Encrypted (fscrypt) names and data
-are returned as stored, i.e. ciphertext.
+Not supported (open_ext raises GuestFsError naming it): META_BG group descriptors (dissect,
+used at open, assumes descriptors follow the superblock) and bigalloc. Encrypted (fscrypt)
+names and data are returned as stored, i.e. ciphertext.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import logging
 import stat as statmod
 import struct
 from collections.abc import Iterator
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 from dissect.cstruct.exceptions import Error as CStructError
 from dissect.extfs import ExtFS
 from dissect.extfs.exceptions import Error as ExtError
 
 from guestfs.errors import GuestFsError
+from guestfs.ext4 import parse_superblock
+from guestfs.ext4inode import Inode, InodeTable, parse_dirents
 from guestfs.filesystem import FileKind, FileStat, FileSystem
 from guestfs.runstream import Run, RunStream, check_runs
 from guestfs.tree import Child, TreeFileSystem, construct
@@ -39,6 +44,9 @@ EXTENT_MAGIC = 0xF30A
 UNINIT_LEN = 32768  # ee_len above this marks an unwritten extent of ee_len - 32768 blocks
 MAX_EXTENT_DEPTH = 5
 MAX_SYMLINK = 4096
+ROOT_INO = 2
+INCOMPAT_FILETYPE = 0x2
+DIR_READ = 256 * 1024  # bytes of directory read at once
 _KINDS: dict[int, FileKind] = {
     statmod.S_IFREG: "file",
     statmod.S_IFDIR: "dir",
@@ -55,89 +63,126 @@ def open_ext(view: VolumeView, fstype: str = "ext4") -> FileSystem:
         raise GuestFsError("ext4 META_BG layouts are not supported for browsing")
     if ro_compat & RO_COMPAT_BIGALLOC:
         raise GuestFsError("ext4 bigalloc is not supported for browsing")
-    return TreeFileSystem[Any](
+    return TreeFileSystem[int](
         construct(fstype, _ExtBackend.errors, lambda: _ExtBackend(view, fstype))
     )
 
 
 class _ExtBackend:
-    """`guestfs.tree.Backend` over dissect.extfs inodes."""
+    """`guestfs.tree.Backend` whose nodes are inode numbers.
+
+    Inodes and directory blocks are parsed by `guestfs.ext4inode`; dissect.extfs validates
+    the superblock at open and reads the "system.data" xattr of inline-data inodes.
+    """
 
     errors: tuple[type[BaseException], ...] = (ExtError, CStructError)
 
     def __init__(self, view: VolumeView, fstype: str) -> None:
         self.fstype = fstype
         self._view = view
-        self._fs = ExtFS(view)
+        self._fs = ExtFS(view)  # checks the superblock as before; used for inline data xattrs
         self.label: str | None = self._fs.volume_name or None
-        self._bs: int = self._fs.block_size
-        self._blocks: int = self._fs.block_count
+        sb = parse_superblock(view.pread(1024, 1024))
+        self._bs: int = sb.block_size
+        self._blocks: int = sb.blocks_count
+        self._inodes = InodeTable(view, sb)
+        self._filetype = bool(sb.incompat & INCOMPAT_FILETYPE)
 
-    def root(self) -> Any:
-        return self._fs.root
+    def root(self) -> int:
+        return ROOT_INO
 
-    def children(self, node: Any, path: str) -> Iterator[Child[Any]]:
-        for child in node.iterdir():
-            name = child.filename
-            if name in (".", ".."):
-                continue
-            yield Child(name, name.encode("utf-8", "surrogateescape"), child, child.inum)
+    def children(self, node: int, path: str) -> Iterator[Child[int]]:
+        ino = self._inodes.get(node)
+        what = f"{self.fstype} directory inode {node} ({path})"
+        count, filetype = self._inodes.inodes_count, self._filetype
+        for block in self._dir_blocks(node, ino, what):
+            for child, raw in parse_dirents(block, count, filetype, what):
+                if raw == b"." or raw == b"..":
+                    continue
+                yield Child(raw.decode("utf-8", "surrogateescape"), raw, child, child)
 
-    def stat(self, node: Any, name: str, name_bytes: bytes | None) -> FileStat:
-        ino = node.inode
-        mode = ino.i_mode
+    def stat(self, node: int, name: str, name_bytes: bytes | None) -> FileStat:
+        ino = self._inodes.get(node)
+        mode = ino.mode
         kind = _KINDS.get(statmod.S_IFMT(mode), "other")
-        size = node.size
+        size = ino.size
         target = None
         if kind == "symlink":
-            target = self._link(node, size)
+            target = self._link(node, ino)
             size = len(target.encode("utf-8", "surrogateescape"))
         return FileStat(
             name=name,
             kind=kind,
             size=size,
-            inode=node.inum,
-            nlink=ino.i_links_count,
+            inode=node,
+            nlink=ino.nlink,
             mode=statmod.S_IMODE(mode),
-            uid=ino.i_uid | ino.i_uid_high << 16,
-            gid=ino.i_gid | ino.i_gid_high << 16,
-            mtime_ns=node.mtime_ns,
-            atime_ns=node.atime_ns,
-            ctime_ns=node.ctime_ns,
+            uid=ino.uid,
+            gid=ino.gid,
+            mtime_ns=ino.mtime_ns,
+            atime_ns=ino.atime_ns,
+            ctime_ns=ino.ctime_ns,
             target=target,
             name_bytes=name_bytes,
         )
 
-    def open(self, node: Any, st: FileStat, path: str) -> BinaryIO:
-        return self._data(node, st.size, f"{self.fstype} inode {node.inum} ({path})")
+    def open(self, node: int, st: FileStat, path: str) -> BinaryIO:
+        ino = self._inodes.get(node)
+        return self._data(node, ino, st.size, f"{self.fstype} inode {node} ({path})")
 
-    def readlink(self, node: Any, st: FileStat) -> str:
+    def readlink(self, node: int, st: FileStat) -> str:
         assert st.target is not None  # stat sets it for every symlink
         return st.target
 
-    def _link(self, node: Any, size: int) -> str:
+    def _link(self, node: int, ino: Inode) -> str:
+        size = ino.size
         if size > MAX_SYMLINK:
-            raise GuestFsError(f"{self.fstype} inode {node.inum}: symlink of {size} bytes")
-        flags = node.inode.i_flags
-        if size < 60 and not flags & (EXTENTS_FL | INLINE_DATA_FL):
-            raw = bytes(node.inode.i_block)[:size]  # a fast symlink lives in i_block
+            raise GuestFsError(f"{self.fstype} inode {node}: symlink of {size} bytes")
+        if size < 60 and not ino.flags & (EXTENTS_FL | INLINE_DATA_FL):
+            raw = ino.block[:size]  # a fast symlink lives in i_block
         else:
-            raw = self._data(node, size, f"{self.fstype} symlink inode {node.inum}").read()
+            raw = self._data(node, ino, size, f"{self.fstype} symlink inode {node}").read()
         return str(raw.decode("utf-8", "surrogateescape"))
 
-    def _data(self, node: Any, size: int, what: str) -> BinaryIO:
-        ino = node.inode
-        i_block = bytes(ino.i_block)
-        if ino.i_flags & INLINE_DATA_FL:
-            extra = b"".join(x.value for x in node.xattr if x.name == "system.data")
-            return io.BytesIO((i_block + extra)[:size])
-        nblocks = -(-size // self._bs)
-        if ino.i_flags & EXTENTS_FL:
-            runs = list(self._extent_runs(i_block, MAX_EXTENT_DEPTH, what))
+    def _inline(self, node: int, ino: Inode) -> bytes:
+        """The "system.data" xattr: an inline-data inode's bytes after i_block's 60."""
+        xattrs = self._fs.get_inode(node).xattr
+        return b"".join(x.value for x in xattrs if x.name == "system.data")
+
+    def _runs(self, ino: Inode, size: int, what: str) -> list[Run]:
+        """The checked runs (volume bytes) of a non-inline inode's first `size` bytes."""
+        if ino.flags & EXTENTS_FL:
+            runs = list(self._extent_runs(ino.block, MAX_EXTENT_DEPTH, what))
         else:
-            runs = _blockmap_runs(self._view, i_block, self._bs, nblocks, self._blocks, what)
-        checked = check_runs(runs, self._blocks * self._bs, what)
-        return cast(BinaryIO, RunStream(self._view, size, checked, what))
+            nblocks = -(-size // self._bs)
+            runs = _blockmap_runs(self._view, ino.block, self._bs, nblocks, self._blocks, what)
+        return check_runs(runs, self._blocks * self._bs, what)
+
+    def _data(self, node: int, ino: Inode, size: int, what: str) -> BinaryIO:
+        if ino.flags & INLINE_DATA_FL:
+            return io.BytesIO((ino.block + self._inline(node, ino))[:size])
+        return cast(BinaryIO, RunStream(self._view, size, self._runs(ino, size, what), what))
+
+    def _dir_blocks(self, node: int, ino: Inode, what: str) -> Iterator[bytes]:
+        """The directory's entry blocks in file order; holes (and unwritten extents), which
+        hold no entries, are skipped. Reads at most DIR_READ bytes at a time."""
+        if ino.flags & INLINE_DATA_FL:
+            # i_block: the parent's inode number, then entries; the xattr holds more entries.
+            yield ino.block[4:]
+            if ino.size > 60:
+                yield self._inline(node, ino)
+            return
+        bs, size = self._bs, ino.size
+        for run in self._runs(ino, size, what):
+            if run.source is None:
+                continue
+            start, stop = run.offset, min(run.offset + run.length, size)
+            while start < stop:
+                length = min(DIR_READ, stop - start)
+                data = self._view.pread(run.source + start - run.offset, length)
+                for at in range(0, length, bs):
+                    yield data[at : at + bs]
+                start += length
 
     def _extent_runs(self, node: bytes, depth_left: int, what: str) -> Iterator[Run]:
         """Runs of the extent tree node `node` (bytes), in bytes; unwritten ones as holes."""

@@ -1,4 +1,5 @@
-"""XFS file trees, over dissect.xfs (directories, inodes, symlinks).
+"""XFS file trees, over dissect.xfs (directories, symlinks); inode cores for `stat` are
+parsed by guestfs.xfsinode.
 
 File data is mapped here from the inode's extent list or bmap B+tree (via dissect's record
 parser), so that unwritten (preallocated) extents read as zeros, which dissect's own runlist
@@ -27,6 +28,7 @@ from guestfs.filesystem import FileKind, FileStat, FileSystem
 from guestfs.runstream import Run, RunStream, check_runs
 from guestfs.tree import Child, TreeFileSystem, construct
 from guestfs.volume import VolumeView
+from guestfs.xfsinode import InodeCores
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,10 @@ class _XfsBackend:
         self._agblocks: int = sb.sb_agblocks
         self._agblklog: int = sb.sb_agblklog
         self._fs_bytes: int = sb.sb_dblocks * self._bs
+        self._cores = InodeCores(
+            view, sb.sb_agcount, sb.sb_agblocks, sb.sb_agblklog, sb.sb_inopblog, self._bs,
+            sb.sb_inodesize,
+        )  # fmt: skip
 
     def root(self) -> Any:
         return self._fs.root
@@ -73,10 +79,10 @@ class _XfsBackend:
             yield Child(name, name.encode("utf-8", "surrogateescape"), child, child.inum)
 
     def stat(self, node: Any, name: str, name_bytes: bytes | None) -> FileStat:
-        ino = node.inode
-        mode = ino.di_mode
-        kind = _KINDS.get(statmod.S_IFMT(mode), "other")
-        size = node.size
+        inum = int(node.inum)
+        ino = self._cores.get(inum)
+        kind = _KINDS.get(statmod.S_IFMT(ino.mode), "other")
+        size = ino.size
         target = None
         if kind == "symlink":
             target = str(node.link)
@@ -85,14 +91,14 @@ class _XfsBackend:
             name=name,
             kind=kind,
             size=size,
-            inode=node.inum,
-            nlink=ino.di_nlink if ino.di_version >= 2 else ino.di_onlink,
-            mode=statmod.S_IMODE(mode),
-            uid=ino.di_uid,
-            gid=ino.di_gid,
-            mtime_ns=node.mtime_ns,
-            atime_ns=node.atime_ns,
-            ctime_ns=node.ctime_ns,
+            inode=inum,
+            nlink=ino.nlink,
+            mode=statmod.S_IMODE(ino.mode),
+            uid=ino.uid,
+            gid=ino.gid,
+            mtime_ns=ino.mtime_ns,
+            atime_ns=ino.atime_ns,
+            ctime_ns=ino.ctime_ns,
             target=target,
             name_bytes=name_bytes,
         )

@@ -101,6 +101,7 @@ class TreeFileSystem(Generic[N]):
 
     def __init__(self, backend: Backend[N]) -> None:
         self._backend = backend
+        self._malformed = (*backend.errors, *MALFORMED)
         self._dirs: OrderedDict[str, dict[str, Child[N]]] = OrderedDict()
         self._stats: OrderedDict[str, tuple[N, FileStat]] = OrderedDict()
         with self._guard("/"):
@@ -178,8 +179,12 @@ class TreeFileSystem(Generic[N]):
         if cached is not None:
             self._stats.move_to_end(path)
             return cached
-        with self._guard(path):
+        try:  # _guard, inlined: this runs once per entry of every listing
             st = self._backend.stat(child.node, child.name, child.name_bytes)
+        except GuestFsError:
+            raise
+        except self._malformed as exc:
+            raise self._damaged(path, exc) from exc
         self._stats[path] = (child.node, st)
         if len(self._stats) > _STAT_CACHE:
             self._stats.popitem(last=False)
@@ -192,8 +197,10 @@ class TreeFileSystem(Generic[N]):
             yield
         except GuestFsError:
             raise
-        except (*self._backend.errors, *MALFORMED) as exc:
-            raise GuestFsError(
-                f"{self.fstype}: {path}: damaged or unsupported metadata "
-                f"({type(exc).__name__}: {exc})"
-            ) from exc
+        except self._malformed as exc:
+            raise self._damaged(path, exc) from exc
+
+    def _damaged(self, path: str, exc: BaseException) -> GuestFsError:
+        return GuestFsError(
+            f"{self.fstype}: {path}: damaged or unsupported metadata ({type(exc).__name__}: {exc})"
+        )
