@@ -49,6 +49,16 @@ def loop_device(path: Path, offset: int, size: int, read_only: bool) -> Iterator
         yield dev
     finally:
         run("losetup", "--detach", dev)
+        _wait_detached(dev)
+
+
+def _wait_detached(dev: str, timeout: float = 10.0) -> None:
+    """Wait until the kernel has really let go of `dev`: `losetup --detach` only marks a loop
+    device for removal while someone (udev's blkid probe of a fresh device, say) holds it."""
+    backing = Path("/sys/block") / Path(dev).name / "loop"
+    deadline = time.monotonic() + timeout
+    while backing.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def punch_hole(fd: int, offset: int, length: int) -> None:
