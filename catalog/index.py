@@ -4,11 +4,13 @@ catalog/filecatalog.py, which runs its statements through :meth:`Index.query`).
 The index is a cache of what the packs and backup manifests hold (``repo rebuild-index``
 recreates it from them), kept in SQLite in WAL mode with ``synchronous=FULL`` so that a commit
 that returned is durable. SQL is written portably (``ON CONFLICT``, no SQLite-only functions)
-so a PostgreSQL dialect can follow. Schema changes are sqlite-utils migrations.
+so a PostgreSQL dialect can follow. The schema is built by the migrations in
+catalog/schema.py.
 
 Tables: ``pack`` (one row per sealed pack), ``chunk`` (where each chunk id is stored),
 ``backup`` (one run of one VM; ``state`` is ``in_progress``, ``complete`` or ``deleting``),
-``image`` (one disk of one backup: the root of its block map).
+``image`` (one disk of one backup: the root of its block map); the file catalog's
+``listing``, ``file_entry`` and ``image_volume`` (see catalog/filecatalog.py).
 
 Thread safety: one connection guarded by a lock; every method may be called from any thread.
 The batched chunk lookups (``existing_chunks``, ``chunk_locations``) run on a small pool of
@@ -28,61 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from sqlite_utils.migrations import Migrations
 
 from catalog.errors import IndexCorrupt
-
-migrations = Migrations("vmaccel.catalog")
-
-
-@migrations(name="0001_initial")
-def _m0001(db: sqlite_utils.Database) -> None:
-    db.executescript(
-        """
-        CREATE TABLE pack (
-            id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,
-            created REAL NOT NULL, state TEXT NOT NULL DEFAULT 'live');
-        CREATE TABLE chunk (
-            id BLOB PRIMARY KEY, pack_id INTEGER NOT NULL REFERENCES pack(id),
-            "offset" INTEGER NOT NULL, stored_len INTEGER NOT NULL, raw_len INTEGER NOT NULL,
-            kind INTEGER NOT NULL, flags INTEGER NOT NULL, crc INTEGER NOT NULL) WITHOUT ROWID;
-        CREATE INDEX chunk_pack ON chunk(pack_id);
-        CREATE TABLE backup (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT NOT NULL UNIQUE, vm TEXT NOT NULL,
-            started REAL NOT NULL, finished REAL, state TEXT NOT NULL,
-            meta TEXT NOT NULL DEFAULT '{}');
-        CREATE INDEX backup_vm ON backup(vm, started);
-        CREATE TABLE image (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, backup_id INTEGER NOT NULL REFERENCES backup(id),
-            disk TEXT NOT NULL, size INTEGER NOT NULL, block_size INTEGER NOT NULL,
-            fanout INTEGER NOT NULL, depth INTEGER NOT NULL, root BLOB,
-            parent_id INTEGER, change_id TEXT, meta TEXT NOT NULL DEFAULT '{}',
-            stats TEXT NOT NULL DEFAULT '{}', UNIQUE (backup_id, disk));
-        """
-    )
-
-
-@migrations(name="0002_file_catalog")
-def _m0002(db: sqlite_utils.Database) -> None:
-    # The file catalog (catalog/filecatalog.py): a listing is one filesystem's file tree,
-    # stored once per distinct content; images point at the listings of their volumes.
-    db.executescript(
-        """
-        CREATE TABLE listing (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, digest BLOB NOT NULL UNIQUE,
-            entries INTEGER NOT NULL);
-        CREATE TABLE file_entry (
-            listing_id INTEGER NOT NULL REFERENCES listing(id), path TEXT NOT NULL,
-            kind TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER);
-        CREATE INDEX file_entry_listing ON file_entry(listing_id);
-        CREATE INDEX file_entry_path ON file_entry(path);
-        CREATE TABLE image_volume (
-            image_id INTEGER NOT NULL REFERENCES image(id), volume TEXT NOT NULL,
-            fstype TEXT, listing_id INTEGER NOT NULL REFERENCES listing(id),
-            PRIMARY KEY (image_id, volume));
-        CREATE INDEX image_volume_listing ON image_volume(listing_id);
-        """
-    )
+from catalog.schema import migrations
 
 
 @dataclass(frozen=True)
@@ -345,8 +295,7 @@ class Index:
 
     def delete_backup(self, backup_id: int) -> None:
         self._execute(
-            "DELETE FROM image_volume WHERE image_id IN"
-            " (SELECT id FROM image WHERE backup_id = ?)",
+            "DELETE FROM image_volume WHERE image_id IN (SELECT id FROM image WHERE backup_id = ?)",
             (backup_id,),
         )
         unused = "SELECT id FROM listing WHERE id NOT IN (SELECT listing_id FROM image_volume)"

@@ -22,70 +22,70 @@ if TYPE_CHECKING:
     from plugin.job.vmjob import VmBackupOptions
 
 FAILED_EXIT = 1
-_Multi = Annotated[list[str] | None, typer.Option(show_default=False)]
+
+
+_Many = list[str] | None
+_VCenterOpt = Annotated[str | None, typer.Option("--vcenter", help="A vCenter from `vcenter add`.")]
+_VmOpt = Annotated[_Many, typer.Option("--vm", help="VM name (repeatable).")]
+_FolderOpt = Annotated[
+    _Many, typer.Option("--folder", help="Folder path, e.g. /DC0/vm/prod (repeatable).")
+]
+_TagOpt = Annotated[
+    _Many, typer.Option("--tag", help="CATEGORY:TAG (repeatable; VMs matching any).")
+]
+_ExcludeVmOpt = Annotated[_Many, typer.Option("--exclude-vm", help="Name pattern to leave out.")]
+_ExcludeDiskOpt = Annotated[
+    _Many, typer.Option("--exclude-disk", help="VM:DISK (label, key or disk-KEY).")
+]
+_TransportOpt = Annotated[str, typer.Option("--transport", help="auto, nbd, http or file.")]
+_DatastorePathOpt = Annotated[
+    _Many,
+    typer.Option("--datastore-path", metavar="DS=DIR", help="Local mount of a datastore (file)."),
+]
+_NbdCommandOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--nbd-command",
+        help="NBD server command template, e.g. 'nbdkit -s -r vddk ... file={file} "
+        "snapshot={snapshot}'.",
+    ),
+]
+_ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, help="VMs backed up at once.")]
+_RescanOpt = Annotated[
+    bool, typer.Option("--rescan", help="Read every allocated block and audit CBT.")
+]
+_NoQuiesceOpt = Annotated[bool, typer.Option("--no-quiesce", help="Crash-consistent snapshots.")]
+_SourceOpt = Annotated[
+    str | None,
+    typer.Option("--source", metavar="file:PATH|nbd:URI", help="Back up one disk, no vCenter."),
+]
+_NameOpt = Annotated[str | None, typer.Option("--name", help="Name for a --source backup.")]
+_NoSkipFreeOpt = Annotated[
+    bool, typer.Option("--no-skip-free", help="Also read blocks the guest does not use.")
+]
+_NoFileIndexOpt = Annotated[
+    bool, typer.Option("--no-file-index", help="Do not add the guest files to the catalog.")
+]
 
 
 def backup(
     repo: RepoOpt = None,
-    vcenter: Annotated[
-        str | None, typer.Option("--vcenter", help="A vCenter from `vcenter add`.")
-    ] = None,
-    vm: Annotated[list[str] | None, typer.Option("--vm", help="VM name (repeatable).")] = None,
-    folder: Annotated[
-        list[str] | None,
-        typer.Option("--folder", help="Folder path, e.g. /DC0/vm/prod (repeatable)."),
-    ] = None,
-    tag: Annotated[
-        list[str] | None, typer.Option("--tag", help="CATEGORY:TAG (repeatable; VMs matching any).")
-    ] = None,
-    exclude_vm: Annotated[
-        list[str] | None, typer.Option("--exclude-vm", help="Name pattern to leave out.")
-    ] = None,
-    exclude_disk: Annotated[
-        list[str] | None, typer.Option("--exclude-disk", help="VM:DISK (label, key or disk-KEY).")
-    ] = None,
-    transport: Annotated[
-        str, typer.Option("--transport", help="auto, nbd, http or file.")
-    ] = "auto",
-    datastore_path: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--datastore-path",
-            metavar="DS=DIR",
-            help="Local mount of a datastore (file transport).",
-        ),
-    ] = None,
-    nbd_command: Annotated[
-        str | None,
-        typer.Option(
-            "--nbd-command",
-            help="NBD server command template, e.g. 'nbdkit -s -r vddk ... file={file} "
-            "snapshot={snapshot}'.",
-        ),
-    ] = None,
-    parallel: Annotated[int, typer.Option("--parallel", min=1, help="VMs backed up at once.")] = 1,
-    rescan: Annotated[
-        bool, typer.Option("--rescan", help="Read every allocated block and audit CBT.")
-    ] = False,
-    no_quiesce: Annotated[
-        bool, typer.Option("--no-quiesce", help="Crash-consistent snapshots only.")
-    ] = False,
-    source: Annotated[
-        str | None,
-        typer.Option(
-            "--source", metavar="file:PATH|nbd:URI", help="Back up one disk with no vCenter."
-        ),
-    ] = None,
-    name: Annotated[
-        str | None, typer.Option("--name", help="Name to file a --source backup under.")
-    ] = None,
-    no_skip_free: Annotated[
-        bool,
-        typer.Option("--no-skip-free", help="Also read blocks the guest filesystems do not use."),
-    ] = False,
-    no_file_index: Annotated[
-        bool, typer.Option("--no-file-index", help="Do not add the guest files to the catalog.")
-    ] = False,
+    vcenter: _VCenterOpt = None,
+    vm: _VmOpt = None,
+    folder: _FolderOpt = None,
+    tag: _TagOpt = None,
+    exclude_vm: _ExcludeVmOpt = None,
+    exclude_disk: _ExcludeDiskOpt = None,
+    transport: _TransportOpt = "auto",
+    datastore_path: _DatastorePathOpt = None,
+    nbd_command: _NbdCommandOpt = None,
+    parallel: _ParallelOpt = 1,
+    rescan: _RescanOpt = False,
+    no_quiesce: _NoQuiesceOpt = False,
+    source: _SourceOpt = None,
+    name: _NameOpt = None,
+    no_skip_free: _NoSkipFreeOpt = False,
+    no_file_index: _NoFileIndexOpt = False,
     lock_wait: LockWaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
