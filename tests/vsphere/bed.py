@@ -126,16 +126,22 @@ def verified_session(ca_file: Path) -> requests.Session:
 
 class BedControl:
     """Client of the bed's control API. `vm` is a VM name ("DC0_H0_VM0") or moref ("vm-57");
-    `disk` a device key, 0 meaning the VM's first disk."""
+    `disk` a device key, 0 meaning the VM's first disk.
 
-    def __init__(self, base_url: str, ca_file: Path) -> None:
+    timeout: seconds one control request may take. Calls that copy or compare whole disks
+    (attach_disk, add_disk with an image, apply_image) read only the data extents of sparse
+    files, so their time follows the data, not the virtual size: ~1-2 s per GiB of data here.
+    """
+
+    def __init__(self, base_url: str, ca_file: Path, timeout: float = 600.0) -> None:
         self._base = base_url.rstrip("/") + "/vmaccel-test/"
         self._http = verified_session(ca_file)
+        self.timeout = timeout
 
     def _call(self, method: str, endpoint: str, payload: dict[str, Any] | None = None,
               *, params: dict[str, str | int] | None = None, data: bytes | None = None) -> Any:
         resp = self._http.request(method, self._base + endpoint, json=payload, params=params,
-                                  data=data, timeout=60)
+                                  data=data, timeout=self.timeout)
         body = resp.json()
         if resp.status_code != 200:
             raise BedError(f"{method} {endpoint}: {body.get('error', resp.text)}")
@@ -255,13 +261,17 @@ def _read_ready_line(process: subprocess.Popen[bytes], timeout: float) -> dict[s
     return ready
 
 
-def start_bed(*, qcda_window: int = 4 << 20, ctk_block: int = 64 << 10,
-              machines: int = 4, timeout: float = 60.0) -> VsphereBed:
+def start_bed(*, qcda_window: int = 4 << 20, qcda_max_extents: int = 0,
+              ctk_block: int = 64 << 10, machines: int = 4, timeout: float = 60.0,
+              control_timeout: float = 600.0) -> VsphereBed:
     """Build (if needed) and start a bed; the caller must `stop()` it (or use `with`).
 
-    qcda_window: bytes one QueryChangedDiskAreas answer covers (callers must loop);
+    qcda_window: bytes one QueryChangedDiskAreas answer covers at most (callers must loop);
+    qcda_max_extents: changed extents one answer holds at most, 0 for no limit (ESXi-like:
+      a large window with an extent cap; the answer's length then ends at its last extent);
     ctk_block: change tracking granularity (extents are rounded out to it);
-    machines: VMs per host and per cluster (2 x machines VMs in all).
+    machines: VMs per host and per cluster (2 x machines VMs in all);
+    timeout: seconds to wait for the bed to start; control_timeout: BedControl's per request.
     """
     binary = build_binary()
     state_dir = Path(tempfile.mkdtemp(prefix="vmaccel-bed-"))
@@ -269,7 +279,8 @@ def start_bed(*, qcda_window: int = 4 << 20, ctk_block: int = 64 << 10,
     with log:
         process = subprocess.Popen(
             [str(binary), "-exit-on-stdin-eof", f"-state-dir={state_dir}",
-             f"-qcda-window={qcda_window}", f"-ctk-block={ctk_block}", f"-machines={machines}"],
+             f"-qcda-window={qcda_window}", f"-qcda-max-extents={qcda_max_extents}",
+             f"-ctk-block={ctk_block}", f"-machines={machines}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
     try:
         ready = _read_ready_line(process, timeout)
@@ -288,7 +299,7 @@ def start_bed(*, qcda_window: int = 4 << 20, ctk_block: int = 64 << 10,
         thumbprint_sha1=thumbprint(ca_file, "sha1"),
         thumbprint_sha256=thumbprint(ca_file, "sha256"),
         datastore_dirs={k: Path(v) for k, v in ready["datastores"].items()},
-        control=BedControl(f"{split.scheme}://{split.netloc}", ca_file),
+        control=BedControl(f"{split.scheme}://{split.netloc}", ca_file, control_timeout),
         _process=process, _state_dir=state_dir)
 
 

@@ -10,7 +10,7 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from tests.vsphere import vimclient as vc
-from tests.vsphere.bed import DiskInfo, VmInfo, VsphereBed
+from tests.vsphere.bed import DiskInfo, VmInfo, VsphereBed, start_bed
 
 pytestmark = pytest.mark.vsphere
 
@@ -149,3 +149,37 @@ def test_disabled_tracking_faults_and_stamps_no_change_id(cbt_vm: CbtVm) -> None
     with pytest.raises(vim.fault.FileFault):
         vm.QueryChangedDiskAreas(snapshot=s2, deviceKey=disk.key, startOffset=0,
                                  changeId=d1.backing.changeId)
+
+
+def test_extent_cap_bounds_each_answer(tmp_path: Path) -> None:
+    """-qcda-max-extents (ESXi-like): a window larger than the disk, ended after N extents."""
+    block, cap = 64 << 10, 3
+    with start_bed(qcda_window=1 << 30, qcda_max_extents=cap, machines=1) as bed:
+        vm_info = bed.control.vms()[0]
+        disk = bed.control.attach_disk(vm_info.name, make_image(tmp_path / "a.raw", CAPACITY, 3))
+        with vc.connect(bed) as si:
+            vm = vc.vm_by_moref(si, vm_info.moref)
+            vc.enable_cbt(si, vm)
+            s1 = vc.create_snapshot(si, vm, "s1")
+            (d1,) = vc.snapshot_disks(si, s1)
+            offsets = [i * MiB // 2 + 1000 for i in range(10)]  # 10 separate 64 KiB blocks
+            for offset in offsets:
+                bed.control.guest_write(vm_info.name, disk.key, offset, b"\x01" * 100)
+            s2 = vc.create_snapshot(si, vm, "s2")
+            answers, start = [], 0
+            while start < disk.capacity:
+                info = vm.QueryChangedDiskAreas(snapshot=s2, deviceKey=disk.key,
+                                                startOffset=start, changeId=d1.backing.changeId)
+                areas = [(a.start, a.length) for a in info.changedArea or ()]
+                answers.append(areas)
+                start = int(info.startOffset) + int(info.length)
+                if len(areas) == cap and start < disk.capacity:
+                    assert start == areas[-1][0] + areas[-1][1]  # ends at its last extent
+            assert [len(a) for a in answers] == [3, 3, 3, 1]
+            assert [e for a in answers for e in a] == [(o // block * block, block) for o in offsets]
+
+            star, calls = vc.changed_extents(vm, s2, disk.key, disk.capacity, "*")
+            data = (bed.datastore_dir / flat_path(vc.snapshot_disks(si, s2)[0])).read_bytes()
+            nonzero = [o for o in range(0, CAPACITY, block) if any(data[o:o + block])]
+            assert sorted({o for s, n in star for o in range(s, s + n, block)}) == nonzero
+            assert calls == -(-len(star) // cap)

@@ -46,30 +46,32 @@ type snapshotRecord struct {
 type soapHook func(w http.ResponseWriter, r *http.Request, body []byte, call *simulator.Method)
 
 type bed struct {
-	mu        sync.Mutex
-	next      http.Handler
-	client    *vim25.Client // in-process vim client, bypassing this layer (used by the control API)
-	window    int64         // bytes covered by one QueryChangedDiskAreas answer
-	block     int64         // change tracking granularity
-	trackers  map[diskID]*tracker
-	snapshots map[string]*snapshotRecord // by snapshot moref value
-	faults    faultQueue
-	hooks     map[string]soapHook
-	vapi      *vapiBridge
+	mu         sync.Mutex
+	next       http.Handler
+	client     *vim25.Client // in-process vim client, bypassing this layer (used by the control API)
+	window     int64         // bytes covered by one QueryChangedDiskAreas answer, at most
+	maxExtents int           // extents in one QueryChangedDiskAreas answer, at most (0: no limit)
+	block      int64         // change tracking granularity
+	trackers   map[diskID]*tracker
+	snapshots  map[string]*snapshotRecord // by snapshot moref value
+	faults     faultQueue
+	hooks      map[string]soapHook
+	vapi       *vapiBridge
 }
 
-func newBed(svc *simulator.Service, next http.Handler, window, block int64) *bed {
+func newBed(svc *simulator.Service, next http.Handler, window, block int64, maxExtents int) *bed {
 	client, err := vim25.NewClient(context.Background(), svc)
 	if err != nil {
 		log.Fatalf("in-process client: %v", err)
 	}
 	b := &bed{
-		next:      next,
-		client:    client,
-		window:    window,
-		block:     block,
-		trackers:  map[diskID]*tracker{},
-		snapshots: map[string]*snapshotRecord{},
+		next:       next,
+		client:     client,
+		window:     window,
+		maxExtents: maxExtents,
+		block:      block,
+		trackers:   map[diskID]*tracker{},
+		snapshots:  map[string]*snapshotRecord{},
 	}
 	b.hooks = map[string]soapHook{
 		"CreateSnapshot_Task":          b.createSnapshot,

@@ -194,12 +194,13 @@ func (b *bed) applyImage(_ *http.Request, req controlRequest) (interface{}, erro
 		if err != nil {
 			return err
 		}
-		for _, e := range extents {
-			if err = copyRange(info.Path, req.Image, e); err != nil {
-				return err
-			}
+		err = copyExtents(info.Path, req.Image, extents)
+		for _, e := range extents { // also after a failed copy: CBT may report a superset
 			b.recordWrite(vm, disk.Key, e)
 			written += e.length
+		}
+		if err != nil {
+			return err
 		}
 		count = len(extents)
 		return nil

@@ -10,9 +10,15 @@ import (
 	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
-const copyBlock = 1 << 20
+const (
+	copyChunk = 4 << 20 // bytes per read in copies and scans
+	// holeBlock is the granularity of holes in sparse copies: like VMFS's 1 MiB file blocks.
+	// The file transport sees holes (SEEK_DATA), so finer holes would change what it reads.
+	holeBlock = 1 << 20
+)
 
 // flatName maps "disk1.vmdk" (a descriptor name or datastore path) to "disk1-flat.vmdk".
 func flatName(descriptor string) string {
@@ -53,46 +59,157 @@ ddb.virtualHWVersion = "13"
 	return os.WriteFile(path, []byte(text), 0o644)
 }
 
+// zeroBlock is compared against (bytes.Equal is memcmp, not a byte loop); never written.
+var zeroBlock = make([]byte, zeroCheck)
+
+const zeroCheck = 64 << 10
+
 func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
+	for len(b) > 0 {
+		n := len(b)
+		if n > zeroCheck {
+			n = zeroCheck
+		}
+		if !bytes.Equal(b[:n], zeroBlock[:n]) {
 			return false
 		}
+		b = b[n:]
 	}
 	return true
 }
 
-// sparseCopy copies size bytes of src into a new dst, leaving holes for all-zero blocks; src
-// shorter than size reads as zeros (a grown disk).
+// lseek whence values of Linux (golang.org/x/sys is not available offline).
+const (
+	seekData = 3
+	seekHole = 4
+)
+
+// dataExtents lists the areas of [from, to) that are not holes in f, using SEEK_DATA and
+// SEEK_HOLE: holes read as zeros and need not be read. Areas past the end of f are holes. A
+// file system without SEEK_DATA support reports everything up to the end as data.
+func dataExtents(f *os.File, from, to int64) ([]extent, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if to > st.Size() {
+		to = st.Size()
+	}
+	fd := int(f.Fd())
+	var out []extent
+	for off := from; off < to; {
+		start, err := syscall.Seek(fd, off, seekData)
+		if err == syscall.ENXIO { // only a hole up to the end of the file
+			break
+		}
+		if err == syscall.EINVAL || err == syscall.EOPNOTSUPP {
+			return append(out, extent{off, to - off}), nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("seek data in %s: %v", f.Name(), err)
+		}
+		if start >= to {
+			break
+		}
+		end, err := syscall.Seek(fd, start, seekHole)
+		if err == syscall.ENXIO { // the file shrank meanwhile
+			end = to
+		} else if err != nil {
+			return nil, fmt.Errorf("seek hole in %s: %v", f.Name(), err)
+		}
+		if end > to {
+			end = to
+		}
+		out = append(out, extent{start, end - start})
+		off = end
+	}
+	return out, nil
+}
+
+// blockAligned rounds every extent outward to block (clamped to limit) and merges them.
+func blockAligned(in []extent, block, limit int64) []extent {
+	out := make([]extent, 0, len(in))
+	for _, e := range in {
+		out = append(out, roundOut(e, block, limit))
+	}
+	return mergeExtents(out)
+}
+
+// chunkFor is the read size for scans in units of block: about copyChunk, a multiple of block.
+func chunkFor(block int64) int64 {
+	if block >= copyChunk {
+		return block
+	}
+	return copyChunk / block * block
+}
+
+// sparseCopy copies size bytes of src into a new dst, leaving holes for all-zero 1 MiB blocks;
+// src shorter than size reads as zeros (a grown disk). Only the data extents of src are read.
 func sparseCopy(dst, src string, size int64) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
+	data, err := dataExtents(in, 0, size)
+	if err != nil {
+		return err
+	}
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
 	}
-	buf := make([]byte, copyBlock)
-	for off := int64(0); off < size; off += copyBlock {
-		n, err := in.ReadAt(buf, off)
-		if err != nil && err != io.EOF {
-			out.Close()
-			return err
-		}
-		if n > 0 && !isZero(buf[:n]) {
-			if _, err = out.WriteAt(buf[:n], off); err != nil {
+	if err = out.Truncate(size); err != nil { // all hole; only data is written below
+		out.Close()
+		return err
+	}
+	buf := make([]byte, copyChunk)
+	for _, e := range blockAligned(data, holeBlock, size) {
+		for off := e.start; off < e.end(); off += copyChunk {
+			n := e.end() - off
+			if n > copyChunk {
+				n = copyChunk
+			}
+			m, err := in.ReadAt(buf[:n], off)
+			if err != nil && err != io.EOF {
+				out.Close()
+				return err
+			}
+			if err = writeNonZero(out, buf[:m], off); err != nil {
 				out.Close()
 				return err
 			}
 		}
 	}
-	if err = out.Truncate(size); err != nil {
-		out.Close()
+	return out.Close()
+}
+
+// writeNonZero writes the runs of p (which belongs at off, a multiple of holeBlock) that are
+// not all-zero holeBlock blocks.
+func writeNonZero(out *os.File, p []byte, off int64) error {
+	runStart := -1
+	flush := func(end int) error {
+		if runStart < 0 {
+			return nil
+		}
+		_, err := out.WriteAt(p[runStart:end], off+int64(runStart))
+		runStart = -1
 		return err
 	}
-	return out.Close()
+	for i := 0; i < len(p); i += holeBlock {
+		j := i + holeBlock
+		if j > len(p) {
+			j = len(p)
+		}
+		if isZero(p[i:j]) {
+			if err := flush(i); err != nil {
+				return err
+			}
+		} else if runStart < 0 {
+			runStart = i
+		}
+	}
+	return flush(len(p))
 }
 
 func writeAt(path string, off int64, data []byte) error {
@@ -108,29 +225,60 @@ func writeAt(path string, off int64, data []byte) error {
 }
 
 // allocatedExtents lists the block-aligned areas of [from, to) in path that hold non-zero data:
-// the answer to QueryChangedDiskAreas(changeId="*").
-func allocatedExtents(path string, block, from, to int64) ([]extent, error) {
+// the answer to QueryChangedDiskAreas(changeId="*"). Holes are skipped without reading. With
+// limit > 0 the scan stops at the start of the (limit+1)-th extent: it returns the first limit
+// extents, all complete, and more = true.
+func allocatedExtents(path string, block, from, to int64, limit int) (out []extent, more bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer f.Close()
-	var out []extent
-	buf := make([]byte, block)
-	for off := from / block * block; off < to; off += block {
-		n, err := f.ReadAt(buf, off)
-		if err != nil && err != io.EOF {
-			return nil, err
-		}
-		if n > 0 && !isZero(buf[:n]) {
-			out = append(out, extent{off, int64(n)})
+	from = from / block * block
+	to = (to + block - 1) / block * block // whole blocks, as callers clip; reads stop at EOF
+	data, err := dataExtents(f, from, to)
+	if err != nil {
+		return nil, false, err
+	}
+	chunk := chunkFor(block)
+	buf := make([]byte, chunk)
+	for _, d := range blockAligned(data, block, to) {
+		for off := d.start; off < d.end(); off += chunk {
+			n := d.end() - off
+			if n > chunk {
+				n = chunk
+			}
+			m, err := f.ReadAt(buf[:n], off)
+			if err != nil && err != io.EOF {
+				return nil, false, err
+			}
+			for i := 0; i < m; i += int(block) {
+				j := i + int(block)
+				if j > m {
+					j = m
+				}
+				if isZero(buf[i:j]) {
+					continue
+				}
+				e := extent{off + int64(i), int64(j - i)}
+				if k := len(out); k > 0 && out[k-1].end() == e.start {
+					out[k-1].length += e.length
+					continue
+				}
+				if limit > 0 && len(out) == limit {
+					return out, true, nil
+				}
+				out = append(out, e)
+			}
 		}
 	}
-	return mergeExtents(out), nil
+	return out, false, nil
 }
 
 // diffBlocks returns the block-aligned extents where image differs from the first bytes of disk
-// (the image is compared over its own length). Neighbouring blocks are merged.
+// (the image is compared over its own length; past the disk's end the disk reads as zeros).
+// Neighbouring blocks are merged. Areas that are holes in both files are equal and not read;
+// the rest is compared in large chunks, block by block only where a chunk differs.
 func diffBlocks(diskPath, imagePath string, block int64) ([]extent, error) {
 	disk, err := os.Open(diskPath)
 	if err != nil {
@@ -142,39 +290,83 @@ func diffBlocks(diskPath, imagePath string, block int64) ([]extent, error) {
 		return nil, err
 	}
 	defer image.Close()
-	a, b := make([]byte, block), make([]byte, block)
+	st, err := image.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := st.Size()
+	inImage, err := dataExtents(image, 0, size)
+	if err != nil {
+		return nil, err
+	}
+	inDisk, err := dataExtents(disk, 0, size)
+	if err != nil {
+		return nil, err
+	}
+	chunk := chunkFor(block)
+	a, b := make([]byte, chunk), make([]byte, chunk)
 	var out []extent
-	for off := int64(0); ; off += block {
-		n, err := image.ReadAt(b, off)
-		if n == 0 {
+	for _, r := range blockAligned(append(inImage, inDisk...), block, size) {
+		for off := r.start; off < r.end(); off += chunk {
+			n := r.end() - off
+			if n > chunk {
+				n = chunk
+			}
+			if _, err := image.ReadAt(b[:n], off); err != nil && err != io.EOF {
+				return nil, err
+			}
+			m, err := disk.ReadAt(a[:n], off)
 			if err != nil && err != io.EOF {
 				return nil, err
 			}
-			return mergeExtents(out), nil
-		}
-		m, err := disk.ReadAt(a[:n], off)
-		if err != nil && err != io.EOF {
-			return nil, err
-		}
-		for i := m; i < n; i++ {
-			a[i] = 0 // past the disk's end reads as zeros
-		}
-		if !bytes.Equal(a[:n], b[:n]) {
-			out = append(out, extent{off, int64(n)})
+			for i := int64(m); i < n; i++ {
+				a[i] = 0 // past the disk's end reads as zeros
+			}
+			if bytes.Equal(a[:n], b[:n]) {
+				continue
+			}
+			for i := int64(0); i < n; i += block {
+				j := i + block
+				if j > n {
+					j = n
+				}
+				if !bytes.Equal(a[i:j], b[i:j]) {
+					out = append(out, extent{off + i, j - i})
+				}
+			}
 		}
 	}
+	return mergeExtents(out), nil
 }
 
-// copyRange copies the bytes of e from src to dst (both files of at least e.end() bytes).
-func copyRange(dst, src string, e extent) error {
+// copyExtents copies the bytes of every extent from src to dst (both files of at least the
+// extents' end), opening each file once.
+func copyExtents(dst, src string, extents []extent) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	buf := make([]byte, e.length)
-	if _, err = in.ReadAt(buf, e.start); err != nil && err != io.EOF {
+	out, err := os.OpenFile(dst, os.O_WRONLY, 0)
+	if err != nil {
 		return err
 	}
-	return writeAt(dst, e.start, buf)
+	buf := make([]byte, copyChunk)
+	for _, e := range extents {
+		for off := e.start; off < e.end(); off += copyChunk {
+			n := e.end() - off
+			if n > copyChunk {
+				n = copyChunk
+			}
+			if _, err = in.ReadAt(buf[:n], off); err != nil && err != io.EOF {
+				out.Close()
+				return err
+			}
+			if _, err = out.WriteAt(buf[:n], off); err != nil {
+				out.Close()
+				return err
+			}
+		}
+	}
+	return out.Close()
 }

@@ -40,6 +40,7 @@ type options struct {
 	listen    string
 	stateDir  string
 	window    int64
+	maxExt    int
 	ctkBlock  int64
 	exitOnEOF bool
 	machines  int
@@ -50,6 +51,8 @@ func parseFlags() options {
 	flag.StringVar(&o.listen, "listen", "127.0.0.1:0", "address to listen on")
 	flag.StringVar(&o.stateDir, "state-dir", "", "directory for the TLS key and certificate (default: a temp dir)")
 	flag.Int64Var(&o.window, "qcda-window", 4<<20, "bytes covered by one QueryChangedDiskAreas answer")
+	flag.IntVar(&o.maxExt, "qcda-max-extents", 0,
+		"changed extents in one QueryChangedDiskAreas answer, at most (0: bounded by -qcda-window only)")
 	flag.Int64Var(&o.ctkBlock, "ctk-block", 64<<10, "change tracking granularity in bytes")
 	flag.IntVar(&o.machines, "machines", 4, "VMs per host and per cluster (the VPX model has one of each)")
 	flag.BoolVar(&o.exitOnEOF, "exit-on-stdin-eof", false, "exit when stdin is closed")
@@ -59,8 +62,8 @@ func parseFlags() options {
 
 func main() {
 	o := parseFlags()
-	if o.window <= 0 || o.ctkBlock <= 0 || o.ctkBlock%512 != 0 {
-		log.Fatal("-qcda-window must be > 0 and -ctk-block a positive multiple of 512")
+	if o.window <= 0 || o.maxExt < 0 || o.ctkBlock <= 0 || o.ctkBlock%512 != 0 {
+		log.Fatal("-qcda-window must be > 0, -qcda-max-extents >= 0 and -ctk-block a positive multiple of 512")
 	}
 	if o.stateDir == "" {
 		dir, err := ioutil.TempDir("", "vcsim-bed-")
@@ -89,7 +92,7 @@ func main() {
 
 	server := model.Service.NewServer()
 	defer server.Close()
-	b := newBed(model.Service, server.Config.Handler, o.window, o.ctkBlock)
+	b := newBed(model.Service, server.Config.Handler, o.window, o.ctkBlock, o.maxExt)
 	server.Config.Handler = b
 
 	announce(server, certFile)

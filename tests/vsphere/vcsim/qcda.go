@@ -1,8 +1,10 @@
 package main
 
 // QueryChangedDiskAreas, which vcsim 0.24 lacks. One call answers one window of at most
-// bed.window bytes starting at startOffset; DiskChangeInfo.startOffset/length describe that
-// window, so callers loop until startOffset+length reaches the capacity. Faults follow vSphere:
+// bed.window bytes starting at startOffset, and, with bed.maxExtents > 0, of at most that many
+// changed extents (as ESXi bounds its answer by the extents it returns): the window then ends
+// where the last returned extent ends. DiskChangeInfo.startOffset/length describe the window,
+// so callers loop until startOffset+length reaches the capacity. Faults follow vSphere:
 // FileFault when the change tracking data cannot be used (tracking off, changeId unknown, from
 // another disk or from before a reset), NotFound for a snapshot that is gone, InvalidArgument
 // for a bad device key or startOffset.
@@ -59,31 +61,37 @@ func (b *bed) changedAreas(req *types.QueryChangedDiskAreas) (types.DiskChangeIn
 	if req.StartOffset+b.window < end {
 		end = req.StartOffset + b.window
 	}
-	extents, fault := b.changes(req.ChangeId, st, req.StartOffset, end)
+	extents, more, fault := b.changes(req.ChangeId, st, req.StartOffset, end)
 	if fault != nil {
 		return info, fault
 	}
+	extents = clip(extents, req.StartOffset, end)
+	if n := b.maxExtents; n > 0 && len(extents) >= n && (more || len(extents) > n) {
+		extents = extents[:n]
+		end = extents[n-1].end()
+	}
 	info.StartOffset, info.Length = req.StartOffset, end-req.StartOffset
-	for _, e := range clip(extents, req.StartOffset, end) {
+	for _, e := range extents {
 		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: e.start, Length: e.length})
 	}
 	return info, nil
 }
 
 // changes answers one window: allocated areas for "*", else the tracked writes since changeId.
-func (b *bed) changes(changeID string, st diskState, start, end int64) ([]extent, *methodFault) {
+// more is true when the "*" scan stopped after bed.maxExtents extents (there are more).
+func (b *bed) changes(changeID string, st diskState, start, end int64) ([]extent, bool, *methodFault) {
 	if changeID == "*" {
-		extents, err := allocatedExtents(st.file, b.block, start, end)
+		extents, more, err := allocatedExtents(st.file, b.block, start, end, b.maxExtents)
 		if err != nil {
-			return nil, fileFault(st.name, err.Error())
+			return nil, false, fileFault(st.name, err.Error())
 		}
-		return extents, nil
+		return extents, more, nil
 	}
 	from, ok := st.tracker.sequenceOf(changeID)
 	if !ok || from > st.endGen {
-		return nil, fileFault(st.name, fmt.Sprintf("changeId %q is not valid for this disk", changeID))
+		return nil, false, fileFault(st.name, fmt.Sprintf("changeId %q is not valid for this disk", changeID))
 	}
-	return st.tracker.changedSince(from, st.endGen, b.block, st.capacity), nil
+	return st.tracker.changedSince(from, st.endGen, b.block, st.capacity), false, nil
 }
 
 func fileFault(file, why string) *methodFault {
