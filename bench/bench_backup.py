@@ -32,7 +32,7 @@ sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/bench_catalog.py must 
 
 import backup_images  # noqa: E402
 
-from tests.vsphere.bed import VsphereBed, start_bed, verified_session  # noqa: E402
+from tests.vsphere.bed import VsphereBed, start_bed  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 PY = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
@@ -83,8 +83,8 @@ def du(path: Path) -> int:
 
 
 # The CLI in a child process, with timers around the phases the bench reports separately. The
-# bed's CreateSnapshot copies whole disks (a real ESXi starts a redo log), so snapshot time is
-# simulator cost inside vmaccel's wall time: "own s" subtracts what this run spent in it.
+# bed's CreateSnapshot copies the disk's data (a real ESXi starts a redo log), so snapshot time
+# is simulator cost inside vmaccel's wall time: "own s" subtracts what this run spent in it.
 CHILD = """
 import atexit, json, os, sys, time
 from plugin.job import vmjob
@@ -103,6 +103,13 @@ timer(snapshots, "create", "snapshot_create_s")
 timer(snapshots, "remove", "snapshot_remove_s")
 timer(cbt, "changed_areas", "cbt_query_s")
 timer(vmjob, "index_backup", "file_index_s")
+from pyVmomi import SoapAdapter  # a backup of a vCenter VM imports it anyway
+invoke = SoapAdapter.SoapStubAdapter.InvokeMethod
+def counting(self, mo, info, args, *rest, **kw):
+    if info.name == "QueryChangedDiskAreas":
+        spent["cbt_calls"] = spent.get("cbt_calls", 0) + 1
+    return invoke(self, mo, info, args, *rest, **kw)
+SoapAdapter.SoapStubAdapter.InvokeMethod = counting
 atexit.register(lambda: open(os.environ["BENCH_PHASES"], "w").write(json.dumps(spent)))
 from plugin.cli.app import run
 sys.argv[0] = "vmaccel"
@@ -181,6 +188,7 @@ class Vmaccel:
         return {
             **run,
             "vm_s": round(vm_rep["duration"], 3),
+            "catalog_s": round(vm_rep.get("catalog_seconds", 0.0), 3),
             "disk_s": round(disk["duration"], 3),
             "mode": disk["mode"],
             "reason": disk["reason"],
@@ -201,27 +209,18 @@ class Vmaccel:
         }
 
 
-def control(bed: VsphereBed, endpoint: str, payload: dict[str, Any]) -> Any:
-    """POST to the bed's control API (what BedControl does, with a timeout for 64 GiB disks:
-    attach-disk and apply-image scan the whole virtual size, ~1 s per GiB here)."""
-    base = bed.url.removesuffix("/sdk") + "/vmaccel-test/"
-    resp = verified_session(bed.ca_file).post(base + endpoint, json=payload, timeout=1800)
-    if resp.status_code != 200:
-        raise RuntimeError(f"bed {endpoint}: {resp.text}")
-    return resp.json()
-
-
 def vmaccel_case(
     tool: Vmaccel, bed: VsphereBed, vm: Any, day0: Path, day1: Path, label: str
 ) -> dict[str, Any]:
     log(f"{label}: attaching {day0.name} to {vm.name}")
-    control(bed, "attach-disk", {"vm": vm.name, "disk": 0, "image": str(day0)})
+    started = time.monotonic()
+    bed.control.attach_disk(vm.name, day0)
+    attach_s = time.monotonic() - started
     log(f"{label}: full backup")
     full = tool.backup(vm.name, f"{label}-full")
     log(f"{label}: applying day 1")
     started = time.monotonic()
-    applied = control(bed, "apply-image", {"vm": vm.name, "disk": 0, "image": str(day1)})
-    written, extents = applied["written"], applied["extents"]
+    written, extents = bed.control.apply_image(vm.name, 0, day1)
     apply_s = time.monotonic() - started
     log(f"{label}: incremental backup ({written / MiB:.1f} MiB changed in {extents} extents)")
     incr = tool.backup(vm.name, f"{label}-incr")
@@ -229,6 +228,7 @@ def vmaccel_case(
         "disk_size": full["disk_size"],
         "changed_bytes": written,
         "changed_extents": extents,
+        "attach_s": round(attach_s, 2),
         "apply_s": round(apply_s, 2),
         "full": full,
         "incr": incr,
@@ -241,6 +241,7 @@ def run_vmaccel(
     wide: tuple[Path, Path] | None,
     profile: bool,
     qcda_window: int,
+    qcda_max_extents: int,
 ) -> dict[str, Any]:
     """Each case in its own repository, so the wide disk's backups store the same new data
     as the small disk's (no dedup against each other)."""
@@ -248,7 +249,13 @@ def run_vmaccel(
     if wide is not None:
         cases["wide"] = wide
     out = {}
-    with start_bed(machines=2, timeout=120, qcda_window=qcda_window) as bed:
+    with start_bed(
+        machines=2,
+        timeout=120,
+        control_timeout=1800,
+        qcda_window=qcda_window,
+        qcda_max_extents=qcda_max_extents,
+    ) as bed:
         vms = bed.control.vms()
         for (label, (day0, day1)), vm in zip(cases.items(), vms, strict=False):
             (work / label).mkdir()
@@ -355,8 +362,8 @@ def phase_note(r: dict[str, Any]) -> str:
     idx, cbt = r.get("file_index_s", 0), r.get("cbt_query_s", 0)
     other = r["wall_s"] - snap - idx - cbt - r["disk_s"]
     return (
-        f"{r['mode']}: snapshot {snap:.2f}, cbt {cbt:.2f}, disk {r['disk_s']:.2f}, "
-        f"file index {idx:.2f}, other {other:.2f} s"
+        f"{r['mode']}: snapshot {snap:.2f}, cbt {cbt:.2f} ({r.get('cbt_calls', 0)} calls), "
+        f"disk {r['disk_s']:.2f}, file catalog {idx:.2f}, other {other:.2f} s"
     )
 
 
@@ -365,7 +372,8 @@ def table(res: dict[str, Any]) -> str:
     lines = [
         f"disk {img['size'] / GiB:.0f} GiB ({img['system']}, {img['files']} files, "
         f"{img['used_pct']}% used); load before run {res['load_before']:.2f}; "
-        f"bed QueryChangedDiskAreas window {res['qcda_window'] // MiB} MiB",
+        f"bed QueryChangedDiskAreas: window {res['qcda_window'] // MiB} MiB, "
+        f"max extents {res['qcda_max_extents'] or 'unbounded'}",
         f"{'run':<30} {'wall s':>8} {'own s':>8} {'cpu s':>7} {'RSS MiB':>7} {'read MiB':>9} "
         f"{'stored MiB':>9} {'repo MB':>9}  notes (vmaccel: where the wall time went)",
     ]
@@ -376,7 +384,8 @@ def table(res: dict[str, Any]) -> str:
             lines.append(fmt_run(f"vmaccel {size:.0f} GiB {kind}", r, phase_note(r)))
         lines.append(
             f"{'':<30} changed by apply_image: {case['changed_bytes'] / MiB:.1f} MiB "
-            f"in {case['changed_extents']} extents"
+            f"in {case['changed_extents']} extents (bed: attach-disk {case['attach_s']:.1f} s, "
+            f"apply-image {case['apply_s']:.1f} s)"
         )
     for peer, r in res["peers"].items():
         if "note" in r:
@@ -414,8 +423,16 @@ def main() -> None:
     ap.add_argument(
         "--qcda-window-mib",
         type=int,
-        default=4,
-        help="bytes one QueryChangedDiskAreas answer of the bed covers (bed default 4 MiB)",
+        default=64 * 1024,
+        help="MiB one QueryChangedDiskAreas answer of the bed covers at most "
+        "(default 64 GiB, ESXi-like; the tests use 1-8 MiB windows)",
+    )
+    ap.add_argument(
+        "--qcda-max-extents",
+        type=int,
+        default=1000,
+        help="changed extents one QueryChangedDiskAreas answer holds at most "
+        "(default 1000, ESXi-like; 0: bounded by the window only)",
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -435,7 +452,10 @@ def main() -> None:
         "peers": {},
     }
     res["qcda_window"] = args.qcda_window_mib * MiB
-    res["vmaccel"] = run_vmaccel(work, images, wide, args.profile, res["qcda_window"])
+    res["qcda_max_extents"] = args.qcda_max_extents
+    res["vmaccel"] = run_vmaccel(
+        work, images, wide, args.profile, res["qcda_window"], args.qcda_max_extents
+    )
     for peer in ("borg", "restic"):
         if args.no_peers or shutil.which(peer) is None:
             res["peers"][peer] = {
