@@ -34,7 +34,7 @@ from catalog.errors import DamageError
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_READAHEAD_BYTES = 16 * 1024 * 1024
 SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
-JOB_BLOCKS = 16  # chunks per fetch job: one index query, few preads
+JOB_BLOCKS = 64  # chunks per fetch job: one index query, few preads, one future
 
 _Loaded = dict[bytes, bytes | DamageError]
 

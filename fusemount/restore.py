@@ -18,11 +18,15 @@ Targets:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
+import mmap
 import os
+import queue
 import stat
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -34,7 +38,9 @@ from fusemount.source import ImageStream
 
 logger = logging.getLogger(__name__)
 
-IO_BYTES = 8 * 1024 * 1024
+IO_BYTES = 8 * 1024 * 1024  # one positional read / write
+BUFFERS = 3  # one filling, one being written, one spare
+DIRECT_ALIGN = 4096  # O_DIRECT offsets and lengths: a multiple of the logical block size
 PARTIAL_SUFFIX = ".vmaccel-partial"
 _BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range of a block device
 
@@ -116,7 +122,8 @@ def _to_file(
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, stream.size)
-        data, holes = _copy(stream, fd, progress, zero_holes=None)
+        with _Sink(fd, partial) as sink:
+            data, holes = _copy(stream, sink, progress, zero_holes=None)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -140,40 +147,163 @@ def _to_device(stream: ImageStream, target: Path, progress: Progress | None) -> 
             raise RestoreError(
                 f"{target} holds {capacity} bytes, less than the image's {stream.size}"
             )
-        data, holes = _copy(stream, fd, progress, zero_holes=_zero_device)
+        with _Sink(fd, target) as sink:  # its O_DIRECT descriptor: no O_EXCL, fd holds the claim
+            data, holes = _copy(stream, sink, progress, zero_holes=_zero_device)
         os.fsync(fd)
     finally:
         os.close(fd)
     return data, holes
 
 
+def _open_direct(path: Path) -> int | None:
+    """A second, O_DIRECT descriptor for writing ``path``, or None where that is unsupported
+    (tmpfs, some FUSE filesystems): writes then go through the page cache."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | direct)
+    except OSError:
+        return None
+
+
+class _Sink:
+    """Writes restored pieces on a thread of its own, so writing overlaps reading/decoding.
+
+    Pieces are written with O_DIRECT (through a second descriptor of ``path``) where the
+    filesystem or device takes it: a restore writes each byte once and never reads it back,
+    and through the page cache the kernel's copy into freshly allocated cache pages cost about
+    as much CPU as decoding (a third of the samples on a 2-vCPU KVM guest; it also evicts the
+    repository's packs from the cache). Unaligned pieces (an image size that is not a
+    multiple of ``DIRECT_ALIGN``) and filesystems that refuse O_DIRECT use the buffered
+    descriptor. Buffers are page-aligned anonymous maps, reused: ``BUFFERS`` of ``IO_BYTES``.
+
+    The caller fills a buffer from :meth:`buffer`, hands it over with :meth:`write`, and
+    calls :meth:`drain` at the end; a write error is raised by the next call of either.
+    ``written`` counts bytes whose write has completed (for progress reports).
+    """
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self._fresh = [memoryview(mmap.mmap(-1, IO_BYTES)) for _ in range(BUFFERS)]
+        self._done: queue.SimpleQueue[tuple[memoryview, int]] = queue.SimpleQueue()
+        self._todo: queue.SimpleQueue[tuple[memoryview, int, int] | None] = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._outstanding = 0  # buffers handed to the thread and not yet taken back
+        self.written = 0
+        self._direct = _open_direct(path)
+        self._thread = threading.Thread(target=self._run, name="vmaccel-restore-write")
+        self._thread.start()
+
+    @property
+    def fd(self) -> int:
+        """The buffered descriptor (for zeroing holes on a device)."""
+        return self._fd
+
+    def __enter__(self) -> _Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def buffer(self) -> memoryview:
+        """A free buffer of ``IO_BYTES``; waits for a write to complete if none is free."""
+        if self._fresh:
+            buf = self._fresh.pop()
+        else:
+            buf, done = self._done.get()
+            self.written += done
+            self._outstanding -= 1
+        self._raise()
+        return buf
+
+    def write(self, buf: memoryview, offset: int, length: int) -> None:
+        """Write ``buf[:length]`` at ``offset`` (on the writer thread); ``buf`` comes from
+        :meth:`buffer` and must not be touched until :meth:`buffer` returns it again."""
+        self._outstanding += 1
+        self._todo.put((buf, offset, length))
+
+    def drain(self) -> None:
+        """Wait for every write handed over; raises the first write error."""
+        while self._outstanding:
+            _, done = self._done.get()
+            self.written += done
+            self._outstanding -= 1
+        self._raise()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buf, offset, length = item
+            try:
+                if self._error is None:
+                    self._pwrite(buf[:length], offset)
+            except Exception as exc:  # noqa: BLE001 - raised again in the restoring thread
+                self._error = exc
+            finally:  # whatever happens, the restoring thread gets the buffer back
+                self._done.put((buf, length))
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        if (
+            self._direct is not None
+            and offset % DIRECT_ALIGN == 0
+            and len(data) % DIRECT_ALIGN == 0
+        ):
+            try:
+                n = os.pwrite(self._direct, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                os.close(self._direct)  # accepted at open, refused at write: buffered from now
+                self._direct = None
+            else:
+                data, offset = data[n:], offset + n  # a short direct write: rest buffered
+        _pwrite_all(self._fd, data, offset)
+
+
 def _copy(
     stream: ImageStream,
-    fd: int,
+    sink: _Sink,
     progress: Progress | None,
     zero_holes: Callable[[int, int, int], None] | None,
 ) -> tuple[int, int]:
-    """Copy data extents to ``fd`` at their offsets; holes are skipped or ``zero_holes``d."""
-    buf = memoryview(bytearray(IO_BYTES))
-    data = holes = done = 0
+    """Copy data extents to the sink at their offsets; holes are skipped or ``zero_holes``d.
+
+    Reads are large positional reads into the sink's reused buffers (the reader fetches and
+    decodes their chunks on its own threads); the sink writes a buffer while the next fills.
+    """
+    data = holes = 0
     for offset, length, is_data in stream.extents():
         if not is_data:
             if zero_holes is not None:
-                zero_holes(fd, offset, length)
+                zero_holes(sink.fd, offset, length)
             holes += length
-            done += length
-            if progress:
-                progress(done)
-            continue
-        for piece_off, piece_len in _pieces(offset, length):
-            n = stream.read_into(piece_off, buf[:piece_len])
-            if n != piece_len:
-                raise RestoreError(f"the image ended early at byte {piece_off + n}")
-            _pwrite_all(fd, buf[:n], piece_off)
-            data += n
-            done += n
-            if progress:
-                progress(done)
+        else:
+            for piece_off, piece_len in _pieces(offset, length):
+                buf = sink.buffer()
+                n = stream.read_into(piece_off, buf[:piece_len])
+                if n != piece_len:
+                    raise RestoreError(f"the image ended early at byte {piece_off + n}")
+                sink.write(buf, piece_off, n)
+                data += n
+                if progress:
+                    progress(holes + sink.written)
+        if progress:
+            progress(holes + sink.written)
+    sink.drain()
+    if progress:
+        progress(holes + sink.written)
     return data, holes
 
 
@@ -198,4 +328,3 @@ def _zero_device(fd: int, offset: int, length: int) -> None:
     zeros = memoryview(bytes(min(IO_BYTES, length)))
     for piece_off, piece_len in _pieces(offset, length):
         _pwrite_all(fd, zeros[:piece_len], piece_off)
-
