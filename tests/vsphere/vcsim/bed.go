@@ -16,8 +16,10 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
@@ -95,6 +97,9 @@ func (b *bed) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.vapi.ServeHTTP(w, r)
 	case r.URL.Path == "/sdk" && r.Method == http.MethodPost:
 		b.serveSOAP(w, r)
+	case strings.HasPrefix(r.URL.Path, "/folder/") && r.Method == http.MethodPut:
+		b.detachUpload(r)
+		b.next.ServeHTTP(w, r)
 	default:
 		b.next.ServeHTTP(w, r)
 	}
@@ -162,4 +167,22 @@ func succeededTask(rec *httptest.ResponseRecorder) (*simulator.Task, bool) {
 	var state types.TaskInfoState
 	simulator.Map.WithLock(task, func() { state = task.Info.State })
 	return task, state == types.TaskInfoStateSuccess
+}
+
+// detachUpload removes the target of a /folder upload first if its inode is shared (a disk and
+// its frozen snapshot copies, see unshare): vcsim truncates and rewrites the target in place,
+// which would otherwise change every name of the inode.
+func (b *bed) detachUpload(r *http.Request) {
+	ds := r.URL.Query().Get("dsName")
+	p, err := localPath("[" + ds + "] " + strings.TrimPrefix(r.URL.Path, "/folder/"))
+	if err != nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if st, err := os.Stat(p); err == nil {
+		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 {
+			_ = os.Remove(p)
+		}
+	}
 }

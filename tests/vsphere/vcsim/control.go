@@ -168,6 +168,9 @@ func (b *bed) guestWrite(r *http.Request, _ controlRequest) (interface{}, error)
 		if err != nil {
 			return err
 		}
+		if err = unshare(info.Path); err != nil {
+			return err
+		}
 		if err = writeAt(info.Path, offset, data); err != nil {
 			return err
 		}
@@ -193,6 +196,11 @@ func (b *bed) applyImage(_ *http.Request, req controlRequest) (interface{}, erro
 		extents, err := diffBlocks(info.Path, req.Image, 4096)
 		if err != nil {
 			return err
+		}
+		if len(extents) > 0 {
+			if err = unshare(info.Path); err != nil {
+				return err
+			}
 		}
 		err = copyExtents(info.Path, req.Image, extents)
 		for _, e := range extents { // also after a failed copy: CBT may report a superset

@@ -2,7 +2,7 @@ package main
 
 // Disk files on the simulated datastores: a VMware "vmfs" descriptor <disk>.vmdk next to the raw
 // <disk>-flat.vmdk that holds the guest-visible bytes (what the /folder URL serves). Copies are
-// sparse: all-zero blocks become holes, so frozen snapshot copies of mostly-empty disks are cheap.
+// sparse: all-zero blocks become holes. Frozen snapshot copies are hard links, copied on write.
 
 import (
 	"bytes"
@@ -145,7 +145,18 @@ func chunkFor(block int64) int64 {
 
 // sparseCopy copies size bytes of src into a new dst, leaving holes for all-zero 1 MiB blocks;
 // src shorter than size reads as zeros (a grown disk). Only the data extents of src are read.
+// dst gets a new inode (written under a temporary name, then renamed over dst), so a frozen
+// snapshot sharing dst's old inode keeps its bytes.
 func sparseCopy(dst, src string, size int64) error {
+	tmp := dst + ".tmp"
+	if err := sparseCopyTo(tmp, src, size); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+func sparseCopyTo(dst, src string, size int64) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -210,6 +221,81 @@ func writeNonZero(out *os.File, p []byte, off int64) error {
 		}
 	}
 	return flush(len(p))
+}
+
+// Copy-on-write snapshots: a frozen flat file is a hard link to the disk's flat file (same
+// inode, so the same bytes and hole layout, made instantly). Whatever modifies a VM's disk
+// first calls unshare, which gives the disk a private copy while a snapshot still shares it.
+
+// freezeLink makes dst a frozen copy of size bytes of src: a hard link when src is exactly
+// size bytes long, else (or where links fail) a sparse copy.
+func freezeLink(dst, src string, size int64) error {
+	if st, err := os.Stat(src); err == nil && st.Size() == size {
+		_ = os.Remove(dst)
+		if os.Link(src, dst) == nil {
+			return nil
+		}
+	}
+	return sparseCopy(dst, src, size)
+}
+
+// linkOver replaces path by another name of src's inode (a revert: src is a frozen copy).
+func linkOver(path, src string) error {
+	tmp := path + ".tmp"
+	_ = os.Remove(tmp)
+	if err := os.Link(src, tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return nil
+}
+
+// unshare breaks the sharing of path's inode with frozen copies before path is modified: its
+// data extents are copied as they are (same bytes, same holes) to a new inode under a
+// temporary name that then replaces path; the frozen names keep the old inode. A file with a
+// single name is left alone.
+func unshare(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); !ok || sys.Nlink <= 1 {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err = exactCopy(tmp, path, st.Size()); err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// exactCopy copies src (size bytes) to a new dst with the same data extents and holes.
+func exactCopy(dst, src string, size int64) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	data, err := dataExtents(in, 0, size)
+	in.Close()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if err = out.Truncate(size); err != nil {
+		out.Close()
+		return err
+	}
+	if err = out.Close(); err != nil {
+		return err
+	}
+	return copyExtents(dst, src, data)
 }
 
 func writeAt(path string, off int64, data []byte) error {

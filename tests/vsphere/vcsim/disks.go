@@ -68,6 +68,9 @@ func (b *bed) growDisk(_ *http.Request, req controlRequest) (interface{}, error)
 		if err != nil {
 			return err
 		}
+		if err = unshare(flatName(descriptor)); err != nil {
+			return err
+		}
 		if err = os.Truncate(flatName(descriptor), req.Capacity); err != nil {
 			return err
 		}

@@ -1,9 +1,11 @@
 package main
 
 // Frozen snapshots. vcsim's snapshot.config is a shallow copy of the VM's config and no delta
-// disk is made, so the bed freezes each disk itself: a sparse copy <disk>-<snapshot moref>.vmdk
-// (descriptor + -flat) which the snapshot's config then names, carrying the changeId. The VM
-// keeps writing to its own disk. Unlike vSphere (snapshot names the base, the VM a new
+// disk is made, so the bed freezes each disk itself: a copy <disk>-<snapshot moref>.vmdk
+// (descriptor + -flat) which the snapshot's config then names, carrying the changeId. The frozen
+// -flat is a hard link to the disk's (instant, like ESXi's redirect-on-write); the VM keeps
+// writing to its own disk, which is first given a private copy while a snapshot shares it
+// (unshare in diskfile.go). Unlike vSphere (snapshot names the base, the VM a new
 // -00000N.vmdk delta) the frozen copy is the new file, but what a backup reads is the same:
 // snapshot.config's disk holds the bytes as of the snapshot until the snapshot is removed.
 
@@ -97,7 +99,7 @@ func (b *bed) freezeDisk(vm *simulator.VirtualMachine, disk *types.VirtualDisk, 
 		return nil, err
 	}
 	fd := &frozenDisk{descriptor: descriptor, flat: flatName(localDescriptor), capacity: capacity}
-	if err = sparseCopy(fd.flat, src, capacity); err != nil {
+	if err = freezeLink(fd.flat, src, capacity); err != nil {
 		return nil, err
 	}
 	err = writeDescriptor(localDescriptor, path.Base(fd.flat), capacity, ddbUUID(backing.Uuid))
@@ -134,7 +136,7 @@ func (b *bed) dropVanishedSnapshots(types.ManagedObjectReference) {
 	}
 }
 
-// revertToSnapshot copies the frozen disks back into the VM's disks after vcsim reverted.
+// revertToSnapshot links the frozen disks back as the VM's disks after vcsim reverted.
 // The whole disk is recorded as written: to change tracking a revert rewrites the disk.
 func (b *bed) revertToSnapshot(w http.ResponseWriter, r *http.Request, body []byte, call *simulator.Method) {
 	b.mu.Lock()
@@ -182,7 +184,7 @@ func (b *bed) restoreFrozen(snapRef types.ManagedObjectReference) error {
 			if info, err = describeDisk(disk); err != nil {
 				return
 			}
-			if err = sparseCopy(info.Path, fd.flat, fd.capacity); err == nil {
+			if err = linkOver(info.Path, fd.flat); err == nil {
 				setCapacity(disk, fd.capacity)
 				b.recordWrite(vm, key, extent{0, fd.capacity})
 			}
