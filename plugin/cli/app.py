@@ -3,6 +3,7 @@ errors become messages and exit codes."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import traceback
@@ -65,4 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    code = main()
+    # The process ends here: move every object out of the collector's reach so interpreter
+    # shutdown does not traverse the whole heap (pyVmomi's and dissect's type tables) in a
+    # last collection, ~50 ms of every command. Reference counting still frees and flushes.
+    gc.freeze()
+    sys.exit(code)

@@ -227,7 +227,8 @@ def _vcenter(
     if sel.empty and not tags:
         raise UsageError("select VMs with --vm, --folder or --tag")
     with VCenter(endpoint) as vc:
-        inventory = list_vms(vc)
+        # Full properties only for the VMs asked for; the rest of the inventory by name.
+        inventory = list_vms(vc, sel.wants)
         missing = missing_names(inventory, sel)
         if missing:
             raise NotFound(f"no VM named {', '.join(map(repr, missing))} in vCenter {name}")

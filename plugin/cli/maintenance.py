@@ -7,15 +7,12 @@ from typing import Annotated
 import typer
 
 from catalog.errors import DamageError
-from catalog.gc import collect_garbage
-from catalog.prune import prune as prune_backups
 from catalog.repository import Repository
-from catalog.retention import RetentionPolicy
-from catalog.verify import verify as verify_repository
 from plugin.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from plugin.cli.output import emit
 from plugin.cli.settings import build_settings
 
+# The maintenance modules load with their command: every other command skips their import.
 _Keep = Annotated[int, typer.Option(min=0, show_default=False)]
 
 
@@ -25,6 +22,8 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the repository; exit non-zero and name what is damaged when anything is."""
+    from catalog.verify import verify as verify_repository
+
     settings = build_settings(repo)
     with Repository.open(settings.require_repo(), settings.passphrase) as r:
         report = verify_repository(r, full=full)
@@ -46,6 +45,9 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove backups (metadata only) that no --keep rule keeps, per VM. Run gc to free space."""
+    from catalog.prune import prune as prune_backups
+    from catalog.retention import RetentionPolicy
+
     settings = build_settings(repo, lock_wait)
     policy = RetentionPolicy(
         last=keep_last,
@@ -74,6 +76,8 @@ def gc(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete chunks no backup references (mark and sweep); repack mostly-dead packs."""
+    from catalog.gc import collect_garbage
+
     settings = build_settings(repo, lock_wait)
     with Repository.open(
         settings.require_repo(), settings.passphrase, write=True, lock_wait=settings.lock_wait

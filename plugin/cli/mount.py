@@ -77,8 +77,12 @@ def mount(
             raise BackupNotFound(f"VM {vm!r} has no complete backups in {path}")
         if foreground:
             options = MountOptions(
-                vm=vm, backup_id=backup_id, allow_other=allow_other, direct_io=direct_io,
-                overlay_dir=overlay_dir, keep_overlay=keep_overlay,
+                vm=vm,
+                backup_id=backup_id,
+                allow_other=allow_other,
+                direct_io=direct_io,
+                overlay_dir=overlay_dir,
+                keep_overlay=keep_overlay,
             )
             serve(r, mountpoint, options)
             return

@@ -23,19 +23,20 @@ class Selection:
     def empty(self) -> bool:
         return not (self.names or self.folders or self.tagged)
 
+    def wants(self, moref: str, name: str, folder: str) -> bool:
+        """Whether a VM is asked for (before --exclude-vm and the template check)."""
+        return name in self.names or _in_folder(folder, self.folders) or moref in self.tagged
 
-def _in_folder(vm: VmRef, folders: Collection[str]) -> bool:
-    return any(
-        vm.folder == f.rstrip("/") or vm.folder.startswith(f.rstrip("/") + "/") for f in folders
-    )
+
+def _in_folder(folder: str, folders: Collection[str]) -> bool:
+    return any(folder == f.rstrip("/") or folder.startswith(f.rstrip("/") + "/") for f in folders)
 
 
 def select(vms: Sequence[VmRef], sel: Selection) -> tuple[list[VmRef], list[tuple[str, str]]]:
     """(VMs to back up, [(vm name, why skipped)]) — templates and excluded VMs are reported."""
     chosen, skipped = [], []
     for vm in vms:
-        wanted = vm.name in sel.names or _in_folder(vm, sel.folders) or vm.moref in sel.tagged
-        if not wanted:
+        if not sel.wants(vm.moref, vm.name, vm.folder):
             continue
         if any(fnmatch.fnmatchcase(vm.name, p) for p in sel.exclude):
             skipped.append((vm.name, "excluded by --exclude-vm"))

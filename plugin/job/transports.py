@@ -10,12 +10,13 @@ from pathlib import Path
 from catalog.errors import UsageError
 from plugin.errors import TransportError
 from plugin.transport.file import FileSource
-from plugin.transport.http import HttpSource
-from plugin.transport.nbd import NbdSource
 from plugin.transport.source import DiskSource
 from plugin.vcenter.connection import VCenter
 from plugin.vcenter.datastore import http_location
 from plugin.vcenter.models import DiskRef, SnapshotRef, VmRef
+
+# The HTTP (requests) and NBD (libnbd) transports are imported when chosen: a run over the
+# file transport should not pay their start-up cost.
 
 TRANSPORTS = ("auto", "nbd", "http", "file")
 
@@ -72,6 +73,8 @@ def open_disk(
     """(transport name, an open source) for one snapshot disk."""
     kind = choose(cfg, disk)
     if kind == "http":
+        from plugin.transport.http import HttpSource
+
         loc = http_location(vc, disk, vm.datacenter, ds_types.get(disk.datastore, ""))
         return kind, HttpSource(loc, disk.capacity)
     path = local_path(cfg, disk, flat=True)
@@ -92,4 +95,6 @@ def open_disk(
         "user": vc.endpoint.user,
     }
     argv = [part.format(**values) for part in shlex.split(cfg.nbd_command)]
+    from plugin.transport.nbd import NbdSource
+
     return kind, NbdSource(command=argv)

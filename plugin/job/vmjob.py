@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 
 from catalog.backup import BackupWriter
 from catalog.errors import VmaccelError
-from catalog.index import ImageRow
+from catalog.index import BackupRow, ImageRow
 from catalog.repository import Repository
 from plugin.errors import ChangeTrackingError, SourceChanged
 from plugin.job.baseline import Baseline, decide
 from plugin.job.copy import Progress
 from plugin.job.disk import DiskJob, back_up_disk, skipped_free
-from plugin.job.fileindex import index_backup
 from plugin.job.plan import FULL, INCREMENTAL, RESCAN
 from plugin.job.report import DiskReport, RunReport, VmReport
 from plugin.job.transports import TransportConfig, open_disk
@@ -56,6 +55,14 @@ def previous_images(repo: Repository, vm: VmRef) -> dict[str, ImageRow]:
         if backup.meta.get("instance_uuid") in (None, vm.instance_uuid):
             return {img.disk: img for img in repo.images(backup)}
     return {}
+
+
+def index_backup(repo: Repository, backup: BackupRow) -> list[str]:
+    """The file catalog of ``backup``: :func:`plugin.job.fileindex.index_backup`, imported on
+    first use (its guest file-system readers take ~0.1 s to import)."""
+    from plugin.job.fileindex import index_backup as index
+
+    return index(repo, backup)
 
 
 def excluded(opts: VmBackupOptions, vm: VmRef, disk: DiskRef) -> bool:

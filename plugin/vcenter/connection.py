@@ -11,7 +11,7 @@ import http.client
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -87,34 +87,66 @@ class VCenter:
         self, objs: Sequence[Any], kind: type[Any], paths: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
         """moref -> {path: value} for many objects of one type, in one round trip."""
-        pc = self.content.propertyCollector
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=o, skip=False) for o in objs],
             propSet=[vmodl.query.PropertyCollector.PropertySpec(type=kind, pathSet=list(paths))],
         )
-        out: dict[str, dict[str, Any]] = {}
+        return {obj._moId: props for obj, props in self._retrieve(spec)}
+
+    def all_of(self, kind: type[Any], paths: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """moref -> properties for every object of ``kind`` in the inventory."""
+        return self.all_of_kinds({kind: paths}).get(kind, {})
+
+    def all_of_kinds(
+        self, wanted: Mapping[type[Any], Sequence[str]]
+    ) -> dict[type[Any], dict[str, dict[str, Any]]]:
+        """kind -> moref -> properties for every object of each kind, read through one
+        container view in one retrieval (the view's members are not fetched separately)."""
+        kinds = list(wanted)
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, kinds, True)
+        try:
+            pc = vmodl.query.PropertyCollector
+            spec = pc.FilterSpec(
+                objectSet=[
+                    pc.ObjectSpec(
+                        obj=view,
+                        skip=True,
+                        selectSet=[
+                            pc.TraversalSpec(
+                                name="view", type=vim.view.ContainerView, path="view", skip=False
+                            )
+                        ],
+                    )
+                ],
+                propSet=[pc.PropertySpec(type=k, pathSet=list(p)) for k, p in wanted.items()],
+            )
+            found = self._retrieve(spec)
+        finally:
+            view.DestroyView()
+        out: dict[type[Any], dict[str, dict[str, Any]]] = {k: {} for k in kinds}
+        for obj, props in found:
+            for k in kinds:
+                if isinstance(obj, k):
+                    out[k][obj._moId] = props
+                    break
+        return out
+
+    def _retrieve(self, spec: Any) -> list[tuple[Any, dict[str, Any]]]:
+        """(object, {path: value}) for everything ``spec`` selects, following continuations."""
+        pc = self.content.propertyCollector
+        out: list[tuple[Any, dict[str, Any]]] = []
         result = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
         while result is not None:
-            for o in result.objects:
-                out[o.obj._moId] = {p.name: p.val for p in o.propSet or ()}
+            out.extend((o.obj, {p.name: p.val for p in o.propSet or ()}) for o in result.objects)
             if not result.token:
                 break
             result = pc.ContinueRetrievePropertiesEx(result.token)
         return out
 
-    def all_of(self, kind: type[Any], paths: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """moref -> properties for every object of ``kind`` in the inventory."""
-        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [kind], True)
-        try:
-            objs = self.props(view, "view").get("view", [])
-            return self.props_of(objs, kind, paths) if objs else {}
-        finally:
-            view.DestroyView()
-
     def wait_task(self, task: Any, what: str, timeout: float = 3600.0) -> Any:
         """Wait for ``task``; return its result or raise its fault as a VCenterError."""
         deadline = time.monotonic() + timeout
-        delay = 0.05
+        delay = 0.01  # short tasks (snapshot removal, reconfigure) are seen done early
         while time.monotonic() < deadline:
             info = self.props(task, "info.state", "info.error", "info.result")
             state = info.get("info.state")
@@ -124,7 +156,7 @@ class VCenter:
                 fault = info.get("info.error")
                 raise TaskFailed(what, fault)
             time.sleep(delay)
-            delay = min(delay * 1.5, 1.0)
+            delay = min(delay * 2, 1.0)
         raise VCenterError(f"{what} did not finish within {timeout:.0f} s")
 
 

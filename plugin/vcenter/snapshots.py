@@ -84,7 +84,12 @@ def create(vc: VCenter, vm: VmRef, quiesce: bool = True) -> BackupSnapshot:
 
 
 def _create(
-    vc: VCenter, obj: vim.VirtualMachine, name: str, marker: str, quiesce: bool, vm_name: str
+    vc: VCenter,
+    obj: vim.VirtualMachine,
+    name: str,
+    marker: str,
+    quiesce: bool,
+    vm_name: str,
 ) -> vim.vm.Snapshot:
     task = obj.CreateSnapshot_Task(name=name, description=marker, memory=False, quiesce=quiesce)
     snapshot: vim.vm.Snapshot = vc.wait_task(task, f"snapshot of {vm_name}")
