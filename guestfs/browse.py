@@ -15,26 +15,25 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 from typing import BinaryIO
 
 from guestfs.allocation import MALFORMED_LAYOUT, disk_size_of, logical_volumes, read_layout
 from guestfs.errors import GuestFsError
 from guestfs.filesystem import FileSystem
-from guestfs.fs_ext import open_ext
-from guestfs.fs_fat import open_fat
-from guestfs.fs_ntfs import open_ntfs
-from guestfs.fs_xfs import open_xfs
 from guestfs.lvm import read_physical_volume
 from guestfs.probe import EXT_FAMILY
 from guestfs.volume import Volume, VolumeKind, VolumeView
 
 logger = logging.getLogger(__name__)
 
-_OPENERS: dict[str, Callable[[VolumeView, str], FileSystem]] = {
-    "xfs": open_xfs,
-    "ntfs": open_ntfs,
-    "vfat": open_fat,
-    **{name: open_ext for name in EXT_FAMILY},
+# fstype -> (module, opener). Adapters (and dissect behind them) are imported on first use:
+# a disk with one ext4 volume never pays for the NTFS, XFS and FAT parsers.
+_OPENERS: dict[str, tuple[str, str]] = {
+    "xfs": ("guestfs.fs_xfs", "open_xfs"),
+    "ntfs": ("guestfs.fs_ntfs", "open_ntfs"),
+    "vfat": ("guestfs.fs_fat", "open_fat"),
+    **{name: ("guestfs.fs_ext", "open_ext") for name in EXT_FAMILY},
 }
 _UNSAFE = re.compile(r"[^A-Za-z0-9+_.-]")
 
@@ -62,11 +61,12 @@ def open_filesystem(view: VolumeView, fstype: str | None = None) -> FileSystem:
     Raises `GuestFsError` if the fstype is not browsable or its metadata is unusable.
     """
     kind = fstype or view.volume.fstype
-    opener = _OPENERS.get(kind or "")
-    if opener is None:
+    where = _OPENERS.get(kind or "")
+    if where is None:
         what = f"{kind} is not a filesystem we browse" if kind else "unrecognised content"
         raise GuestFsError(what)
     assert kind is not None
+    opener: Callable[[VolumeView, str], FileSystem] = getattr(import_module(where[0]), where[1])
     return opener(view, kind)
 
 
