@@ -8,7 +8,8 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-console = Console()
+# Not a terminal (a pipe, a log): do not wrap tables at 80 columns; lines stay greppable.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
