@@ -21,6 +21,7 @@ Contract shared by every implementation (ext2/3/4, XFS, NTFS, FAT):
 from __future__ import annotations
 
 import errno
+import stat
 from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
@@ -56,6 +57,58 @@ class FileStat:
     target: str | None = None
     name_bytes: bytes | None = None
     error: str | None = None
+
+
+class PosixInode(Protocol):
+    """The POSIX fields an inode parser hands over (ext4 and XFS inode records)."""
+
+    @property
+    def mode(self) -> int: ...
+
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def gid(self) -> int: ...
+
+    @property
+    def nlink(self) -> int: ...
+
+    @property
+    def mtime_ns(self) -> int: ...
+
+    @property
+    def atime_ns(self) -> int: ...
+
+    @property
+    def ctime_ns(self) -> int: ...
+
+
+def posix_stat(
+    name: str,
+    name_bytes: bytes | None,
+    inode: int,
+    ino: PosixInode,
+    kind: FileKind,
+    size: int,
+    target: str | None,
+) -> FileStat:
+    """The FileStat of a filesystem with POSIX inodes (permission bits only in ``mode``)."""
+    return FileStat(
+        name=name,
+        kind=kind,
+        size=size,
+        inode=inode,
+        nlink=ino.nlink,
+        mode=stat.S_IMODE(ino.mode),
+        uid=ino.uid,
+        gid=ino.gid,
+        mtime_ns=ino.mtime_ns,
+        atime_ns=ino.atime_ns,
+        ctime_ns=ino.ctime_ns,
+        target=target,
+        name_bytes=name_bytes,
+    )
 
 
 class FileSystem(Protocol):

@@ -29,7 +29,7 @@ from dissect.extfs.exceptions import Error as ExtError
 from guestfs.errors import GuestFsError
 from guestfs.ext4 import parse_superblock
 from guestfs.ext4inode import Inode, InodeTable, parse_dirents
-from guestfs.filesystem import FileKind, FileStat, FileSystem
+from guestfs.filesystem import FileKind, FileStat, FileSystem, posix_stat
 from guestfs.runstream import Run, RunStream, check_runs
 from guestfs.tree import Child, TreeFileSystem, construct
 from guestfs.volume import VolumeView
@@ -110,21 +110,7 @@ class _ExtBackend:
         if kind == "symlink":
             target = self._link(node, ino)
             size = len(target.encode("utf-8", "surrogateescape"))
-        return FileStat(
-            name=name,
-            kind=kind,
-            size=size,
-            inode=node,
-            nlink=ino.nlink,
-            mode=statmod.S_IMODE(mode),
-            uid=ino.uid,
-            gid=ino.gid,
-            mtime_ns=ino.mtime_ns,
-            atime_ns=ino.atime_ns,
-            ctime_ns=ino.ctime_ns,
-            target=target,
-            name_bytes=name_bytes,
-        )
+        return posix_stat(name, name_bytes, node, ino, kind, size, target)
 
     def open(self, node: int, st: FileStat, path: str) -> BinaryIO:
         ino = self._inodes.get(node)

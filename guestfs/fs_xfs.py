@@ -24,7 +24,7 @@ from dissect.xfs.exceptions import Error as XfsError
 from dissect.xfs.xfs import parse_fsblock
 
 from guestfs.errors import GuestFsError
-from guestfs.filesystem import FileKind, FileStat, FileSystem
+from guestfs.filesystem import FileKind, FileStat, FileSystem, posix_stat
 from guestfs.runstream import Run, RunStream, check_runs
 from guestfs.tree import Child, TreeFileSystem, construct
 from guestfs.volume import VolumeView
@@ -87,21 +87,7 @@ class _XfsBackend:
         if kind == "symlink":
             target = str(node.link)
             size = len(target.encode("utf-8", "surrogateescape"))
-        return FileStat(
-            name=name,
-            kind=kind,
-            size=size,
-            inode=inum,
-            nlink=ino.nlink,
-            mode=statmod.S_IMODE(ino.mode),
-            uid=ino.uid,
-            gid=ino.gid,
-            mtime_ns=ino.mtime_ns,
-            atime_ns=ino.atime_ns,
-            ctime_ns=ino.ctime_ns,
-            target=target,
-            name_bytes=name_bytes,
-        )
+        return posix_stat(name, name_bytes, inum, ino, kind, size, target)
 
     def open(self, node: Any, st: FileStat, path: str) -> BinaryIO:
         what = f"xfs inode {node.inum} ({path})"
