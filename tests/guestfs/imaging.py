@@ -148,5 +148,18 @@ def place(disk: Path, fs_img: Path, offset: int) -> None:
     )
 
 
+def patch_bytes(path: Path, offset: int, data: bytes) -> None:
+    """Overwrite `data` at byte `offset` of a file (to damage or flag a test image)."""
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def read_bytes(path: Path, offset: int, n: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(n)
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()

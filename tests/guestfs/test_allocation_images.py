@@ -16,7 +16,7 @@ import pytest
 from guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map
 from guestfs.extent import Extent, complement, intersect
 from guestfs.usage import FsState
-from tests.guestfs.imaging import DiskImage, FsSpec, run
+from tests.guestfs.imaging import DiskImage, FsSpec, patch_bytes, run
 
 IMAGES = ["gpt_disk", "mbr_disk", "xfs_disk"]
 
@@ -163,22 +163,10 @@ def test_lvm_unallocated_extents_are_free(gpt_disk: DiskImage) -> None:
     assert pv_used <= 24 << 20
 
 
-def _patch(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
-def _read(path: Path, offset: int, n: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(n)
-
-
 def test_dirty_fat_is_taken_whole(mbr_disk: DiskImage, disk_copy) -> None:  # type: ignore[no-untyped-def]
     copy = disk_copy(mbr_disk)
     spec = mbr_disk.filesystems[1]
-    _patch(copy, spec.offset + 0x25, b"\x01")  # FAT16 BPB volume-dirty bit
+    patch_bytes(copy, spec.offset + 0x25, b"\x01")  # FAT16 BPB volume-dirty bit
     rep = report(build(copy), "p5")
     assert rep.state is FsState.DIRTY and rep.used_bytes == rep.volume.size
 
@@ -194,7 +182,7 @@ def test_unclean_xfs_log_is_taken_whole(xfs_disk: DiskImage, disk_copy) -> None:
         sb = read_super(VolumeView(f, rep.volume))
     log = rep.volume.segments[0].disk_offset + sb.disk_block(sb.logstart) * sb.block_size
     # Turn the unmount record's op flags into an ordinary transaction's.
-    _patch(copy, log + 512 + 9, b"\x00")
+    patch_bytes(copy, log + 512 + 9, b"\x00")
     rep = report(build(copy), "p1")
     assert rep.state is FsState.DIRTY and rep.used_bytes == rep.volume.size
     assert "log is not clean" in (rep.whole_reason or "")

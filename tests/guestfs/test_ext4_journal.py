@@ -12,7 +12,7 @@ import pytest
 
 from guestfs.allocation import VolumeReport, build_allocation_map
 from guestfs.usage import FsState
-from tests.guestfs.imaging import DiskImage, MiB, have, run
+from tests.guestfs.imaging import DiskImage, MiB, have, patch_bytes, read_bytes, run
 
 RECOVER = 0x4
 ERROR_FS = 0x2
@@ -20,30 +20,18 @@ ERROR_FS = 0x2
 pytestmark = pytest.mark.skipif(not have("debugfs"), reason="needs debugfs")
 
 
-def _patch(path: Path, offset: int, data: bytes) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(data)
-
-
-def _read(path: Path, offset: int, n: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(n)
-
-
 def journal_super_offset(image: Path, fs_offset: int) -> int:
     """Byte offset in `image` of the jbd2 superblock of the ext fs at `fs_offset`."""
     spec = f"{image}?offset={fs_offset}" if fs_offset else str(image)
     block = int(run("debugfs", "-R", "bmap <8> 0", spec).split()[-1])
-    log_bs = struct.unpack("<I", _read(image, fs_offset + 1024 + 0x18, 4))[0]
+    log_bs = struct.unpack("<I", read_bytes(image, fs_offset + 1024 + 0x18, 4))[0]
     return fs_offset + block * (1024 << log_bs)
 
 
 def set_needs_recovery(image: Path, fs_offset: int) -> None:
     at = fs_offset + 1024 + 0x60
-    flags = int.from_bytes(_read(image, at, 4), "little") | RECOVER
-    _patch(image, at, flags.to_bytes(4, "little"))
+    flags = int.from_bytes(read_bytes(image, at, 4), "little") | RECOVER
+    patch_bytes(image, at, flags.to_bytes(4, "little"))
 
 
 def only_report(image: Path) -> VolumeReport:
@@ -74,8 +62,8 @@ def test_needs_recovery_with_empty_journal_is_clean(bare_ext: Path) -> None:
 
 def test_needs_recovery_with_pending_transactions_is_dirty(bare_ext: Path) -> None:
     jsb = journal_super_offset(bare_ext, 0)
-    first = struct.unpack(">I", _read(bare_ext, jsb + 0x14, 4))[0]
-    _patch(bare_ext, jsb + 0x1C, struct.pack(">I", first))  # s_start: a log to replay
+    first = struct.unpack(">I", read_bytes(bare_ext, jsb + 0x14, 4))[0]
+    patch_bytes(bare_ext, jsb + 0x1C, struct.pack(">I", first))  # s_start: a log to replay
     assert only_report(bare_ext).state is FsState.CLEAN, "no needs_recovery: s_start ignored"
     set_needs_recovery(bare_ext, 0)
     rep = only_report(bare_ext)
@@ -86,22 +74,22 @@ def test_needs_recovery_with_pending_transactions_is_dirty(bare_ext: Path) -> No
 
 def test_aborted_journal_is_dirty(bare_ext: Path) -> None:
     jsb = journal_super_offset(bare_ext, 0)
-    _patch(bare_ext, jsb + 0x20, struct.pack(">i", -5))  # s_errno = -EIO
+    patch_bytes(bare_ext, jsb + 0x20, struct.pack(">i", -5))  # s_errno = -EIO
     set_needs_recovery(bare_ext, 0)
     rep = only_report(bare_ext)
     assert rep.state is FsState.DIRTY and "aborted" in (rep.whole_reason or "")
 
 
 def test_error_fs_stays_dirty_with_an_empty_journal(bare_ext: Path) -> None:
-    state = struct.unpack("<H", _read(bare_ext, 1024 + 0x3A, 2))[0]
-    _patch(bare_ext, 1024 + 0x3A, struct.pack("<H", state | ERROR_FS))
+    state = struct.unpack("<H", read_bytes(bare_ext, 1024 + 0x3A, 2))[0]
+    patch_bytes(bare_ext, 1024 + 0x3A, struct.pack("<H", state | ERROR_FS))
     set_needs_recovery(bare_ext, 0)
     rep = only_report(bare_ext)
     assert rep.state is FsState.DIRTY and "ERROR_FS" in (rep.whole_reason or "")
 
 
 def test_damaged_journal_superblock_is_dirty(bare_ext: Path) -> None:
-    _patch(bare_ext, journal_super_offset(bare_ext, 0), b"\0\0\0\0")  # jbd2 magic
+    patch_bytes(bare_ext, journal_super_offset(bare_ext, 0), b"\0\0\0\0")  # jbd2 magic
     set_needs_recovery(bare_ext, 0)
     rep = only_report(bare_ext)
     assert rep.state is FsState.DIRTY and "journal unreadable" in (rep.whole_reason or "")
@@ -116,7 +104,7 @@ def test_dirty_ext4_partition_is_taken_whole(mbr_disk: DiskImage, disk_copy) -> 
         rep = next(r for r in build_allocation_map(f).volumes if r.volume.name == "p1")
     assert rep.state is FsState.CLEAN and rep.note
     jsb = journal_super_offset(copy, spec.offset)
-    _patch(copy, jsb + 0x1C, _read(copy, jsb + 0x14, 4))  # s_start = s_first
+    patch_bytes(copy, jsb + 0x1C, read_bytes(copy, jsb + 0x14, 4))  # s_start = s_first
     with open(copy, "rb") as f:
         amap = build_allocation_map(f)
     rep = next(r for r in amap.volumes if r.volume.name == "p1")
