@@ -1,12 +1,12 @@
 """Guest disk images for ``bench/bench_backup.py``: a Debian system disk and its "day 1".
 
-Mirrors section 1 of ``/work/shared/reference/perf-baseline.md``: a thick raw file with a GPT
-label and one ext4 partition (1 MiB to 1 MiB before the end, ``mkfs.ext4 -E
-nodiscard,lazy_itable_init=0``), populated with ``debootstrap --variant=minbase bookworm`` (or a
-copy of this machine's ``/usr`` when debootstrap fails), 500 MiB of random files, four logs, a
-64 MiB SQLite database and ``/usr`` files up to 60 % use. Day 1 is a copy changed through the
-mounted filesystem as a guest would change it. Sizes scale with the disk (a 1 GiB disk gets a
-quarter of everything). Every step is seeded, so a rebuild gives the same kind of content.
+The system disk is a thick raw file with a GPT label and one ext4 partition (1 MiB to 1 MiB
+before the end, ``mkfs.ext4 -E nodiscard,lazy_itable_init=0``), populated with ``debootstrap
+--variant=minbase bookworm`` (or a copy of this machine's ``/usr`` when debootstrap fails),
+500 MiB of random files, four logs, a 64 MiB SQLite database and ``/usr`` files up to 60 % use.
+Day 1 is a copy changed through the mounted filesystem as a guest would change it. Sizes scale
+with the disk (a 1 GiB disk gets a quarter of everything). Every step is seeded, so a rebuild
+gives the same kind of content.
 
 The kernel makes no ``loopNp1`` nodes here, so the partition is attached with ``losetup -o
 OFFSET --sizelimit SIZE``. Needs root, ``sgdisk``, ``mkfs.ext4`` and ``losetup``.
@@ -300,7 +300,7 @@ def rewrite_dpkg_style(mnt: Path, count: int, rng: random.Random) -> int:
 
 
 def change_day1(mnt: Path, scale: float, usr_walked: int, rng: random.Random) -> dict[str, object]:
-    """The guest's day: what perf-baseline.md section 1 lists for day 1."""
+    """The guest's day 1, as the module docstring lists it."""
     (mnt / "srv/data/big.bin").unlink()
     for i in range(5):
         random_file(mnt / f"srv/data/new{i}.bin", int(10 * MiB * scale), rng)

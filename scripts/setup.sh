@@ -26,10 +26,26 @@ if [ ! -x "$venv/bin/python" ]; then
   # Debian's interpreter, so that python3-libnbd (a system package) is importable in the venv.
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-stamp="$venv/.installed-$(sha256sum "$here/pyproject.toml" | cut -c1-16)"
+# Installs exactly requirements.lock (hash-checked), then vmaccel itself, editable. Keyed on
+# both files: editing either makes the next run check the lock against pyproject.toml again.
+inputs_hash="$(cat "$here/pyproject.toml" "$here/requirements.lock" | sha256sum | cut -c1-16)"
+stamp="$venv/.installed-$inputs_hash"
 if [ ! -f "$stamp" ]; then
-  "$venv/bin/pip" install -q --upgrade pip >/dev/null
-  "$venv/bin/pip" install -q -e "$here[dev]"
+  # uv, at the version and hashes the lock pins: installed by the venv's own pip the first
+  # time, by the uv already there when the lock moves to another version.
+  uv_pin="$(grep -E '^uv==' "$here/requirements.lock" | cut -d' ' -f1)"
+  if [ "$("$venv/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" != "${uv_pin#uv==}" ]; then
+    awk '/^uv==/ { on = 1 } on { print } on && !/\\$/ { exit }' "$here/requirements.lock" \
+      >"$venv/uv-requirements.txt"
+    installer=("$venv/bin/pip" install -q)
+    [ -x "$venv/bin/uv" ] && installer=("$venv/bin/uv" pip install -q --python "$venv/bin/python")
+    "${installer[@]}" --require-hashes --no-deps -r "$venv/uv-requirements.txt"
+  fi
+  bash "$here/scripts/lock.sh" --check
+  "$venv/bin/uv" pip sync -q --python "$venv/bin/python" --require-hashes "$here/requirements.lock"
+  "$venv/bin/uv" pip install -q --python "$venv/bin/python" --no-deps --no-build-isolation \
+    -e "$here"
+  rm -f "$venv"/.installed-*
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
