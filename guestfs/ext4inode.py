@@ -4,7 +4,7 @@ This is the metadata fast path of `guestfs.fs_ext`: listing a tree needs a handf
 inode fields and the directory entries, so they are unpacked with one `struct` call each from
 raw bytes, instead of through a generic structure parser.
 
-On-disk facts used (little-endian; see also `guestfs.ext4`):
+On-disk facts used (little-endian; see also `guestfs.ext4layout`):
 - Inode n is s_inode_size bytes at index (n - 1) % s_inodes_per_group of the inode table of
   group (n - 1) // s_inodes_per_group; its first 128 bytes are the classic inode. With larger
   inodes, i_extra_isize (at 0x80) says how many bytes after 128 are in use; a time's extra
@@ -15,6 +15,9 @@ On-disk facts used (little-endian; see also `guestfs.ext4`):
   a block; rec_len is a multiple of 4, at least 12 and at least 8 + name_len. Inode 0 marks an
   unused entry, which is also how htree index blocks and the metadata_csum tail hide from a
   linear reader, so linear and htree directories are read the same way.
+
+With metadata_csum, every inode is checked against its checksum (guestfs.ext4csum) the
+first time it is read from a cached chunk; descriptors are checked by `parse_desc`.
 
 `InodeTable` reads the inode table in aligned chunks and keeps a bounded LRU of them, so a
 walk reads each table chunk about once; memory is at most `CACHE_CHUNKS * CHUNK` bytes.
@@ -29,7 +32,8 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from guestfs.errors import GuestFsError
-from guestfs.ext4 import GroupDesc, Superblock, desc_block, parse_desc
+from guestfs.ext4csum import inode_checksum_fault
+from guestfs.ext4layout import GroupDesc, Superblock, desc_block, parse_desc
 from guestfs.volume import VolumeView
 
 logger = logging.getLogger(__name__)
@@ -110,8 +114,10 @@ def parse_inode(raw: bytes | memoryview, offset: int, inode_size: int) -> Inode:
 class InodeTable:
     """Inodes by number, read through a bounded cache of inode-table chunks.
 
-    `sb.inodes_count` bounds valid numbers. A damaged group descriptor or an inode table
-    outside the volume fails only the inodes that need it (GuestFsError). Not thread-safe.
+    `sb.inodes_count` bounds valid numbers. A damaged group descriptor (range or checksum),
+    an inode table outside the volume, or (with metadata_csum) an inode whose checksum does
+    not match fails only the inodes that need it (GuestFsError), so a file tree shows an
+    error rather than plausible wrong metadata. Not thread-safe.
     """
 
     def __init__(self, view: VolumeView, sb: Superblock) -> None:
@@ -124,6 +130,7 @@ class InodeTable:
         self._table_bytes = sb.inodes_per_group * sb.inode_size
         self._chunk = max(CHUNK, sb.block_size)
         self._chunks: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+        self._verified: dict[tuple[int, int], set[int]] = {}  # per cached chunk: good inodes
         self._descs: OrderedDict[int, GroupDesc] = OrderedDict()
 
     @property
@@ -144,12 +151,18 @@ class InodeTable:
         if chunk is None:
             chunk = self._read_chunk(group, chunk_no)
             self._chunks[key] = chunk
+            self._verified[key] = set()
             if len(self._chunks) > CACHE_CHUNKS:
-                self._chunks.popitem(last=False)
+                self._verified.pop(self._chunks.popitem(last=False)[0], None)
         else:
             self._chunks.move_to_end(key)
         if within + sb.inode_size > len(chunk):
             raise GuestFsError(f"ext4: inode {ino} lies outside the filesystem")
+        if sb.csum_seed is not None and ino not in self._verified[key]:
+            fault = inode_checksum_fault(sb.csum_seed, ino, chunk, within, sb.inode_size)
+            if fault:
+                raise GuestFsError(f"ext4: {fault}")
+            self._verified[key].add(ino)
         return parse_inode(chunk, within, sb.inode_size)
 
     def _read_chunk(self, group: int, chunk_no: int) -> bytes:

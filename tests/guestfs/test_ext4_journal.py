@@ -12,6 +12,7 @@ import pytest
 
 from guestfs.allocation import VolumeReport, build_allocation_map
 from guestfs.usage import FsState
+from tests.guestfs.ext4damage import reseal_superblock
 from tests.guestfs.imaging import DiskImage, MiB, have, patch_bytes, read_bytes, run
 
 RECOVER = 0x4
@@ -32,6 +33,7 @@ def set_needs_recovery(image: Path, fs_offset: int) -> None:
     at = fs_offset + 1024 + 0x60
     flags = int.from_bytes(read_bytes(image, at, 4), "little") | RECOVER
     patch_bytes(image, at, flags.to_bytes(4, "little"))
+    reseal_superblock(image, fs_offset)  # as the kernel does: metadata_csum covers the flags
 
 
 def only_report(image: Path) -> VolumeReport:
