@@ -125,13 +125,18 @@ def logical_volumes(disk: BinaryIO, pv_volume: Volume, pv: PhysicalVolume) -> It
         yield _with_fstype(disk, Volume(lv.name, VolumeKind.LOGICAL_VOLUME, lv.size, segs))
 
 
-def build_allocation_map(disk: BinaryIO, disk_size: int | None = None) -> AllocationMap:
+def build_allocation_map(
+    disk: BinaryIO, disk_size: int | None = None, *, quiesced: bool = False
+) -> AllocationMap:
     """Compute the allocation map of the disk behind the seekable binary file object `disk`.
 
     Reads only metadata (partition tables, LVM labels and text, superblocks, bitmaps, free
-    space trees). Not thread-safe with other users of `disk` (it seeks). Raises
-    `GuestFsError` when the partition table or an LVM label cannot be trusted; problems
-    inside one filesystem only make that volume count as used, with the reason reported.
+    space trees). `quiesced` says the disk is a snapshot taken with the guest's filesystems
+    flushed (VSS / VMware Tools quiescing); parsers whose "clean" test is an open log (NTFS)
+    then trust their free-space metadata. Not thread-safe with other users of `disk` (it
+    seeks). Raises `GuestFsError` when the partition table or an LVM label cannot be trusted;
+    problems inside one filesystem only make that volume count as used, with the reason
+    reported.
     """
     size = disk_size_of(disk) if disk_size is None else disk_size
     layout = read_layout(disk, size)
@@ -139,15 +144,15 @@ def build_allocation_map(disk: BinaryIO, disk_size: int | None = None) -> Alloca
     reports: list[VolumeReport] = []
     for vol in layout.volumes:
         if vol.fstype == "lvm2":
-            reports.extend(_map_physical_volume(disk, vol, used))
+            reports.extend(_map_physical_volume(disk, vol, used, quiesced))
         else:
-            reports.append(_map_volume(disk, vol, used))
+            reports.append(_map_volume(disk, vol, used, quiesced))
     return AllocationMap(size, clip(used, size), tuple(reports), layout.partition_table)
 
 
-def _map_volume(disk: BinaryIO, vol: Volume, used: list[Extent]) -> VolumeReport:
+def _map_volume(disk: BinaryIO, vol: Volume, used: list[Extent], quiesced: bool) -> VolumeReport:
     """Add the disk extents `vol` uses to `used` and report on it."""
-    usage = filesystem_usage(VolumeView(disk, vol))
+    usage = filesystem_usage(VolumeView(disk, vol), quiesced=quiesced)
     mapped = vol.to_disk(usage.used)
     used.extend(mapped)
     if usage.whole_reason:
@@ -157,7 +162,9 @@ def _map_volume(disk: BinaryIO, vol: Volume, used: list[Extent]) -> VolumeReport
     return VolumeReport(vol, vol.fstype, usage.state, total(mapped), usage.whole_reason, usage.note)
 
 
-def _map_physical_volume(disk: BinaryIO, vol: Volume, used: list[Extent]) -> list[VolumeReport]:
+def _map_physical_volume(
+    disk: BinaryIO, vol: Volume, used: list[Extent], quiesced: bool
+) -> list[VolumeReport]:
     """Map a PV: its header and metadata area, its LVs, and unallocated extents (free)."""
     try:
         pv = read_physical_volume(VolumeView(disk, vol))
@@ -175,7 +182,8 @@ def _map_physical_volume(disk: BinaryIO, vol: Volume, used: list[Extent]) -> lis
     # The label and metadata areas, and anything past the last extent, are the PV's own.
     used.extend(vol.to_disk([Extent(0, pv.pe_start), Extent(pe_end, max(0, vol.size - pe_end))]))
     report = VolumeReport(vol, "lvm2", FsState.CLEAN, pv.pe_start, None)
-    return [report, *(_map_volume(disk, lv, used) for lv in logical_volumes(disk, vol, pv))]
+    lvs = logical_volumes(disk, vol, pv)
+    return [report, *(_map_volume(disk, lv, used, quiesced) for lv in lvs)]
 
 
 def _take_whole(vol: Volume, used: list[Extent], reason: str) -> VolumeReport:
@@ -184,25 +192,50 @@ def _take_whole(vol: Volume, used: list[Extent], reason: str) -> VolumeReport:
     return VolumeReport(vol, vol.fstype, FsState.UNKNOWN, vol.size, reason)
 
 
-_PARSERS: dict[str, Callable[[VolumeView], FsUsage]] = {
-    "xfs": xfs_usage,
-    "ntfs": ntfs_usage,
-    "vfat": fat_usage,
-    **{name: functools.partial(ext4_usage, fstype=name) for name in EXT_FAMILY},
+Parser = Callable[[VolumeView, bool], FsUsage]  # (view, quiesced) -> usage; may raise
+
+
+def _unquiesced(parse: Callable[[VolumeView], FsUsage]) -> Parser:
+    """A parser whose verdict does not depend on quiescing (its clean test is its journal)."""
+    return lambda view, _quiesced: parse(view)
+
+
+def _ntfs(view: VolumeView, quiesced: bool) -> FsUsage:
+    return ntfs_usage(view, quiesced=quiesced)
+
+
+_PARSERS: dict[str, Parser] = {
+    "xfs": _unquiesced(xfs_usage),
+    "ntfs": _ntfs,
+    "vfat": _unquiesced(fat_usage),
+    **{name: _unquiesced(functools.partial(ext4_usage, fstype=name)) for name in EXT_FAMILY},
 }
 
 
-def filesystem_usage(view: VolumeView) -> FsUsage:
-    """Used space of the volume behind `view`, in volume offsets; never raises for bad
-    filesystem metadata (the volume is then taken whole with the reason)."""
+def check_filesystem(view: VolumeView, *, quiesced: bool = False) -> FsUsage:
+    """Used space of the volume behind `view`, in volume offsets, with every check of its
+    parser enforced: raises `GuestFsError` (or, for metadata damaged in ways the parser did
+    not foresee, one of `MALFORMED_LAYOUT`) when the metadata cannot be verified. A volume
+    that is verified but not current (DIRTY) or not a filesystem we map (UNKNOWN) is returned
+    whole with its reason, not raised. `quiesced`: see `build_allocation_map`."""
     fstype = view.volume.fstype
-    size = view.volume.size
     parser = _PARSERS.get(fstype or "")
     if parser is None:
         what = f"{fstype} is not a filesystem we map" if fstype else "unrecognised content"
-        return whole(fstype or "unknown", FsState.UNKNOWN, size, what)
+        return whole(fstype or "unknown", FsState.UNKNOWN, view.volume.size, what)
+    return parser(view, quiesced)
+
+
+def filesystem_usage(view: VolumeView, *, quiesced: bool = False) -> FsUsage:
+    """Used space of the volume behind `view`, in volume offsets; never raises for bad
+    filesystem metadata (the volume is then taken whole with the reason, and a warning is
+    logged). `quiesced`: see `build_allocation_map`."""
+    fstype = view.volume.fstype
     try:
-        return parser(view)
+        return check_filesystem(view, quiesced=quiesced)
     except _MALFORMED as exc:
-        logger.warning("%s: %s metadata unusable: %s", view.volume.name, fstype, exc)
-        return whole(fstype or "unknown", FsState.UNKNOWN, size, f"unusable metadata: {exc}")
+        reason = f"unusable metadata: {exc}"
+        # The text, not the exception: a handler that keeps records must not keep the
+        # parser's frames (and the metadata buffers they hold) alive.
+        logger.warning("%s: %s taken whole: %s", view.volume.name, fstype, reason)
+        return whole(fstype or "unknown", FsState.UNKNOWN, view.volume.size, reason)

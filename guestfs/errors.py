@@ -16,3 +16,13 @@ class GuestFsError(Exception):
     taken whole, with the message as the reason); it escapes only when the disk layout itself
     (partition table, LVM metadata) cannot be trusted.
     """
+
+
+class LocalDamage(GuestFsError):
+    """Damage confined to one file's own metadata (e.g. one torn NTFS file record).
+
+    Free-block skipping cannot use such a volume (the damaged file's extents are unknown, so
+    the volume is read whole), but a file tree is still right about every other file and
+    reports the damaged one as unreadable, so the mount keeps the volume browsable. Raised only
+    after every other check of the volume has passed.
+    """

@@ -1,201 +1,186 @@
-"""NTFS allocation from the boot sector, $MFT, $Bitmap (MFT record 6) and $Volume (record 3).
+"""NTFS allocation: the clusters $Bitmap (MFT record 6) marks in use, once it can be trusted.
 
-On-disk facts used (little-endian): the boot sector gives bytes per sector (0x0B), sectors
-per cluster (0x0D; values above 0x80 mean 2^(256 - v)), total sectors (0x28), the $MFT
-cluster (0x30) and the MFT record size (0x40; negative v means 2^-v bytes). MFT records start
-with "FILE" and are protected by an update sequence array: the last two bytes of every
-512-byte stride hold the sequence number, the real bytes are in the array ("fixups").
-$Bitmap's unnamed $DATA attribute holds one bit per cluster (set = in use), found through its
-run list. VOLUME_INFORMATION (attribute 0x70 of $Volume) carries VOLUME_IS_DIRTY (0x0001).
-Sizes in this module are bytes unless a name says clusters or records.
+$Bitmap's unnamed $DATA attribute holds one bit per cluster (set = in use). It is trusted
+only when it is
+- current: $Volume (record 3) is not marked dirty (VOLUME_IS_DIRTY 0x0001 in its
+  VOLUME_INFORMATION), and, unless the snapshot was quiesced, the $LogFile restart area is
+  clean (guestfs.ntfslog) and the volume is not hibernated (guestfs.ntfshiber). A VSS-quiesced
+  snapshot is flushed: its $Bitmap is current although the open log is not "clean";
+- intact: system records 0-15 pass their update sequence checks, $MFTMirr repeats $MFT, the
+  backup boot sector repeats the boot sector, and $Bitmap's sizes cover every cluster;
+- consistent: every cluster of the boot sector and of the system files (records 0-15, named
+  in errors) is marked in use, and so is every allocated run of every other MFT record in
+  use (guestfs.ntfswalk). $Bitmap has no checksum: a cleared bit under a file's data is
+  visible only against the run lists, so the walk is O(records in use) on every incremental
+  (about 4 us per record, plus one read of the MFT's in-use parts) - the price of never
+  skipping live data.
+A volume that is not current is taken whole (DIRTY, with the reason); a failed integrity or
+consistency check raises `GuestFsError` naming the check. Sizes are bytes unless a name says
+clusters or records.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from guestfs.errors import GuestFsError
 from guestfs.extent import Extent, from_bitmap, merge
+from guestfs.ntfscheck import (
+    check_backup_boot_sector,
+    check_marked_used,
+    check_mirror,
+    required_extents,
+    system_name,
+)
+from guestfs.ntfshiber import hibernation_signature
+from guestfs.ntfslog import LogState, log_state
+from guestfs.ntfsrecord import (
+    ATTR_DATA,
+    RECORD_IN_USE,
+    SYSTEM_FILES,
+    Attribute,
+    Geometry,
+    Run,
+    coalesce,
+    find_attribute,
+    mft_data,
+    read_geometry,
+    read_record,
+    read_records,
+    record_flags,
+    unprotect,
+    volume_flags,
+)
+from guestfs.ntfswalk import check_all_records
 from guestfs.usage import FsState, FsUsage, whole
 from guestfs.volume import VolumeView
 
 logger = logging.getLogger(__name__)
 
-ATTR_VOLUME_INFORMATION = 0x70
-ATTR_DATA = 0x80
-ATTR_END = 0xFFFFFFFF
 VOLUME_IS_DIRTY = 0x0001
-RECORD_MFT, RECORD_VOLUME, RECORD_BITMAP = 0, 3, 6
-_FIXUP_STRIDE = 512
+RECORD_MFT, RECORD_MFTMIRR, RECORD_LOGFILE, RECORD_VOLUME = 0, 1, 2, 3
+RECORD_ROOT, RECORD_BITMAP = 5, 6
+SYSTEM_RECORDS = 16
 _READ_CHUNK = 4 << 20
 
 
-@dataclass(frozen=True)
-class Geometry:
-    """Boot-sector geometry, in bytes except `cluster_count` and `mft_lcn` (clusters)."""
-
-    cluster_size: int
-    cluster_count: int
-    mft_lcn: int
-    record_size: int
-
-
-@dataclass(frozen=True)
-class Run:
-    """`length` clusters of an attribute's data at cluster `lcn` (None: sparse, reads zero)."""
-
-    lcn: int | None
-    length: int
-
-
-def read_geometry(view: VolumeView) -> Geometry:
-    """Parse the boot sector; raise `GuestFsError` if it is not a plausible NTFS one."""
-    boot = view.pread(0, 512)
-    if boot[3:11] != b"NTFS    ":
-        raise GuestFsError("ntfs: boot sector has no 'NTFS' OEM id")
-    bps, spc = struct.unpack_from("<HB", boot, 0x0B)
-    total_sectors, mft_lcn = struct.unpack_from("<QQ", boot, 0x28)
-    rec = struct.unpack_from("<b", boot, 0x40)[0]
-    cluster_size = bps * (1 << (256 - spc) if spc > 0x80 else spc)
-    if bps not in (512, 1024, 2048, 4096) or not cluster_size or cluster_size & (cluster_size - 1):
-        raise GuestFsError(f"ntfs: implausible geometry ({bps} bytes/sector, spc {spc})")
-    record_size = 1 << -rec if rec < 0 else rec * cluster_size
-    if not 256 <= record_size <= 65536:
-        raise GuestFsError(f"ntfs: implausible MFT record size {record_size}")
-    if total_sectors * bps > view.volume.size:
-        raise GuestFsError(
-            f"ntfs: filesystem ({total_sectors} sectors) is larger than its volume "
-            f"({view.volume.size} bytes)"
-        )
-    return Geometry(cluster_size, total_sectors * bps // cluster_size, mft_lcn, record_size)
-
-
-def ntfs_usage(view: VolumeView) -> FsUsage:
+def ntfs_usage(view: VolumeView, *, quiesced: bool = False) -> FsUsage:
     """Used space of the NTFS volume behind `view`, in volume byte offsets.
 
-    Reads the boot sector, MFT records 0, 3 and 6 and the $Bitmap, streaming the bitmap in
-    chunks of at most 4 MiB. The bytes after the last cluster (the backup boot sector lives
-    there) count as used. Raises `GuestFsError` on damaged metadata.
+    `quiesced`: the snapshot was taken with the guest's filesystems flushed (VSS), so an open
+    $LogFile or a hibernation file does not make $Bitmap stale. Reads the boot sector and its
+    backup, MFT records 0-15 (one read), $MFTMirr, the head of $LogFile (64 KiB), the root
+    index (for hiberfil.sys), then $Bitmap and the parts of $MFT holding records in use, in
+    reads of at most 4 MiB. The bytes after the last cluster (where the backup boot sector
+    lives) count as used. Returns the volume whole as DIRTY, with the reason, when $Bitmap
+    may not be current; raises `GuestFsError` when an integrity or consistency check fails
+    (see the module docstring).
     """
     size = view.volume.size
     geo = read_geometry(view)
-    mft_runs = data_runs(read_record(view, geo, geo.mft_lcn * geo.cluster_size, RECORD_MFT))
-    flags = volume_flags(read_mft_record(view, geo, mft_runs, RECORD_VOLUME))
-    if flags & VOLUME_IS_DIRTY:
-        return whole("ntfs", FsState.DIRTY, size, "ntfs volume is marked dirty ($Volume flags)")
-    bitmap_runs = data_runs(read_mft_record(view, geo, mft_runs, RECORD_BITMAP))
+    mft = mft_data(view, geo, read_record(view, geo, geo.mft_lcn * geo.cluster_size, RECORD_MFT))
+    mft_runs = list(mft.runs)
+    system = read_system_records(view, geo, mft_runs)
+    stale, note = _staleness(view, geo, mft_runs, system, quiesced)
+    if stale:
+        return whole("ntfs", FsState.DIRTY, size, stale)
+    check_backup_boot_sector(view, geo)
+    check_mirror(view, geo, mft_runs, system[RECORD_MFTMIRR])
+    used = bitmap_extents(view, geo, find_attribute(system[RECORD_BITMAP], ATTR_DATA))
+    check_marked_used(geo, required_extents(geo, system), used)
+    check_all_records(view, geo, mft, system[RECORD_MFT], used)
+    end = geo.cluster_count * geo.cluster_size
+    return FsUsage("ntfs", FsState.CLEAN, merge([*used, Extent(end, size - end)]), note=note)
+
+
+def read_system_records(view: VolumeView, geo: Geometry, mft_runs: list[Run]) -> dict[int, bytes]:
+    """MFT records 0-15 that are in use, fixups applied, read in one read per contiguous span.
+
+    Raises `GuestFsError` when one of the named system files (records 0-11) is missing, not
+    in use or torn; reserved records 12-15 are skipped when they hold no record."""
+    out: dict[int, bytes] = {}
+    for number, raw in enumerate(read_records(view, geo, mft_runs, 0, SYSTEM_RECORDS)):
+        if number >= len(SYSTEM_FILES) and raw[:4] != b"FILE":
+            continue
+        rec = bytes(unprotect(raw, b"FILE", f"MFT record {number} ({system_name(number)})"))
+        if record_flags(rec) & RECORD_IN_USE:
+            out[number] = rec
+        elif number < len(SYSTEM_FILES):
+            raise GuestFsError(f"ntfs: MFT record {number} ({system_name(number)}) is not in use")
+    return out
+
+
+def _staleness(
+    view: VolumeView, geo: Geometry, mft_runs: list[Run], system: dict[int, bytes], quiesced: bool
+) -> tuple[str | None, str | None]:
+    """(why $Bitmap may not be current, or None; a note when quiescing overrode a sign)."""
+    if volume_flags(system[RECORD_VOLUME]) & VOLUME_IS_DIRTY:
+        return "ntfs volume is marked dirty ($Volume flags): Windows wants chkdsk", None
+    log = log_state(view, geo, find_attribute(system[RECORD_LOGFILE], ATTR_DATA))
+    if quiesced:
+        if log.clean:
+            return None, None
+        return None, f"{log.describe()}; trusted because the snapshot was quiesced"
+    if not log.clean:
+        return _log_reason(log), None
+    signature = hibernation_signature(view, geo, mft_runs, system[RECORD_ROOT])
+    if signature is not None:
+        return (
+            f"ntfs volume is hibernated (hiberfil.sys header {signature.decode('latin-1')!r}, "
+            "e.g. Windows Fast Startup) and the snapshot was not quiesced: $Bitmap may lag "
+            "the memory image"
+        ), None
+    return None, None
+
+
+def _log_reason(log: LogState) -> str:
+    if log.area is not None and log.area.closed:
+        return (
+            "ntfs $LogFile is version 2.0 and the snapshot was not quiesced: Windows 8+ may "
+            f"keep the volume's metadata cached (Fast Startup), so $Bitmap may lag it "
+            f"({log.describe()})"
+        )
+    return (
+        "ntfs $LogFile is not clean and the snapshot was not quiesced: the guest was running "
+        f"or crashed, so $Bitmap may lag the log ({log.describe()})"
+    )
+
+
+def bitmap_extents(view: VolumeView, geo: Geometry, data: Attribute) -> list[Extent]:
+    """Byte extents of the clusters $Bitmap (its unnamed $DATA `data`) marks in use.
+
+    Raises `GuestFsError` unless its data and initialized sizes cover every cluster's bit and
+    its runs map them without sparse runs (a hole would read as "all free")."""
+    need = (geo.cluster_count + 7) // 8
+    if data.resident:
+        raise GuestFsError("ntfs: $Bitmap's data is resident")
+    if data.data_size < need or data.initialized_size < need:
+        raise GuestFsError(
+            f"ntfs: $Bitmap holds {data.data_size} bytes ({data.initialized_size} initialized), "
+            f"fewer than {need} for {geo.cluster_count} clusters"
+        )
     used: list[Extent] = []
-    for first_bit, chunk in _read_runs(view, geo, bitmap_runs, (geo.cluster_count + 7) // 8):
+    for first_bit, chunk in _read_runs(view, geo, list(data.runs), need):
         count = max(0, min(len(chunk) * 8, geo.cluster_count - first_bit))
         used.extend(from_bitmap(chunk, geo.cluster_size, first_bit * geo.cluster_size, count))
-    end = geo.cluster_count * geo.cluster_size
-    used.append(Extent(end, size - end))
-    return FsUsage("ntfs", FsState.CLEAN, merge(used))
-
-
-def read_mft_record(view: VolumeView, geo: Geometry, mft_runs: list[Run], number: int) -> bytes:
-    """MFT record `number`, located through $MFT's own run list, with fixups applied."""
-    vcn_bytes = number * geo.record_size
-    pos = 0
-    for run in mft_runs:
-        run_bytes = run.length * geo.cluster_size
-        if pos <= vcn_bytes < pos + run_bytes and run.lcn is not None:
-            offset = run.lcn * geo.cluster_size + vcn_bytes - pos
-            return read_record(view, geo, offset, number)
-        pos += run_bytes
-    raise GuestFsError(f"ntfs: MFT record {number} is not mapped by $MFT's run list")
-
-
-def read_record(view: VolumeView, geo: Geometry, offset: int, number: int) -> bytes:
-    """The MFT record at volume byte `offset`, checked and with its fixups applied."""
-    rec = bytearray(view.pread(offset, geo.record_size))
-    if rec[:4] != b"FILE":
-        raise GuestFsError(f"ntfs: MFT record {number} has no 'FILE' signature")
-    usa_off, usa_count = struct.unpack_from("<HH", rec, 4)
-    if usa_count - 1 != geo.record_size // _FIXUP_STRIDE or usa_off + 2 * usa_count > 1024:
-        raise GuestFsError(f"ntfs: MFT record {number} has a bad update sequence array")
-    usn = rec[usa_off : usa_off + 2]
-    for i in range(1, usa_count):
-        end = i * _FIXUP_STRIDE
-        if rec[end - 2 : end] != usn:
-            raise GuestFsError(f"ntfs: MFT record {number} is torn (fixup {i} mismatch)")
-        rec[end - 2 : end] = rec[usa_off + 2 * i : usa_off + 2 * i + 2]
-    return bytes(rec)
-
-
-def _attributes(rec: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """Yield (type, offset in record, header+body bytes) of each attribute of a record."""
-    off = struct.unpack_from("<H", rec, 0x14)[0]
-    while off + 8 <= len(rec):
-        atype, alen = struct.unpack_from("<II", rec, off)
-        if atype == ATTR_END:
-            return
-        if alen < 16 or off + alen > len(rec):
-            raise GuestFsError(f"ntfs: attribute 0x{atype:x} has a bad length {alen}")
-        yield atype, off, rec[off : off + alen]
-        off += alen
-    raise GuestFsError("ntfs: attribute list of a record is not terminated")
-
-
-def data_runs(rec: bytes) -> list[Run]:
-    """The run list of the unnamed, non-resident $DATA attribute of an MFT record."""
-    for atype, _off, attr in _attributes(rec):
-        if atype == ATTR_DATA and attr[9] == 0:
-            if not attr[8]:
-                raise GuestFsError("ntfs: expected a non-resident $DATA attribute")
-            return decode_runs(attr, struct.unpack_from("<H", attr, 32)[0])
-    raise GuestFsError("ntfs: record has no unnamed $DATA attribute")
-
-
-def decode_runs(attr: bytes, offset: int) -> list[Run]:
-    """Decode a mapping-pairs array starting at `offset` of a non-resident attribute."""
-    runs: list[Run] = []
-    lcn = 0
-    while offset < len(attr) and attr[offset]:
-        header = attr[offset]
-        len_size, off_size = header & 0x0F, header >> 4
-        if not len_size or offset + 1 + len_size + off_size > len(attr):
-            raise GuestFsError("ntfs: malformed run list")
-        body = attr[offset + 1 : offset + 1 + len_size + off_size]
-        length = int.from_bytes(body[:len_size], "little")
-        if off_size:
-            lcn += int.from_bytes(body[len_size:], "little", signed=True)
-            runs.append(Run(lcn, length))
-        else:
-            runs.append(Run(None, length))
-        offset += 1 + len_size + off_size
-    return runs
-
-
-def volume_flags(rec: bytes) -> int:
-    """VOLUME_INFORMATION flags from the $Volume record."""
-    for atype, _off, attr in _attributes(rec):
-        if atype == ATTR_VOLUME_INFORMATION and not attr[8]:
-            value_off = struct.unpack_from("<H", attr, 20)[0]
-            return int(struct.unpack_from("<H", attr, value_off + 10)[0])
-    raise GuestFsError("ntfs: $Volume has no VOLUME_INFORMATION attribute")
+    return list(merge(used))
 
 
 def _read_runs(
     view: VolumeView, geo: Geometry, runs: list[Run], length: int
 ) -> Iterator[tuple[int, bytes]]:
-    """Yield (first bit index, bytes) chunks of the first `length` bytes of an attribute."""
+    """Yield (first bit index, bytes) chunks of the first `length` bytes of $Bitmap, one
+    read of at most 4 MiB per piece of physically contiguous runs."""
     pos = 0
-    for run in runs:
-        run_bytes = min(run.length * geo.cluster_size, length - pos)
-        done = 0
-        while done < run_bytes:
+    for lcn, start, size in coalesce(runs, geo.cluster_size):
+        if lcn is None:
+            raise GuestFsError("ntfs: $Bitmap has a sparse run")
+        run_bytes = min(size, length - start)
+        for done in range(0, run_bytes, _READ_CHUNK):
             n = min(_READ_CHUNK, run_bytes - done)
-            if run.lcn is None:
-                # A sparse bitmap would read as "all free": refuse rather than guess.
-                raise GuestFsError("ntfs: $Bitmap has a sparse run")
-            chunk = view.pread(run.lcn * geo.cluster_size + done, n)
-            yield (pos + done) * 8, chunk
-            done += n
-        pos += run_bytes
+            yield (start + done) * 8, view.pread(lcn * geo.cluster_size + done, n)
+        pos = start + run_bytes
         if pos >= length:
             return
     raise GuestFsError(f"ntfs: $Bitmap run list covers {pos} of {length} bytes")

@@ -43,12 +43,17 @@ class DiskJob:
     vray: bool = True
     meta: dict[str, Any] | None = None
     audit: Sequence[Extent] | None = None  # CBT's announced extents, checked by a rescan
+    quiesced: bool = False  # the snapshot flushed the guest's filesystems (VSS)
 
 
-def allocation_of(source: DiskSource) -> tuple[AllocationMap | None, list[str]]:
-    """The guest filesystems' allocation map, or None (and why) when it cannot be read."""
+def allocation_of(
+    source: DiskSource, quiesced: bool = False
+) -> tuple[AllocationMap | None, list[str]]:
+    """The guest filesystems' allocation map, or None (and why) when it cannot be read.
+    ``quiesced``: the source is a snapshot taken with the guest's filesystems flushed."""
     try:
-        amap = build_allocation_map(cast(BinaryIO, SourceStream(source)), source.size)
+        stream = cast(BinaryIO, SourceStream(source))
+        amap = build_allocation_map(stream, source.size, quiesced=quiesced)
     except GuestFsError as exc:
         return None, [f"free-block skipping off: {exc}"]
     notes = []
@@ -81,7 +86,7 @@ def back_up_disk(bw: BackupWriter, job: DiskJob, progress: Progress | None = Non
     """Write one image into ``bw``. Raises on transport errors (the caller aborts the backup)."""
     started = time.monotonic()
     src, bs = job.source, bw.repo.config.block_size
-    amap, warnings = allocation_of(src) if job.vray else (None, [])
+    amap, warnings = allocation_of(src, job.quiesced) if job.vray else (None, [])
     plan = plan_disk(
         src.size,
         bs,
