@@ -18,8 +18,14 @@ from dataclasses import dataclass
 from importlib import import_module
 from typing import BinaryIO
 
-from guestfs.allocation import MALFORMED_LAYOUT, disk_size_of, logical_volumes, read_layout
-from guestfs.errors import GuestFsError
+from guestfs.allocation import (
+    MALFORMED_LAYOUT,
+    check_filesystem,
+    disk_size_of,
+    logical_volumes,
+    read_layout,
+)
+from guestfs.errors import GuestFsError, LocalDamage
 from guestfs.filesystem import FileSystem
 from guestfs.lvm import read_physical_volume
 from guestfs.probe import EXT_FAMILY
@@ -98,13 +104,33 @@ def browse_disk(disk: BinaryIO, disk_size: int | None = None) -> list[BrowsedVol
 
 def _browse(disk: BinaryIO, volume: Volume) -> BrowsedVolume:
     name = volume_name(volume)
+    view = VolumeView(disk, volume)
     try:
-        fs = open_filesystem(VolumeView(disk, volume))
+        if volume.fstype in _OPENERS:
+            _verify(view)
+        fs = open_filesystem(view)
     except GuestFsError as exc:
         if volume.fstype in _OPENERS:
             logger.warning("%s (%s) cannot be browsed: %s", name, volume.fstype, exc)
         return BrowsedVolume(name, volume, volume.fstype, None, None, str(exc))
     return BrowsedVolume(name, volume, volume.fstype, fs.label, fs, None)
+
+
+def _verify(view: VolumeView) -> None:
+    """Refuse a volume whose metadata fails the checks free-block skipping relies on.
+
+    The same evidence decides both: a tree parser handed damaged metadata would show
+    plausible wrong files, so a volume that cannot be verified is shown as an error instead.
+    A volume that is verified but not current (a pending journal replay) is still browsed:
+    its backup was read whole, and its tree is the guest's as of the snapshot. Neither is
+    one file's own damaged metadata (`LocalDamage`): the tree reports that file as unreadable.
+    """
+    try:
+        check_filesystem(view)
+    except LocalDamage as exc:
+        logger.info("%s: %s (only that file is unreadable)", view.volume.name, exc)
+    except MALFORMED_LAYOUT as exc:
+        raise GuestFsError(f"metadata fails verification: {exc}") from exc
 
 
 def _browse_physical_volume(disk: BinaryIO, volume: Volume) -> list[BrowsedVolume]:

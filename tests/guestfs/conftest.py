@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -177,11 +176,11 @@ def xfs_disk(tmp_path_factory: pytest.TempPathFactory) -> DiskImage:
 
 @pytest.fixture
 def disk_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Return a function copying a disk image into this test's tmp_path."""
+    """Return a function copying a disk image into this test's tmp_path, holes kept."""
 
     def copy(image: DiskImage) -> Path:
         target = tmp_path / image.path.name
-        shutil.copyfile(image.path, target)
+        run("cp", "--sparse=always", image.path, target)
         return target
 
     return copy
