@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.codec import ChunkCodec
-from catalog.durable import fsync_dir, write_file_durably
+from catalog.durable import fsync_dir, make_private_dir, write_file_durably
 from catalog.errors import ChunkCorrupt, DamageError
 from catalog.index import BackupRow, ImageRow
 
@@ -55,7 +55,7 @@ def decode_manifest(codec: ChunkCodec, data: bytes, name: str) -> dict[str, Any]
 def write_manifest(
     directory: Path, codec: ChunkCodec, backup: BackupRow, images: list[ImageRow]
 ) -> None:
-    directory.mkdir(exist_ok=True)
+    make_private_dir(directory)
     write_file_durably(directory / backup.uuid, encode_manifest(codec, backup, images))
 
 

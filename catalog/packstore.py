@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from catalog.durable import fsync_dir
+from catalog.durable import create_private_file, fsync_dir, make_private_dir
 from catalog.errors import ChunkMissing
 
 
@@ -46,16 +46,23 @@ class PackStore(Protocol):
     def open(self, name: str) -> BinaryIO: ...
 
 
+def _private_opener(path: str, flags: int) -> int:
+    """``open()``'s opener for a new pack file: created 0600, never an existing one."""
+    return create_private_file(Path(path))
+
+
 class _LocalSink:
     def __init__(self, tmp: Path, final: Path) -> None:
         self._tmp, self._final = tmp, final
-        self.stream: BinaryIO = open(tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        # Mode 0600 whatever the umask (see catalog.durable); closed in commit/abort. Opened
+        # by path so that the stream's name, in the CLI's error messages, is the pack file.
+        self.stream: BinaryIO = open(tmp, "wb", opener=_private_opener)  # noqa: SIM115
 
     def commit(self) -> None:
         self.stream.flush()
         os.fsync(self.stream.fileno())
         self.stream.close()
-        self._final.parent.mkdir(exist_ok=True)
+        make_private_dir(self._final.parent)
         self._tmp.replace(self._final)
         fsync_dir(self._final.parent)
 
@@ -79,7 +86,8 @@ class LocalPackStore:
         return self.root / name[:2] / name
 
     def create(self, name: str) -> PackSink:
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.root)
+        make_private_dir(self._tmp)
         return _LocalSink(self._tmp / name, self.path(name))
 
     def read(self, name: str, offset: int, length: int) -> bytes:
