@@ -109,6 +109,9 @@ class _PackIO:
             try:
                 self._sink.stream.write(data)
             except BaseException as exc:
+                name = getattr(self._sink.stream, "name", None)  # a path, or a descriptor
+                if isinstance(exc, OSError) and exc.filename is None and isinstance(name, str):
+                    exc.filename = name  # for the CLI's message
                 self._failed = exc
                 raise
 
@@ -260,7 +263,9 @@ class ChunkStore:
         if self._sealing is not None:
             wait([self._sealing])
             if (exc := self._sealing.exception()) is not None:
-                logger.warning("sealing a pack of an aborted backup failed: %s", exc)
+                # Not a warning: its chunks were garbage either way, and the error that
+                # aborted the backup is reported; this is most often the same one (disk full).
+                logger.info("sealing a pack of an aborted backup failed: %s", exc)
             self._sealing = None
         with self._lock:
             self._pending, self._sealing_ids = set(), set()

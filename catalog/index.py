@@ -32,6 +32,7 @@ from typing import Any
 import sqlite_utils
 
 from catalog.errors import IndexCorrupt
+from catalog.indexfile import database_error, open_index
 from catalog.schema import migrations
 
 
@@ -98,20 +99,16 @@ _ID_BATCH = 500  # ids per IN (...) query: under every engine's bound-parameter 
 
 
 class Index:
-    """The catalog database of one repository."""
+    """The catalog database of one repository.
 
-    def __init__(self, path: Path) -> None:
-        try:
-            self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-        except sqlite3.DatabaseError as exc:
-            raise IndexCorrupt(f"the catalog {path} cannot be opened: {exc}") from exc
-        self._lock = threading.RLock()
+    ``create=False`` (every command but ``repo init`` and ``repo rebuild-index``) opens an
+    existing index and never creates one (see :func:`catalog.indexfile.open_index`).
+    """
+
+    def __init__(self, path: Path, create: bool = False) -> None:
         self.path = path
+        self._conn = open_index(path, create)  # see catalog.indexfile
+        self._lock = threading.RLock()
         self._readers: list[sqlite3.Connection] = []  # idle read-only connections (lookups)
         self._readers_lock = threading.Lock()
         self._closed = False
@@ -119,7 +116,10 @@ class Index:
     def migrate(self) -> None:
         """Apply pending schema migrations (each in its own transaction)."""
         with self._lock:
-            migrations.apply(sqlite_utils.Database(self._conn))
+            try:
+                migrations.apply(sqlite_utils.Database(self._conn))
+            except sqlite3.DatabaseError as exc:
+                raise database_error(self.path, exc, "cannot be migrated") from exc
 
     def close(self) -> None:
         # Readers first: the last connection to close checkpoints the WAL into the database.
@@ -133,15 +133,24 @@ class Index:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction; commits (durably) on success, rolls back on any exception."""
+        """One write transaction; commits (durably) on success, rolls back on any exception.
+
+        A full disk (SQLite's SQLITE_FULL) becomes :class:`NoSpaceLeft`, with nothing committed.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:  # SQLite may have rolled back already
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise database_error(self.path, exc, "cannot be written") from exc
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         with self._lock:
@@ -152,7 +161,12 @@ class Index:
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self._conn.execute(sql, params)
+            try:
+                return self._conn.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise database_error(self.path, exc, "cannot be written") from exc
 
     # Table modules (catalog/filecatalog.py) keep their statements next to their concept and
     # run them through these two; nothing else outside this module touches SQL.
@@ -244,6 +258,18 @@ class Index:
         """pack id -> (chunk count, stored bytes of its chunks, headers excluded)."""
         rows = self._query("SELECT pack_id, COUNT(*), SUM(stored_len) FROM chunk GROUP BY pack_id")
         return {int(p): (int(n), int(b)) for p, n, b in rows}
+
+    def missing_chunks(self, ids: set[bytes]) -> set[bytes]:
+        """Those of ``ids`` that have no chunk row: one scan of the chunk ids (no per-id
+        queries), so its cost is one pass over the table whatever the size of ``ids``."""
+        missing = set(ids)
+        with self._lock:
+            try:
+                for (cid,) in self._conn.execute("SELECT id FROM chunk"):
+                    missing.discard(bytes(cid))
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+        return missing
 
     def chunk_totals(self) -> tuple[int, int, int]:
         """(chunk count, stored bytes, raw bytes) over every data chunk."""

@@ -18,24 +18,31 @@ records about complete backups. A rebuild:
    partial ``index.db.rebuilding`` that the next rebuild discards: a half-built index is
    never live, so gc can never take packs it does not (yet) list for garbage.
 
-What is lost: backups that were in progress or whose manifest is damaged (reported), and
-chunks of packs whose bytes are beyond repair. Run ``verify`` afterwards.
+No manifest is dropped: when two claim the same backup (or image) id, as after backups were
+written against an index that was wrongly empty, the older keeps it and the newer gets a new
+id, its manifest rewritten durably before the new index goes live (reported as renumbered).
+
+What is lost: backups that were in progress or whose manifest is damaged, and the parts of
+images whose map nodes or data chunks no pack holds; each is named in ``lost`` (the CLI exits
+6 then). Run ``verify`` afterwards.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from catalog.blockmap import HOLE
 from catalog.config import RepositoryConfig
+from catalog.damage import attribute
 from catalog.durable import fsync_dir
 from catalog.errors import DamageError, RepositoryNotFound
 from catalog.index import BackupRow, ImageRow
 from catalog.lock import FileLock
-from catalog.manifest import decode_manifest
+from catalog.manifest import decode_manifest, write_manifest
 from catalog.pack import (
     HEADER_SIZE,
     PackEntry,
@@ -53,7 +60,13 @@ _BUILDING = "index.db.rebuilding"
 
 @dataclass(frozen=True)
 class RebuildReport:
-    """What a rebuild restored. ``moved_aside`` names the old index kept beside the new one."""
+    """What a rebuild restored. ``moved_aside`` names the old index kept beside the new one.
+
+    ``problems`` lists everything found wrong; ``lost`` is the part of it that could not be
+    restored (unreadable manifests, backups whose map or data chunks are in no pack), each
+    naming the backup. ``renumbered`` names backups given a new id because another manifest
+    claimed theirs (their manifests were rewritten); they are restored, not lost.
+    """
 
     packs: int
     chunks: int
@@ -62,13 +75,20 @@ class RebuildReport:
     moved_aside: str | None
     scanned_packs: tuple[str, ...]
     problems: tuple[str, ...]
+    lost: tuple[str, ...] = ()
+    renumbered: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def complete(self) -> bool:
+        """True when nothing was lost: every manifest readable, every backup restored whole."""
+        return not self.lost
+
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        return {**asdict(self), "ok": self.ok, "complete": self.complete}
 
     def summary(self) -> list[str]:
         lines = [
@@ -77,10 +97,25 @@ class RebuildReport:
         ]
         if self.moved_aside:
             lines.append(f"the previous index is kept as {self.moved_aside}")
-        lines += [f"problem: {p}" for p in self.problems]
+        lines += [f"renumbered: {r}" for r in self.renumbered]
+        lines += [f"problem: {p}" for p in self.problems if p not in self.lost]
+        lines += [f"NOT RESTORED: {p}" for p in self.lost]
         if self.problems:
             lines.append("run `vmaccel verify` to see what the problems affect")
         return lines
+
+
+@dataclass
+class _Found:
+    """What a rebuild found so far; ``lose`` records a problem that is also a loss."""
+
+    problems: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    renumbered: list[str] = field(default_factory=list)
+
+    def lose(self, what: str) -> None:
+        self.problems.append(what)
+        self.lost.append(what)
 
 
 def rebuild_index(path: Path, passphrase: Passphrase, lock_wait: float = 0.0) -> RebuildReport:
@@ -99,7 +134,9 @@ def rebuild_index(path: Path, passphrase: Passphrase, lock_wait: float = 0.0) ->
     try:
         with FileLock(path / "readers.lock", exclusive=True, wait=lock_wait, what="reader"):
             _remove(path, _BUILDING)  # what an interrupted rebuild left: never user data
-            repo = Repository(path, config, key, lock, index_path=path / _BUILDING)
+            repo = Repository(
+                path, config, key, lock, index_path=path / _BUILDING, create_index=True
+            )
             try:
                 repo.index.migrate()
                 report = _rebuild(repo)
@@ -146,12 +183,15 @@ def _move_aside(path: Path) -> str | None:
 
 
 def _rebuild(repo: Repository) -> RebuildReport:
-    problems: list[str] = []
-    packs, scanned = _add_packs(repo, problems)
-    backups, images = _add_backups(repo, problems)
+    found = _Found()
+    packs, scanned = _add_packs(repo, found.problems)
+    backups, images = _add_backups(repo, found)
     chunks = sum(n for n, _, _ in repo.index.chunk_totals_by_kind().values())
     logger.info("rebuilt index: %d packs, %d chunks, %d backups", packs, chunks, backups)
-    return RebuildReport(packs, chunks, backups, images, None, tuple(scanned), tuple(problems))
+    return RebuildReport(
+        packs, chunks, backups, images, None, tuple(scanned), tuple(found.problems),
+        tuple(found.lost), tuple(found.renumbered),
+    )  # fmt: skip
 
 
 def _add_packs(repo: Repository, problems: list[str]) -> tuple[int, list[str]]:
@@ -193,30 +233,81 @@ def _add_pack(repo: Repository, name: str, size: int, entries: list[PackEntry]) 
         repo.index.add_pack(name, size, repo.packs.mtime(name), entries)
 
 
-def _add_backups(repo: Repository, problems: list[str]) -> tuple[int, int]:
-    """Restore backups from manifests, oldest first; returns (backups, images) restored."""
+def _add_backups(repo: Repository, found: _Found) -> tuple[int, int]:
+    """Restore every readable manifest, oldest first; returns (backups, images) restored.
+
+    No manifest is dropped: one whose backup or image ids an older manifest already claims
+    (written against an index that was wrongly fresh) gets new ids, and its manifest is
+    rewritten durably (atomically replaced: a crash leaves the old or the new document,
+    never none) before the new index can go live, so the next rebuild finds no clash.
+    """
     docs: list[tuple[BackupRow, list[ImageRow]]] = []
     for name in repo.manifest_names():
         try:
             data = (repo.path / "backups" / name).read_bytes()
             docs.append(_parse_manifest(decode_manifest(repo.codec, data, name), name))
         except DamageError as exc:
-            problems.append(f"{exc}; that backup is not restored")
+            found.lose(f"{exc}; that backup is not restored")
     docs.sort(key=lambda d: (d[0].started, d[0].id))
-    ids: set[int] = set()
+    holders: dict[int, str] = {}  # backup id -> uuid of the first manifest claiming it
     nimages = 0
-    for backup, images in docs:
-        if backup.id in ids:
-            problems.append(f"manifest {backup.uuid} reuses backup id {backup.id}; not restored")
-            continue
-        ids.add(backup.id)
+    for (old, old_images), (backup, images) in zip(docs, assign_ids(docs), strict=True):
+        holders.setdefault(old.id, old.uuid)
         with repo.index.transaction():
             repo.index.restore_backup(backup)
             for img in images:
                 repo.index.restore_image(img)
         nimages += len(images)
-    _check_maps(repo, problems)
-    return len(ids), nimages
+        if (backup, images) != (old, old_images):
+            write_manifest(repo.path / "backups", repo.codec, backup, images)
+            why = (
+                f"its manifest claimed id {old.id}, which backup {holders[old.id]} holds"
+                if backup.id != old.id
+                else "other backups' images held its image ids"
+            )
+            found.renumbered.append(
+                f"backup {backup.uuid} of {backup.vm}: {why}; it is now backup {backup.id} "
+                "(manifest rewritten)"
+            )
+    _check_maps(repo, found)
+    return len(docs), nimages
+
+
+def assign_ids(
+    docs: list[tuple[BackupRow, list[ImageRow]]],
+) -> list[tuple[BackupRow, list[ImageRow]]]:
+    """Backups and images with ids that are unique, given manifests oldest first.
+
+    The first manifest to claim a backup id keeps it (with its image ids, so the numbers
+    users know stay valid); a later claimant gets the next id above every claimed one, and
+    so does each of its images whose id is taken. An image's ``parent_id`` follows its
+    parent to the parent's final id: a parent is older than its child, so it is the latest
+    earlier image that claimed that id (for backups written against a fresh index, their
+    own generation's). Pure function; the result is in the order of ``docs``.
+    """
+    next_backup = max((b.id for b, _ in docs), default=0) + 1
+    next_image = max((i.id for _, imgs in docs for i in imgs), default=0) + 1
+    backups_used: set[int] = set()
+    images_used: set[int] = set()
+    latest: dict[int, int] = {}  # image id as a manifest wrote it -> its latest final id
+    out: list[tuple[BackupRow, list[ImageRow]]] = []
+    for backup, images in docs:
+        bid = backup.id
+        if bid in backups_used:
+            bid, next_backup = next_backup, next_backup + 1
+        new_images = []
+        for img in images:
+            iid = img.id
+            if iid in images_used:
+                iid, next_image = next_image, next_image + 1
+            parent = None if img.parent_id is None else latest.get(img.parent_id, img.parent_id)
+            new_images.append(replace(img, id=iid, backup_id=bid, parent_id=parent))
+            images_used.add(iid)
+        for img, new in zip(images, new_images, strict=True):
+            latest[img.id] = new.id
+        backups_used.add(bid)
+        out.append((replace(backup, id=bid), new_images))
+    return out
 
 
 def _parse_manifest(doc: dict[str, Any], name: str) -> tuple[BackupRow, list[ImageRow]]:
@@ -233,22 +324,31 @@ def _parse_manifest(doc: dict[str, Any], name: str) -> tuple[BackupRow, list[Ima
     return backup, images
 
 
-def _check_maps(repo: Repository, problems: list[str]) -> None:
-    """Read every restored image's map nodes once (shared subtrees once)."""
+def _check_maps(repo: Repository, found: _Found) -> None:
+    """Read every restored image's map nodes once (shared subtrees once), then check that
+    every data chunk their leaves name is indexed; name each image that lacks something."""
     seen: set[bytes] = set()
+    data: set[bytes] = set()
+    images: list[tuple[BackupRow, ImageRow]] = []
     for backup in repo.index.backups():
         for img in repo.index.images(backup.id):
+            images.append((backup, img))
+            where = f"backup {backup.id} ({backup.uuid}) {backup.vm}/{img.disk}"
             if img.root is not None and not repo.index.has_chunk(img.root):
-                problems.append(
-                    f"backup {backup.id} ({backup.uuid}) {backup.vm}/{img.disk}: its map root "
-                    f"{img.root.hex()} is in no pack"
-                )
+                found.lose(f"{where}: its map root {img.root.hex()} is in no pack")
                 continue
             try:
-                for _ in repo.blockmap.iter_nodes(repo.map_root(img), seen):
-                    pass
+                for node_id, level in repo.blockmap.iter_nodes(repo.map_root(img), seen):
+                    if level == 0:
+                        entries = repo.blockmap.node(node_id, img.fanout)[1]
+                        data.update(e for e in entries if e != HOLE)
             except DamageError as exc:
-                problems.append(
-                    f"backup {backup.id} ({backup.uuid}) {backup.vm}/{img.disk}: "
-                    f"its map is damaged: {exc}"
-                )
+                found.lose(f"{where}: its map is damaged: {exc}")
+    missing = repo.index.missing_chunks(data)
+    if missing:
+        for a in attribute(repo, images, missing)[1]:
+            size = sum(r.length for r in a.ranges)
+            found.lose(
+                f"backup {a.backup_id} ({a.backup_uuid}) {a.vm}/{a.disk}: {size} bytes in "
+                f"{len(a.ranges)} range(s) name {len(a.chunks)} data chunk(s) that are in no pack"
+            )

@@ -8,13 +8,18 @@ Layout::
     packs/          pack files (see catalog.pack), behind catalog.packstore
     backups/        one manifest per complete backup (see catalog.manifest)
     lock            writers' exclusive flock;  readers.lock: readers' shared flock
+    reserve         RESERVE_BYTES of space only gc may use: on a full disk gc releases it to
+                    commit its first deletions (SQLite needs room for its WAL), and a writer
+                    recreates it when there is room
 
 Open with :meth:`Repository.open` as a context manager; ``write=True`` takes the writer lock.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -25,7 +30,13 @@ from catalog.blockmap import BlockMap, MapRoot
 from catalog.chunkstore import ChunkStore
 from catalog.codec import ChunkCodec
 from catalog.config import RepositoryConfig
-from catalog.durable import fsync_dir, write_file_durably
+from catalog.durable import (
+    PRIVATE_DIR,
+    create_private_file,
+    fsync_dir,
+    make_private_dir,
+    write_file_durably,
+)
 from catalog.errors import (
     BackupNotFound,
     ImageNotFound,
@@ -45,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 Passphrase = str | Callable[[], str] | None
 READER_LOCK_WAIT = 60.0  # seconds a reader waits for gc to finish deleting pack files
+RESERVE_BYTES = 4 * 1024 * 1024  # see ``reserve`` in the layout above
 
 
 def _passphrase(p: Passphrase) -> str:
@@ -69,6 +81,20 @@ def read_key(path: Path, config: RepositoryConfig, passphrase: Passphrase) -> Ma
     return unwrap_key(data, _passphrase(passphrase), config.repo_id)
 
 
+def release_reserve(path: Path) -> int:
+    """Delete the ``reserve`` file of the repository at ``path`` (under the writer lock);
+    returns the bytes it held on disk."""
+    target = path / "reserve"
+    try:
+        size = int(target.stat().st_blocks * 512)
+    except FileNotFoundError:
+        return 0
+    target.unlink()
+    fsync_dir(path)
+    logger.info("released the %d-byte space reserve of %s", size, path)
+    return size
+
+
 class Repository:
     def __init__(
         self,
@@ -77,14 +103,20 @@ class Repository:
         key: MasterKey | None,
         lock: FileLock,
         index_path: Path | None = None,
+        create_index: bool = False,
     ) -> None:
         """``index_path`` (default ``<path>/index.db``) lets rebuild-index build a new index
-        beside the old one and switch them only when it is complete."""
+        beside the old one and switch them only when it is complete. Only rebuild-index
+        passes ``create_index=True``; otherwise a missing or empty index raises
+        :class:`~catalog.errors.IndexMissing` (see :class:`~catalog.index.Index`)."""
         self.path, self.config, self._lock = path, config, lock
         self.writable = lock.exclusive
         level = config.compression_level if config.compression == "zstd" else None
         self.codec = ChunkCodec(level, key)
-        self.index = Index(index_path or path / "index.db")
+        index_file = index_path or path / "index.db"
+        if create_index and not index_file.exists():
+            os.close(create_private_file(index_file))  # 0600; SQLite only opens it
+        self.index = Index(index_file, create=create_index)
         self.packs = LocalPackStore(path / "packs")
         self.chunks = ChunkStore(
             self.index, self.packs, self.codec, config.repo_id, config.pack_size
@@ -95,20 +127,29 @@ class Repository:
 
     @classmethod
     def init(cls, path: Path, config: RepositoryConfig, passphrase: Passphrase = None) -> None:
-        """Create an empty repository at ``path`` (which must not hold one already)."""
+        """Create an empty repository at ``path``: a new directory, or an existing empty one
+        (anything in it, a repository or not, raises :class:`RepositoryExists` before anything
+        is written). Every directory is made 0700 and every file 0600, whatever the umask."""
         if (path / "config").exists():
             raise RepositoryExists(f"{path} already holds a vmaccel repository")
+        if path.exists() and not path.is_dir():
+            raise RepositoryExists(f"{path} exists and is not a directory; choose another path")
         if path.exists() and any(path.iterdir()):
             raise RepositoryExists(f"{path} exists and is not empty; choose an empty directory")
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
+        make_private_dir(path)
+        path.chmod(PRIVATE_DIR)  # also an empty directory that was there before
         for sub in ("packs", "backups"):
-            (path / sub).mkdir(exist_ok=True)
+            make_private_dir(path / sub)
+        # The index and the lock files exist before SQLite or flock see them: they keep 0600.
+        for name in ("index.db", "lock", "readers.lock"):
+            os.close(create_private_file(path / name))
         if config.encrypted:
             key = MasterKey.generate()
             write_file_durably(
                 path / "key", wrap_key(key, _passphrase(passphrase), config.repo_id), 0o600
             )
-        index = Index(path / "index.db")
+        index = Index(path / "index.db", create=True)
         index.migrate()
         index.close()
         # The config file is written last: a directory without it is not a repository yet.
@@ -117,8 +158,23 @@ class Repository:
 
     @classmethod
     def open(
-        cls, path: Path, passphrase: Passphrase = None, write: bool = False, lock_wait: float = 0
+        cls,
+        path: Path,
+        passphrase: Passphrase = None,
+        write: bool = False,
+        lock_wait: float = 0,
+        use_reserve: bool = False,
     ) -> Repository:
+        """Open the repository at ``path`` (``write=True``: under the writer lock).
+
+        ``use_reserve`` (gc only, with ``write``): delete the space reserve before opening the
+        index, so that gc can start on a disk too full for SQLite to open its index.
+
+        Never creates an index: a missing or empty ``index.db`` raises
+        :class:`~catalog.errors.IndexMissing`, an unreadable one
+        :class:`~catalog.errors.IndexCorrupt` (both exit 6; ``repo rebuild-index`` repairs
+        them). A writer applies pending migrations only to an index that has its schema.
+        """
         if not (path / "config").is_file():
             raise RepositoryNotFound(f"no vmaccel repository at {path} (run `vmaccel repo init`)")
         config = RepositoryConfig.from_json((path / "config").read_text(), str(path / "config"))
@@ -128,9 +184,13 @@ class Repository:
         lock = FileLock(path / ("lock" if write else "readers.lock"), exclusive=write, wait=wait)
         lock.acquire()
         try:
+            if write and use_reserve:
+                release_reserve(path)
             repo = cls(path, config, key, lock)
             if write:
                 repo.index.migrate()
+                if not use_reserve:
+                    repo.ensure_reserve()
         except BaseException:
             lock.release()
             raise
@@ -150,6 +210,50 @@ class Repository:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # -- space ----------------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the repository's filesystem
+        (``f_bavail``: root may have more, e.g. ext4's root reserve, but never the blocks the
+        filesystem keeps for itself). Metadata makes the real figure a little smaller."""
+        st = os.statvfs(self.path)
+        return int(st.f_bavail * st.f_frsize)
+
+    def ensure_reserve(self) -> bool:
+        """Create the ``reserve`` file when it is missing and there is room for it (and as
+        much again); returns whether it exists. Needs the writer lock."""
+        target = self.path / "reserve"
+        if target.exists():
+            return True
+        if self.free_bytes() < 2 * RESERVE_BYTES:
+            return False
+        tmp = self.path / ".reserve.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            tmp.unlink()
+            return False
+        finally:
+            os.close(fd)
+        tmp.replace(target)
+        return True
+
+    def reserve_bytes(self) -> int:
+        """Bytes the ``reserve`` file holds on disk (0 when there is none)."""
+        try:
+            return int((self.path / "reserve").stat().st_blocks * 512)
+        except FileNotFoundError:
+            return 0
+
+    def release_reserve(self) -> int:
+        """Delete the ``reserve`` file (gc, on a full disk); returns the bytes it held."""
+        return release_reserve(self.path)
 
     def readers_lock(self) -> FileLock:
         """The lock readers share; gc takes it exclusively before deleting pack files."""

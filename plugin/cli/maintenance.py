@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from catalog.errors import DamageError
+from catalog.errors import DamageError, NoSpaceLeft
 from catalog.repository import Repository
 from plugin.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from plugin.cli.output import emit
@@ -75,14 +75,24 @@ def gc(
     lock_wait: LockWaitOpt = 0.0,
     as_json: JsonOpt = False,
 ) -> None:
-    """Delete chunks no backup references (mark and sweep); repack mostly-dead packs."""
+    """Delete chunks no backup references (mark and sweep); repack mostly-dead packs.
+
+    Exits 15 (no space left) when some packs could not be repacked for lack of free space; the
+    report says how many bytes more it needs."""
     from catalog.gc import collect_garbage
 
     settings = build_settings(repo, lock_wait)
     with Repository.open(
-        settings.require_repo(), settings.passphrase, write=True, lock_wait=settings.lock_wait
+        settings.require_repo(),
+        settings.passphrase,
+        write=True,
+        lock_wait=settings.lock_wait,
+        use_reserve=not dry_run,
     ) as r:
-        emit(collect_garbage(r, grace_seconds=grace, dry_run=dry_run), as_json)
+        report = collect_garbage(r, grace_seconds=grace, dry_run=dry_run)
+    emit(report, as_json)
+    if report.space_needed:
+        raise typer.Exit(NoSpaceLeft.exit_code)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from catalog.config import DEFAULT_BLOCK_SIZE, RepositoryConfig, parse_compression
-from catalog.errors import UsageError
+from catalog.errors import DamageError, UsageError
 from catalog.rebuild import rebuild_index
 from catalog.repository import Repository
 from catalog.stats import repository_stats
@@ -71,6 +71,11 @@ def stats(repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command("rebuild-index")
 def rebuild(repo: RepoOpt = None, lock_wait: LockWaitOpt = 0.0, as_json: JsonOpt = False) -> None:
-    """Recreate the catalog index from the pack files and backup manifests alone."""
+    """Recreate the catalog index from the pack files and backup manifests alone.
+
+    Exits 6 (damage) when anything could not be restored; the report names what."""
     settings = build_settings(repo, lock_wait)
-    emit(rebuild_index(settings.require_repo(), settings.passphrase, settings.lock_wait), as_json)
+    report = rebuild_index(settings.require_repo(), settings.passphrase, settings.lock_wait)
+    emit(report, as_json)
+    if not report.complete:
+        raise typer.Exit(DamageError.exit_code)

@@ -128,6 +128,7 @@ def test_rebuild_pack_with_damaged_trailer(history: History) -> None:
     assert report.scanned_packs == (pack.name,)
     assert len(report.problems) == 1 and pack.name in report.problems[0]
     assert "recovered" in report.problems[0]
+    assert report.complete  # every chunk recovered: a problem, nothing lost
     assert report.chunks == chunks and report.backups == 5
     assert_identical(history)
     with history.open() as repo:
@@ -144,6 +145,9 @@ def test_rebuild_truncated_pack_reports_what_is_lost(history: History) -> None:
     report = rebuild_index(history.path, None)
     assert report.scanned_packs == (loc.pack,)
     assert report.backups == 5
+    assert not report.complete  # named, so the CLI exits 6
+    assert report.lost and all("in no pack" in lost for lost in report.lost)
+    assert any(lost.startswith("backup 1 ") and "vm1/disk0" in lost for lost in report.lost)
     with history.open() as repo:
         assert repo.index.chunk(cid) is None  # cut off: lost, and verify says so
         after = verify(repo)
@@ -161,6 +165,7 @@ def test_rebuild_with_damaged_manifest(history: History) -> None:
     report = rebuild_index(history.path, None)
     assert report.backups == 4 and report.images == 7
     assert len(report.problems) == 1 and lost.uuid in report.problems[0]
+    assert report.lost == report.problems and not report.complete
     with history.open() as repo:
         assert [b.id for b in repo.backups()] == [1, 2, 3, 5]
     del history.expected[(4, "disk0")]
