@@ -184,7 +184,7 @@ class _Sink:
     """
 
     def __init__(self, fd: int, path: Path) -> None:
-        self._fd = fd
+        self._fd, self._path = fd, path
         self._fresh = [memoryview(mmap.mmap(-1, IO_BYTES)) for _ in range(BUFFERS)]
         self._done: queue.SimpleQueue[tuple[memoryview, int]] = queue.SimpleQueue()
         self._todo: queue.SimpleQueue[tuple[memoryview, int, int] | None] = queue.SimpleQueue()
@@ -250,6 +250,8 @@ class _Sink:
                 if self._error is None:
                     self._pwrite(buf[:length], offset)
             except Exception as exc:  # noqa: BLE001 - raised again in the restoring thread
+                if isinstance(exc, OSError) and exc.filename is None:
+                    exc.filename = str(self._path)  # pwrite names none; the CLI's message does
                 self._error = exc
             finally:  # whatever happens, the restoring thread gets the buffer back
                 self._done.put((buf, length))

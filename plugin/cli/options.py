@@ -18,6 +18,7 @@ LockWaitOpt = Annotated[
     float,
     typer.Option(
         "--lock-wait",
+        min=0.0,
         metavar="SECONDS",
         help="Wait this long for another writer to finish instead of failing.",
     ),
