@@ -35,8 +35,10 @@ _MOUNT_OPTIONS: dict[tuple[str, bool], str] = {
     # noload/norecovery: a read-only mount must never replay a journal, even on a dirty fs.
     ("ext4", True): "ro,noload",
     ("ext4", False): "noinit_itable",
-    ("xfs", True): "ro,norecovery",
-    ("xfs", False): "defaults",
+    # nouuid: every copy of a cached image shares its XFS uuid, and the kernel refuses a
+    # second mount of one uuid (two test processes, or a copy beside its original).
+    ("xfs", True): "ro,norecovery,nouuid",
+    ("xfs", False): "nouuid",
 }
 
 
