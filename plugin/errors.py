@@ -37,6 +37,13 @@ class LoginFailed(VCenterError, PermissionError):
     errno = _errno.EACCES
 
 
+class SessionLost(VCenterError, PermissionError):
+    """vCenter ended the session and refused the call again after a new login."""
+
+    exit_code = 12
+    errno = _errno.EACCES
+
+
 class CertificateMismatch(VCenterError):
     """The server's certificate does not match the pinned thumbprint."""
 

@@ -104,7 +104,7 @@ def backup(
                 (_standalone(r, source, name, not no_skip_free, not no_file_index, track),)
             )
         else:
-            assert vcenter is not None
+            assert vcenter is not None  # noqa: S101 - narrows the type for mypy; --source or --vcenter was checked above
             sel = Selection(
                 tuple(vm or ()), tuple(folder or ()), frozenset(), tuple(exclude_vm or ())
             )
@@ -125,7 +125,7 @@ def backup(
     else:
         render(report)
     if not report.ok:
-        raise typer.Exit(FAILED_EXIT)
+        raise typer.Exit(report.exit_code or FAILED_EXIT)
 
 
 def render(report: RunReport) -> None:
@@ -157,7 +157,8 @@ def render(report: RunReport) -> None:
         for w in vm.warnings:
             console.print(f"  warning: {w}", highlight=False, markup=False)
         if vm.error:
-            err_console.print(f"  error: {vm.error}", highlight=False, markup=False)
+            # soft_wrap: the error stays one line (stderr is no terminal: 80 columns)
+            err_console.print(f"  error: {vm.error}", highlight=False, markup=False, soft_wrap=True)
 
 
 def _standalone(

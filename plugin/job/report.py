@@ -52,6 +52,7 @@ class VmReport:
     error: str | None = None
     warnings: tuple[str, ...] = ()
     catalog_seconds: float = 0.0  # filling the file catalog, after the data is safe
+    exit_code: int = 0  # of the error that failed this VM (VmaccelError.exit_code), else 0
 
     @property
     def ok(self) -> bool:
@@ -66,6 +67,16 @@ class RunReport:
     def ok(self) -> bool:
         return all(v.ok for v in self.vms)
 
+    @property
+    def exit_code(self) -> int:
+        """0 when every VM succeeded; when every VM failed for errors of one exit code (vCenter
+        unreachable: 11, login refused: 12, ...), that code; otherwise 1."""
+        failed = [v for v in self.vms if not v.ok]
+        if not failed:
+            return 0
+        codes = {v.exit_code or 1 for v in failed}
+        return codes.pop() if len(failed) == len(self.vms) and len(codes) == 1 else 1
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         for vm, raw in zip(self.vms, out["vms"], strict=True):
@@ -74,6 +85,7 @@ class RunReport:
                 d["ok"] = disk.ok
                 d["read_fraction"] = round(disk.read_fraction, 6)
         out["ok"] = self.ok
+        out["exit_code"] = self.exit_code
         return out
 
     def summary(self) -> list[str]:

@@ -82,7 +82,8 @@ def back_up_source(
             disk = back_up_disk(bw, job, progress)
             row = bw.commit()
     except VmaccelError as exc:
-        return VmReport(vm, None, (), time.monotonic() - started, error=str(exc))
+        elapsed = time.monotonic() - started
+        return VmReport(vm, None, (), elapsed, error=str(exc), exit_code=exc.exit_code)
     catalog_started = time.monotonic()
     warnings = index_backup(repo, row) if file_index else []
     return VmReport(

@@ -76,7 +76,7 @@ def open_disk(
         from plugin.transport.http import HttpSource
 
         loc = http_location(vc, disk, vm.datacenter, ds_types.get(disk.datastore, ""))
-        return kind, HttpSource(loc, disk.capacity)
+        return kind, HttpSource(loc, disk.capacity, renew=vc.renew_session)
     path = local_path(cfg, disk, flat=True)
     if kind == "file":
         if path is None:
@@ -85,7 +85,7 @@ def open_disk(
                 f"{disk.datastore}=DIR"
             )
         return kind, FileSource(path)
-    assert cfg.nbd_command is not None
+    assert cfg.nbd_command is not None  # noqa: S101 - narrows the type for mypy; TransportConfig requires it for nbd
     values = {
         "file": disk.file_name,
         "path": str(path or ""),

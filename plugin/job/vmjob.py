@@ -98,12 +98,13 @@ class VmRun:
                 time.monotonic() - started,
                 error=str(exc),
                 warnings=tuple(warnings),
+                exit_code=exc.exit_code,
             )
         consistency = "application-consistent" if snap.quiesced else "crash-consistent"
         if self.opts.quiesce and not snap.quiesced and vm.power_state == "poweredOn":
             warnings.append("quiescing failed: this restore point is crash-consistent")
         try:
-            backup_id, disks, error = self._back_up(vm, snap, warnings)
+            backup_id, disks, error, code = self._back_up(vm, snap, warnings)
         finally:
             try:
                 snapshots.remove(self.vc, snap.snapshot.moref, f"removing snapshot of {vm.name}")
@@ -122,6 +123,7 @@ class VmRun:
             error,
             tuple(warnings),
             catalog_seconds=time.monotonic() - catalog_started,
+            exit_code=code,
         )
 
     def _ensure_cbt(self, vm: VmRef) -> list[str]:
@@ -137,7 +139,9 @@ class VmRun:
 
     def _back_up(
         self, vm: VmRef, snap: BackupSnapshot, warnings: list[str]
-    ) -> tuple[int | None, tuple[DiskReport, ...], str | None]:
+    ) -> tuple[int | None, tuple[DiskReport, ...], str | None, int]:
+        """(backup id, disk reports, error, its exit code). A disk that fails is reported
+        failed and aborts the backup: nothing of this run is recorded."""
         parents = previous_images(self.repo, vm)
         meta = {
             "instance_uuid": vm.instance_uuid,
@@ -154,7 +158,11 @@ class VmRun:
                     if skip:
                         warnings.append(f"{disk.label} skipped: {skip}")
                         continue
-                    reports.append(self._disk(bw, vm, snap, disk, parents.get(disk.name)))
+                    try:
+                        reports.append(self._disk(bw, vm, snap, disk, parents.get(disk.name)))
+                    except VmaccelError as exc:
+                        reports.append(_failed(disk, exc))
+                        raise
                 row = bw.commit(
                     {
                         "consistency": "application-consistent"
@@ -165,8 +173,10 @@ class VmRun:
                     }
                 )
         except VmaccelError as exc:
-            return None, tuple(reports), str(exc)
-        return row.id, tuple(reports), None
+            failed = [d.disk for d in reports if not d.ok]
+            where = f"{failed[0]}: " if failed else ""
+            return None, tuple(reports), f"{where}{exc}; the backup was not recorded", exc.exit_code
+        return row.id, tuple(reports), None, 0
 
     def _skip_reason(self, vm: VmRef, disk: DiskRef) -> str | None:
         if excluded(self.opts, vm, disk):
@@ -228,10 +238,15 @@ class VmRun:
                     "transport": transport,
                 },
                 audit,
+                quiesced=snap.quiesced,
             )
             return back_up_disk(bw, job, self.track(f"{vm.name} {disk.label}", disk.capacity))
         finally:
             source.close()
+
+
+def _failed(disk: DiskRef, exc: VmaccelError) -> DiskReport:
+    return DiskReport(disk.name, "failed", str(exc), disk.capacity, error=str(exc))
 
 
 def run_backups(

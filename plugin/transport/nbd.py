@@ -7,11 +7,18 @@ server offers it, reports holes and zero runs, which are neither read nor stored
 
 Reads use a small pool of connections so several requests are in flight (one libnbd handle
 serializes its commands); each connection is used by one thread at a time.
+
+A read whose connection died (server killed or restarted, network cut) reconnects (a command
+source starts its server again) and is sent again with backoff
+(:data:`plugin.backoff.TRANSPORT`); an error the server answers on a live connection is the
+disk's and fails at once.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +26,10 @@ from typing import Any
 import nbd
 
 from guestfs.extent import Extent, merge
+from plugin import backoff
 from plugin.errors import SourceChanged, TransportError
+
+logger = logging.getLogger(__name__)
 
 MAX_REQUEST = 32 * 1024 * 1024  # the NBD protocol's usual maximum payload
 _STATUS_WINDOW = 1 << 30
@@ -32,6 +42,7 @@ class NbdSource:
         if (uri is None) == (command is None):
             raise TransportError("an NBD source needs exactly one of a URI or a command")
         self._uri, self._command = uri, list(command) if command else None
+        self._policy = backoff.TRANSPORT
         # A command-spawned server serves one client; only URIs get a connection pool.
         first = self._connect()
         self._size = int(first.get_size())
@@ -77,15 +88,46 @@ class NbdSource:
     def read(self, offset: int, length: int) -> bytes:
         if offset + length > self._size:
             raise TransportError(f"read past the end of {self.name} ({offset}+{length})")
-        parts = []
-        with self._handle() as h:
-            for pos in range(offset, offset + length, MAX_REQUEST):
-                count = min(MAX_REQUEST, offset + length - pos)
+        handle = self._idle.get()
+        try:
+            waits = self._policy.waits()
+            while True:
                 try:
-                    parts.append(h.pread(count, pos))
-                except nbd.Error as exc:
-                    raise TransportError(f"NBD read of {count} bytes at {pos}: {exc}") from exc
+                    return self._pread(handle, offset, length)
+                except TransportError as exc:
+                    if not _dead(handle):
+                        raise
+                    delay = next(waits, None)
+                    if delay is None:
+                        raise TransportError(f"{exc}; gave up after reconnecting") from exc
+                    logger.warning("%s; reconnecting in %.1f s", exc, delay)
+                    time.sleep(delay)
+                    handle = self._replace(handle)
+        finally:
+            self._idle.put(handle)
+
+    def _pread(self, h: Any, offset: int, length: int) -> bytes:
+        parts = []
+        for pos in range(offset, offset + length, MAX_REQUEST):
+            count = min(MAX_REQUEST, offset + length - pos)
+            try:
+                parts.append(h.pread(count, pos))
+            except nbd.Error as exc:
+                raise TransportError(f"NBD read of {count} bytes at {pos}: {exc}") from exc
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _replace(self, dead: Any) -> Any:
+        """A new connection in place of ``dead``; ``dead`` itself if none can be made now
+        (the next try fails at once and waits again)."""
+        try:
+            handle = self._connect()
+        except TransportError as exc:
+            logger.warning("%s", exc)
+            return dead
+        if int(handle.get_size()) != self._size:
+            raise SourceChanged(f"{self.name} changed size while reconnecting")
+        self._handles[self._handles.index(dead)] = handle
+        return handle
 
     def data_extents(self) -> list[Extent]:
         """Extents not reported as holes or zeros by ``base:allocation`` (whole disk if the
@@ -126,8 +168,15 @@ class NbdSource:
 
     def close(self) -> None:
         for h in self._handles:
+            if _dead(h):
+                continue
             try:
                 h.shutdown()
             except nbd.Error:
                 pass  # the connection is going away either way
         self._handles.clear()
+
+
+def _dead(handle: Any) -> bool:
+    """Whether the connection of ``handle`` is gone (as opposed to a server error reply)."""
+    return bool(handle.aio_is_dead() or handle.aio_is_closed())

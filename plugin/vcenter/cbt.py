@@ -39,7 +39,7 @@ def changed_areas(
             info = vm.QueryChangedDiskAreas(
                 snapshot=snap, deviceKey=disk_key, startOffset=offset, changeId=change_id
             )
-        except (vim.fault.FileFault, vim.fault.NotFound, vmodl.fault.InvalidArgument) as exc:
+        except vmodl.MethodFault as exc:  # any fault, on any page: the disk is read whole
             raise ChangeTrackingError(
                 f"QueryChangedDiskAreas refused changeId {change_id!r} at {offset}: "
                 f"{type(exc).__name__}: {getattr(exc, 'msg', '') or exc}"

@@ -15,18 +15,26 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from pyVim.connect import Disconnect, SmartConnect
+from pyVim.connect import SmartConnect
 from pyVmomi import vim, vmodl
+from pyVmomi.SoapAdapter import SoapStubAdapter
 
+from catalog.errors import VmaccelError
 from plugin.errors import CertificateMismatch, ConnectionFailed, LoginFailed, VCenterError
 from plugin.vcenter.models import Endpoint
+from plugin.vcenter.stub import ResilientStub
 from plugin.vcenter.tls import ssl_context
 
 logger = logging.getLogger(__name__)
 
 
 class VCenter:
-    """One SOAP session. Use as a context manager; logs out on exit."""
+    """One SOAP session. Use as a context manager; logs out on exit.
+
+    Every call goes through a :class:`~plugin.vcenter.stub.ResilientStub`: an expired session
+    is renewed once, an outage is waited out with backoff. Opening the session is not retried:
+    a wrong host or port fails at once.
+    """
 
     def __init__(self, endpoint: Endpoint, timeout: float = 60.0) -> None:
         self.endpoint = endpoint
@@ -52,14 +60,29 @@ class VCenter:
             ) from None
         except (OSError, http.client.HTTPException) as exc:
             raise ConnectionFailed(f"cannot reach vCenter {endpoint.host}: {exc}") from exc
+        soap: SoapStubAdapter = self.si._stub
+        self._session_manager = self.si.RetrieveContent().sessionManager._moId
+        stub = ResilientStub(soap, self._login, endpoint.host)
+        self.si = vim.ServiceInstance("ServiceInstance", stub)
         self.content = self.si.RetrieveContent()
-        self.api_version: str = self.si._stub.version
+        self.api_version: str = stub.version
+
+    def _login(self, soap: SoapStubAdapter) -> None:
+        """Log ``soap`` in again; the dead session's cookie must not go along (vCenter would
+        take the Login as a call of that session)."""
+        soap.cookie = ""
+        manager = vim.SessionManager(self._session_manager, soap)
+        manager.Login(userName=self.endpoint.user, password=self.endpoint.password, locale=None)
 
     def close(self) -> None:
+        """Log out, trying once: the session may be gone and vCenter with it."""
+        stub: ResilientStub = self.si._stub
         try:
-            Disconnect(self.si)
-        except (OSError, vmodl.MethodFault, http.client.HTTPException) as exc:
+            vim.SessionManager(self._session_manager, stub.soap).Logout()
+        except (OSError, vmodl.MethodFault, http.client.HTTPException, VmaccelError) as exc:
+            # VmaccelError: a new connection met another certificate (CertificateMismatch).
             logger.debug("logout from %s failed: %s", self.endpoint.host, exc)
+        stub.DropConnections()
 
     def __enter__(self) -> VCenter:
         return self
@@ -74,6 +97,13 @@ class VCenter:
         """``vmware_soap_session=...`` for HTTP requests on behalf of this session."""
         cookie: str = self.si._stub.cookie
         return cookie.split(";", 1)[0]
+
+    def renew_session(self, stale: str) -> str:
+        """The session cookie to use instead of ``stale``, which vCenter refused to an HTTP
+        client (the datastore transport): logs in again unless that was done meanwhile."""
+        stub: ResilientStub = self.si._stub
+        stub.renew_if(lambda: self.session_cookie == stale)
+        return self.session_cookie
 
     def ref(self, kind: type[Any], moref: str) -> Any:
         return kind(moref, self.si._stub)

@@ -31,7 +31,7 @@ SOURCE_DIR = Path(__file__).resolve().parent / "vcsim"
 GOPATH = "/usr/share/gocode"
 GOVMOMI_PACKAGE = "golang-github-vmware-govmomi-dev"
 
-FaultKind = Literal["quiesce", "snapshot", "task"]
+FaultKind = Literal["quiesce", "snapshot", "task", "session", "qcda", "folder", "login"]
 PowerState = Literal["poweredOn", "poweredOff", "suspended"]
 
 
@@ -185,14 +185,24 @@ class BedControl:
         """Reinitialise change tracking as after a power loss: every earlier changeId is invalid."""
         self._call("POST", "reset-cbt", {"vm": vm})
 
-    def inject_fault(self, kind: FaultKind, count: int = 1) -> None:
-        """Fail the next `count` matching calls (count < 0: until cleared, 0: disarm).
+    def inject_fault(self, kind: FaultKind, count: int = 1, *, after: int = 0,
+                     method: str = "", cut_bytes: int = 0) -> None:
+        """Fail the next `count` matching calls (count < 0: until cleared, 0: disarm), after
+        letting the first `after` matching calls through.
 
         quiesce: quiesced CreateSnapshot_Task fails (ApplicationQuiesceFault);
         snapshot: any CreateSnapshot_Task fails (SnapshotFault);
-        task: the next *_Task call of any kind fails (SystemError).
+        task: the next *_Task call of any kind fails (SystemError);
+        session: SOAP calls answer NotAuthenticated as with an expired session (Login*,
+          RetrieveServiceContent and Logout still work); `method` limits it to one method;
+        qcda: QueryChangedDiskAreas answers SystemError (any page of the loop: use `after`);
+        folder: a /folder GET sends its headers and `cut_bytes` body bytes, then the
+          connection drops;
+        login: SessionManager.Login answers InvalidLogin (credentials revoked meanwhile).
         """
-        self._call("POST", "faults", {"kind": kind, "count": count})
+        payload = {"kind": kind, "count": count, "after": after, "method": method,
+                   "bytes": cut_bytes}
+        self._call("POST", "faults", payload)
 
     def clear_faults(self) -> None:
         self._call("DELETE", "faults")

@@ -100,6 +100,18 @@ func (b *bed) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(r.URL.Path, "/folder/") && r.Method == http.MethodPut:
 		b.detachUpload(r)
 		b.next.ServeHTTP(w, r)
+	case strings.HasPrefix(r.URL.Path, "/folder/") && (r.Method == http.MethodGet || r.Method == http.MethodHead):
+		if _, expired := b.faults.take(faultSession, "folder"); expired {
+			http.Error(w, "session not authenticated (injected)", http.StatusUnauthorized)
+			return
+		}
+		if r.Method == http.MethodGet {
+			if f, ok := b.faults.take(faultFolder, ""); ok {
+				cutFolder(b.next, w, r, f)
+				return
+			}
+		}
+		b.next.ServeHTTP(w, r)
 	default:
 		b.next.ServeHTTP(w, r)
 	}
@@ -112,6 +124,19 @@ func (b *bed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	method := soapMethod(body)
+	if method == "Login" && takes(&b.faults, faultLogin, method) {
+		writeFault(w, "Cannot complete login due to an incorrect user name or password. (injected)",
+			&types.InvalidLogin{})
+		return
+	}
+	if !sessionless[method] {
+		if _, expired := b.faults.take(faultSession, method); expired {
+			if call, err := decodeSOAP(body); err == nil {
+				failSession(w, call.This)
+				return
+			}
+		}
+	}
 	hook := b.hooks[method]
 	isTask := strings.HasSuffix(method, "_Task")
 	if hook == nil && !isTask {
@@ -123,7 +148,7 @@ func (b *bed) serveSOAP(w http.ResponseWriter, r *http.Request) {
 		b.next.ServeHTTP(w, withBody(r, body))
 		return
 	}
-	if isTask && b.faults.take(faultTask) {
+	if isTask && takes(&b.faults, faultTask, method) {
 		failTask(w, method, call.This, faultTask)
 		return
 	}

@@ -11,7 +11,8 @@ package main
 //	POST /vmaccel-test/write?vm=&disk=&offset=  <bytes>     -> disk (a guest write)
 //	POST /vmaccel-test/apply-image {vm, disk, image}        -> {written, extents}
 //	POST /vmaccel-test/reset-cbt   {vm}                      -> {}
-//	POST /vmaccel-test/faults      {kind, count}             -> {}   (count 0 disarms, <0 sticky)
+//	POST /vmaccel-test/faults      {kind, count, after, method, bytes}
+//	                                                         -> {}   (count 0 disarms, <0 sticky)
 //	DELETE /vmaccel-test/faults                              -> {}
 //	POST /vmaccel-test/power       {vm, state}               -> {}
 //
@@ -42,6 +43,9 @@ type controlRequest struct {
 	Kind     string `json:"kind"`
 	Count    int    `json:"count"`
 	State    string `json:"state"`
+	After    int    `json:"after"`  // faults: matching calls let through first
+	Method   string `json:"method"` // faults: SOAP method the fault is limited to
+	Bytes    int64  `json:"bytes"`  // faults: folder body bytes before the cut
 }
 
 type controlFunc func(r *http.Request, req controlRequest) (interface{}, error)
@@ -228,7 +232,8 @@ func (b *bed) resetCBT(_ *http.Request, req controlRequest) (interface{}, error)
 }
 
 func (b *bed) armFault(_ *http.Request, req controlRequest) (interface{}, error) {
-	return struct{}{}, b.faults.arm(req.Kind, req.Count)
+	f := armedFault{count: req.Count, after: req.After, method: req.Method, bytes: req.Bytes}
+	return struct{}{}, b.faults.arm(req.Kind, f)
 }
 
 func (b *bed) clearFaults(*http.Request, controlRequest) (interface{}, error) {

@@ -34,6 +34,11 @@ type diskState struct {
 
 func (b *bed) queryChangedDiskAreas(w http.ResponseWriter, _ *http.Request, _ []byte, call *simulator.Method) {
 	req := call.Body.(*types.QueryChangedDiskAreas)
+	if takes(&b.faults, faultQCDA, call.Name) {
+		msg, fault := injectedFault(faultQCDA)
+		writeFault(w, msg, fault)
+		return
+	}
 	b.mu.Lock()
 	info, fault := b.changedAreas(req)
 	b.mu.Unlock()

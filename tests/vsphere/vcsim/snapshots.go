@@ -25,7 +25,7 @@ func (b *bed) createSnapshot(w http.ResponseWriter, r *http.Request, body []byte
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, kind := range []string{faultQuiesce, faultSnapshot} {
-		if (kind != faultQuiesce || req.Quiesce) && b.faults.take(kind) {
+		if (kind != faultQuiesce || req.Quiesce) && takes(&b.faults, kind, call.Name) {
 			failTask(w, call.Name, req.This, kind)
 			return
 		}
@@ -40,6 +40,12 @@ func (b *bed) createSnapshot(w http.ResponseWriter, r *http.Request, body []byte
 		}
 	}
 	relay(w, rec)
+}
+
+// takes reports whether an armed fault of kind fails this call of method.
+func takes(q *faultQueue, kind, method string) bool {
+	_, ok := q.take(kind, method)
+	return ok
 }
 
 // failFinishedTask turns a task vcsim completed into a failed one (the bed could not do its part).
