@@ -206,7 +206,7 @@ class Index:
 
     def chunk(self, chunk_id: bytes) -> ChunkLocation | None:
         rows = self._query(
-            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id WHERE c.id = ?",
+            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id WHERE c.id = ?",  # noqa: S608 - constant SQL only, values are bound
             (chunk_id,),
         )
         return ChunkLocation(*rows[0]) if rows else None
@@ -215,14 +215,14 @@ class Index:
         """Every chunk, in pack order (so a full read walks each pack sequentially)."""
         where = "" if kind is None else f"WHERE c.kind = {int(kind)}"
         rows = self._query(
-            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id {where}"
+            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id {where}"  # noqa: S608 - constant SQL and int(kind); values bound
             ' ORDER BY p.name, c."offset"'
         )
         return (ChunkLocation(*r) for r in rows)
 
     def chunks_in_pack(self, pack_id: int) -> list[ChunkLocation]:
         rows = self._query(
-            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id"
+            f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id"  # noqa: S608 - constant SQL only, values are bound
             ' WHERE c.pack_id = ? ORDER BY c."offset"',
             (pack_id,),
         )
@@ -243,7 +243,8 @@ class Index:
     def packs(self, state: str | None = None) -> list[PackRow]:
         where, params = ("WHERE state = ?", (state,)) if state else ("", ())
         rows = self._query(
-            f"SELECT id, name, size, created, state FROM pack {where} ORDER BY name", params
+            f"SELECT id, name, size, created, state FROM pack {where} ORDER BY name",  # noqa: S608 - constant SQL only, values are bound
+            params,
         )
         return [PackRow(*r) for r in rows]
 
@@ -319,14 +320,21 @@ class Index:
     def set_backup_state(self, backup_id: int, state: str) -> None:
         self._execute("UPDATE backup SET state = ? WHERE id = ?", (state, backup_id))
 
+    def set_backup_meta(self, backup_id: int, meta: dict[str, Any]) -> None:
+        """Replace the meta of a complete backup (a backup in any other state is left as is)."""
+        self._execute(
+            "UPDATE backup SET meta = ? WHERE id = ? AND state = 'complete'",
+            (json.dumps(meta, sort_keys=True), backup_id),
+        )
+
     def delete_backup(self, backup_id: int) -> None:
         self._execute(
             "DELETE FROM image_volume WHERE image_id IN (SELECT id FROM image WHERE backup_id = ?)",
             (backup_id,),
         )
         unused = "SELECT id FROM listing WHERE id NOT IN (SELECT listing_id FROM image_volume)"
-        self._execute(f"DELETE FROM file_entry WHERE listing_id IN ({unused})")
-        self._execute(f"DELETE FROM listing WHERE id IN ({unused})")
+        self._execute(f"DELETE FROM file_entry WHERE listing_id IN ({unused})")  # noqa: S608 - constant SQL only, values are bound
+        self._execute(f"DELETE FROM listing WHERE id IN ({unused})")  # noqa: S608 - constant SQL only, values are bound
         self._execute("DELETE FROM image WHERE backup_id = ?", (backup_id,))
         self._execute("DELETE FROM backup WHERE id = ?", (backup_id,))
 
@@ -341,16 +349,17 @@ class Index:
             params.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._query(
-            f"SELECT {_BACKUP_COLS} FROM backup {where} ORDER BY started, id", params
+            f"SELECT {_BACKUP_COLS} FROM backup {where} ORDER BY started, id",  # noqa: S608 - constant SQL only, values are bound
+            params,
         )
         return [_backup(r) for r in rows]
 
     def backup(self, backup_id: int) -> BackupRow | None:
-        rows = self._query(f"SELECT {_BACKUP_COLS} FROM backup WHERE id = ?", (backup_id,))
+        rows = self._query(f"SELECT {_BACKUP_COLS} FROM backup WHERE id = ?", (backup_id,))  # noqa: S608 - constant SQL only, values are bound
         return _backup(rows[0]) if rows else None
 
     def backup_by_uuid(self, uuid: str) -> BackupRow | None:
-        rows = self._query(f"SELECT {_BACKUP_COLS} FROM backup WHERE uuid = ?", (uuid,))
+        rows = self._query(f"SELECT {_BACKUP_COLS} FROM backup WHERE uuid = ?", (uuid,))  # noqa: S608 - constant SQL only, values are bound
         return _backup(rows[0]) if rows else None
 
     def add_image(self, backup_id: int, img: dict[str, Any]) -> int:
@@ -379,18 +388,18 @@ class Index:
         """Images of one backup (by disk name), or of every non-deleted backup."""
         if backup_id is None:
             rows = self._query(
-                f"SELECT {_IMAGE_COLS} FROM image WHERE backup_id IN"
+                f"SELECT {_IMAGE_COLS} FROM image WHERE backup_id IN"  # noqa: S608 - constant SQL only, values are bound
                 " (SELECT id FROM backup WHERE state != 'deleting') ORDER BY id"
             )
         else:
             rows = self._query(
-                f"SELECT {_IMAGE_COLS} FROM image WHERE backup_id = ? ORDER BY disk",
+                f"SELECT {_IMAGE_COLS} FROM image WHERE backup_id = ? ORDER BY disk",  # noqa: S608 - constant SQL only, values are bound
                 (backup_id,),
             )
         return [_image(r) for r in rows]
 
     def image(self, image_id: int) -> ImageRow | None:
-        rows = self._query(f"SELECT {_IMAGE_COLS} FROM image WHERE id = ?", (image_id,))
+        rows = self._query(f"SELECT {_IMAGE_COLS} FROM image WHERE id = ?", (image_id,))  # noqa: S608 - constant SQL only, values are bound
         return _image(rows[0]) if rows else None
 
     # -- maintenance queries (verify, stats, rebuild-index) ------------------------------------
@@ -403,7 +412,8 @@ class Index:
             batch = wanted[start : start + _ID_BATCH]
             marks = ", ".join("?" * len(batch))
             for cid, kind in self._query(
-                f"SELECT id, kind FROM chunk WHERE id IN ({marks})", batch
+                f"SELECT id, kind FROM chunk WHERE id IN ({marks})",  # noqa: S608 - constant SQL only, values are bound
+                batch,
             ):
                 found[bytes(cid)] = int(kind)
         return found
@@ -466,7 +476,7 @@ class Index:
         for start in range(0, len(wanted), _ID_BATCH):
             batch = wanted[start : start + _ID_BATCH]
             marks = ", ".join("?" * len(batch))
-            rows = self._read(f"SELECT id FROM chunk WHERE id IN ({marks})", batch)
+            rows = self._read(f"SELECT id FROM chunk WHERE id IN ({marks})", batch)  # noqa: S608 - constant SQL only, values are bound
             found.update(bytes(r[0]) for r in rows)
         return found
 
@@ -479,7 +489,7 @@ class Index:
             batch = wanted[start : start + _ID_BATCH]
             marks = ", ".join("?" * len(batch))
             for r in self._read(
-                f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id"
+                f"SELECT {_CHUNK_COLS} FROM chunk c JOIN pack p ON p.id = c.pack_id"  # noqa: S608 - constant SQL only, values are bound
                 f" WHERE c.id IN ({marks})",
                 batch,
             ):

@@ -3,7 +3,13 @@
 A volume whose blocks are the same as in the parent image (compared by map node ids, no data
 read) keeps the parent's listing; only volumes the backup changed are walked again, through
 guestfs over the verified image reader. Failures here never fail the backup: they are
-returned as warnings (the restore point is complete either way).
+returned as warnings (the restore point is complete either way). A full disk is the one
+exception: :class:`NoSpaceLeft` is raised, its message saying that the backup is complete.
+
+The catalog is written after the backup is complete, so a run killed in between leaves a
+restore point without its files. A backup whose catalog is done says so in its meta
+(``CATALOGUED``); cataloguing a backup first catches up the newest earlier backups of the
+same VM that lack it (at most ``CATCH_UP``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 from collections.abc import Iterator
 from typing import BinaryIO, cast
 
-from catalog.errors import DamageError
+from catalog.errors import DamageError, NoSpaceLeft
 from catalog.filecatalog import FileRecord, attach_listing, listing_of, store_listing
 from catalog.index import BackupRow, ImageRow
 from catalog.repository import Repository
@@ -22,6 +28,8 @@ from guestfs.filesystem import FileSystem
 
 logger = logging.getLogger(__name__)
 
+CATALOGUED = "file_catalog"  # backup meta key: True once every image is catalogued
+CATCH_UP = 3  # earlier backups of the VM a run catalogues when a killed run left them without
 MAX_FILES = 5_000_000  # a guard against hostile filesystems with endless directory loops
 
 
@@ -81,7 +89,23 @@ def index_image(repo: Repository, img: ImageRow, parent: ImageRow | None) -> tup
 
 
 def index_backup(repo: Repository, backup: BackupRow) -> list[str]:
-    """Catalog every image of ``backup``; returns warnings (never raises for guest damage)."""
+    """Catalog every image of ``backup``, after those of the newest earlier complete backups
+    of its VM (at most ``CATCH_UP``) that an interrupted run left uncatalogued. Returns
+    warnings (never raises for guest damage)."""
+    earlier = [b for b in repo.backups(backup.vm) if b.id < backup.id][-CATCH_UP:]
+    gaps = []
+    for b in reversed(earlier):
+        if b.meta.get(CATALOGUED):
+            break
+        gaps.append(b)
+    warnings = []
+    for b in [*reversed(gaps), backup]:
+        warnings += _index_one(repo, b)
+    return warnings
+
+
+def _index_one(repo: Repository, backup: BackupRow) -> list[str]:
+    """Catalog every image of ``backup``, then mark it catalogued."""
     warnings = []
     for img in repo.images(backup):
         parent = repo.index.image(img.parent_id) if img.parent_id else None
@@ -92,4 +116,12 @@ def index_backup(repo: Repository, backup: BackupRow) -> list[str]:
             )
         except (GuestFsError, DamageError) as exc:
             warnings.append(f"file catalog of {img.disk} incomplete: {exc}")
+        except NoSpaceLeft as exc:  # the backup is committed: say so, not "nothing committed"
+            raise NoSpaceLeft(
+                f"backup {backup.id} of {backup.vm} is complete, but the file catalog of "
+                f"{img.disk} could not be stored: no space left for the catalog index of "
+                f"{repo.path}; free some space there (the next backup catalogs the files)"
+            ) from exc
+    with repo.index.transaction():
+        repo.index.set_backup_meta(backup.id, {**backup.meta, CATALOGUED: True})
     return warnings
