@@ -136,6 +136,9 @@ class Repository:
             raise RepositoryExists(f"{path} exists and is not a directory; choose another path")
         if path.exists() and any(path.iterdir()):
             raise RepositoryExists(f"{path} exists and is not empty; choose an empty directory")
+        # Asked before anything is written: a refused or mistyped passphrase leaves no
+        # half-made directory that would block the next try.
+        secret = _passphrase(passphrase) if config.encrypted else None
         path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
         make_private_dir(path)
         path.chmod(PRIVATE_DIR)  # also an empty directory that was there before
@@ -144,11 +147,9 @@ class Repository:
         # The index and the lock files exist before SQLite or flock see them: they keep 0600.
         for name in ("index.db", "lock", "readers.lock"):
             os.close(create_private_file(path / name))
-        if config.encrypted:
+        if secret is not None:
             key = MasterKey.generate()
-            write_file_durably(
-                path / "key", wrap_key(key, _passphrase(passphrase), config.repo_id), 0o600
-            )
+            write_file_durably(path / "key", wrap_key(key, secret, config.repo_id), 0o600)
         index = Index(path / "index.db", create=True)
         index.migrate()
         index.close()

@@ -72,5 +72,9 @@ def show(backup: str, repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
 def _backup_dict(b: Any, images: list[Any]) -> dict[str, Any]:
     doc = asdict(b)
     doc["time"] = iso(b.started)
-    doc["images"] = [{**asdict(i), "root": i.root.hex() if i.root else None} for i in images]
+    # The block map's shape (root node, fanout, depth) is storage internals, not the schema.
+    doc["images"] = [{k: v for k, v in asdict(i).items() if k not in _INTERNAL} for i in images]
     return doc
+
+
+_INTERNAL = frozenset({"root", "fanout", "depth"})

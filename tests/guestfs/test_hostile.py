@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import build_allocation_map
+from guestfs.allocation import AllocationMap, build_allocation_map
 from guestfs.errors import GuestFsError
+from guestfs.extent import Extent, intersect, merge, total
 from guestfs.lvm import parse_config
 from guestfs.usage import FsState
 from tests.guestfs.imaging import DiskImage, MiB, mkfs_ext4
@@ -82,15 +83,49 @@ def test_garbled_group_descriptor_takes_volume_whole(mbr_disk: DiskImage, disk_c
     assert all(r.state is FsState.CLEAN for r in others)
 
 
-def test_random_metadata_corruption_never_escapes_as_other_errors(tmp_path: Path) -> None:
-    """Flip bytes in the superblock and descriptors: only GuestFsError or a map, never a crash."""
+def _covers(outer: tuple[Extent, ...], inner: tuple[Extent, ...]) -> bool:
+    """Every byte of ``inner`` lies in ``outer`` (both merged, sorted)."""
+    return total(intersect(outer, inner)) == total(inner)
+
+
+def assert_never_less_than_truth(amap: AllocationMap, truth: AllocationMap) -> None:
+    """The safety property of a damaged image: each volume is taken whole, or its used set
+    contains every byte the pristine filesystem uses.
+
+    The oracle is the whole pristine used set, not only its file data: a restore of the
+    damaged image is only repairable (fsck) if the metadata the filesystem really has — inode
+    tables, journal, directories — is kept too, and corruption can only make usage *unknown*,
+    never make a live block free. A false alarm (more used than the truth) costs bytes; less
+    loses data."""
+    pristine = {r.volume.name: r for r in truth.volumes}
+    for rep in amap.volumes:
+        if rep.whole_reason is not None or rep.state is FsState.UNKNOWN:
+            assert rep.used_bytes == rep.volume.size, rep
+            extents = merge(rep.volume.disk_extents)
+            assert _covers(amap.used, extents), rep
+            continue
+        before = pristine[rep.volume.name]
+        extents = merge(before.volume.disk_extents)
+        want = intersect(truth.used, extents)
+        got = intersect(amap.used, extents)
+        lost = total(want) - total(intersect(got, want))
+        assert _covers(got, want), f"{rep.volume.name}: {lost} used bytes reported free ({rep})"
+
+
+def test_random_metadata_corruption_never_frees_live_data(tmp_path: Path) -> None:
+    """Flip bytes in the superblock and descriptors: only GuestFsError or a map, never a crash,
+    and never a map that reports less usage than the pristine image unless the volume is
+    taken whole."""
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"x" * 100_000)
     img = tmp_path / "fs.img"
     mkfs_ext4(img, 8 * MiB, src, "-b", "1024")
     pristine = img.read_bytes()
+    truth = build_allocation_map(io.BytesIO(pristine))
+    assert truth.volumes and all(r.whole_reason is None for r in truth.volumes)
     rnd = random.Random(42)
+    outcomes = {"error": 0, "whole": 0, "mapped": 0}
     for _ in range(150):
         data = bytearray(pristine)
         for _ in range(rnd.randint(1, 8)):
@@ -98,8 +133,14 @@ def test_random_metadata_corruption_never_escapes_as_other_errors(tmp_path: Path
         try:
             amap = build_allocation_map(io.BytesIO(bytes(data)))
         except GuestFsError:
+            outcomes["error"] += 1
             continue
         assert amap.used and amap.used[-1].end <= len(data)
+        assert_never_less_than_truth(amap, truth)
+        whole = any(r.whole_reason is not None for r in amap.volumes)
+        outcomes["whole" if whole else "mapped"] += 1
+    # The sweep exercises both sides of the property, not only the error path.
+    assert outcomes["whole"] > 0 and outcomes["mapped"] > 0, outcomes
 
 
 def test_lvm_config_parser() -> None:

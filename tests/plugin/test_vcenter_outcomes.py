@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from catalog import Repository
+from plugin.errors import SnapshotFailed
 from plugin.transport.http import HttpSource
 from plugin.transport.nbd import NbdSource
 from tests.plugin.conftest import Cli, Result
@@ -230,13 +231,16 @@ def test_snapshot_failure_fails_only_that_vm(
     (a, _), (b, _) = attached(), attached()
     bed.control.inject_fault("snapshot", 2)  # the quiesced try and the crash-consistent retry
     result = run(cli, repo, vcenter, [a.name, b.name])
-    assert result.rc != 0
+    # One VM of two failed: the run exits 1 (mixed), the failed VM carries SnapshotFailed's 11.
+    assert result.rc == 1, result.err + result.out
+    assert result.json["exit_code"] == 1 and result.json["ok"] is False
     failed = [v for v in result.json["vms"] if not v["ok"]]
     good = [v for v in result.json["vms"] if v["ok"]]
     assert len(failed) == 1 and len(good) == 1, result.json
     assert "snapshot" in failed[0]["error"].lower()
-    assert failed[0]["backup_id"] is None
-    assert "FAILED" in result.out or failed[0]["error"]
+    assert failed[0]["backup_id"] is None and failed[0]["disks"] == []
+    assert failed[0]["exit_code"] == SnapshotFailed.exit_code == 11
+    assert good[0]["exit_code"] == 0 and good[0]["error"] is None
     assert complete_backups(repo, failed[0]["vm"]) == 0
     assert complete_backups(repo, good[0]["vm"]) == 1
     (good_vm,) = [v for v in (a, b) if v.name == good[0]["vm"]]

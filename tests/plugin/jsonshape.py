@@ -1,0 +1,239 @@
+"""The documented shape of every ``--json`` output (docs/json.md), as checks.
+
+A schema is a dict of required keys; each value is a type (or a tuple of types, ``NONE`` for
+null), a nested schema, ``[item]`` for a list of items, or :class:`MapOf` for an object keyed by
+names. Extra keys are allowed (the documents may grow), but never a storage internal: the block
+map's shape is no part of any output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+NONE = type(None)
+NUM = (int, float)
+STR_OR_NONE = (str, NONE)
+
+# Keys that would expose how the repository stores data, not what it holds.
+INTERNAL = frozenset({"fanout", "depth", "root", "map_root", "map_fanout"})
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """An object whose keys are names (VMs, vCenters), each value of ``item``'s shape."""
+
+    item: Any
+
+
+def check(doc: Any, schema: Any, where: str = "$") -> None:
+    """Assert ``doc`` has ``schema``'s shape; the message names the path that differs."""
+    if isinstance(schema, dict):
+        assert isinstance(doc, dict), f"{where}: not an object: {doc!r}"
+        missing = sorted(set(schema) - set(doc))
+        assert not missing, f"{where}: missing keys {missing}"
+        for key, sub in schema.items():
+            check(doc[key], sub, f"{where}.{key}")
+    elif isinstance(schema, list):
+        assert isinstance(doc, list), f"{where}: not a list: {doc!r}"
+        for i, item in enumerate(doc):
+            check(item, schema[0], f"{where}[{i}]")
+    elif isinstance(schema, MapOf):
+        assert isinstance(doc, dict), f"{where}: not an object: {doc!r}"
+        for key, item in doc.items():
+            assert isinstance(key, str)
+            check(item, schema.item, f"{where}.{key}")
+    else:
+        types = schema if isinstance(schema, tuple) else (schema,)
+        ok = isinstance(doc, types) and not (isinstance(doc, bool) and bool not in types)
+        assert ok, f"{where}: {doc!r} is not {types}"
+
+
+def internals(doc: Any, where: str = "$") -> list[str]:
+    """Paths of storage-internal keys anywhere in ``doc``."""
+    found: list[str] = []
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key in INTERNAL:
+                found.append(f"{where}.{key}")
+            found += internals(value, f"{where}.{key}")
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            found += internals(item, f"{where}[{i}]")
+    return found
+
+
+def validate(name: str, doc: Any) -> None:
+    """``doc`` has the documented shape of output ``name`` and no storage internals."""
+    check(doc, SCHEMAS[name])
+    assert not internals(doc), f"{name}: storage internals in the output: {internals(doc)}"
+
+
+_DISK = {
+    "disk": str,
+    "mode": str,
+    "reason": str,
+    "size": int,
+    "bytes_read": int,
+    "new_bytes": int,
+    "stored_bytes": int,
+    "hole_bytes": int,
+    "duration": NUM,
+    "read_fraction": NUM,
+    "change_id": STR_OR_NONE,
+    "error": STR_OR_NONE,
+    "ok": bool,
+    "warnings": [str],
+}
+_VM = {
+    "vm": str,
+    "backup_id": (int, NONE),
+    "ok": bool,
+    "exit_code": int,
+    "consistency": str,
+    "duration": NUM,
+    "catalog_seconds": NUM,
+    "error": STR_OR_NONE,
+    "warnings": [str],
+    "disks": [_DISK],
+}
+_IMAGE = {
+    "id": int,
+    "backup_id": int,
+    "disk": str,
+    "size": int,
+    "block_size": int,
+    "change_id": STR_OR_NONE,
+    "parent_id": (int, NONE),
+    "meta": {"mode": str, "reason": str, "transport": str},
+    "stats": {"new_bytes": int, "stored_bytes": int, "new_chunks": int},
+}
+_BACKUP = {
+    "id": int,
+    "uuid": str,
+    "vm": str,
+    "state": str,
+    "started": NUM,
+    "finished": (int, float, NONE),
+    "time": str,
+    "meta": dict,
+    "images": [_IMAGE],
+}
+_PRUNED = {"id": int, "uuid": str, "vm": str, "state": str, "started": NUM}
+
+SCHEMAS: dict[str, Any] = {
+    "backup": {"ok": bool, "exit_code": int, "vms": [_VM]},
+    "backups list": [_BACKUP],
+    "backups show": _BACKUP,
+    "repo stats": {
+        "backups": int,
+        "vms": int,
+        "images": int,
+        "logical_bytes": int,
+        "mapped_bytes": int,
+        "unique_bytes": int,
+        "stored_bytes": int,
+        "pack_bytes": int,
+        "packs": int,
+        "data_chunks": int,
+        "dedup_ratio": NUM,
+        "compression_ratio": NUM,
+    },
+    "repo rebuild-index": {
+        "ok": bool,
+        "complete": bool,
+        "backups": int,
+        "images": int,
+        "chunks": int,
+        "packs": int,
+        "lost": list,
+        "problems": list,
+        "renumbered": list,
+        "scanned_packs": list,
+        "moved_aside": STR_OR_NONE,
+    },
+    "verify": {
+        "ok": bool,
+        "full": bool,
+        "backups": int,
+        "images": int,
+        "chunks": int,
+        "chunks_read": int,
+        "bytes_read": int,
+        "packs": int,
+        "damaged": list,
+        "affected": list,
+        "problems": [str],
+        "info": [str],
+    },
+    "prune": {
+        "dry_run": bool,
+        "kept_count": int,
+        "removed_count": int,
+        "policy": {k: int for k in ("last", "hourly", "daily", "weekly", "monthly", "yearly")},
+        "finished": list,
+        "vms": MapOf({"kept": [{**_PRUNED, "reasons": [str]}], "removed": [_PRUNED]}),
+    },
+    "gc": {
+        "dry_run": bool,
+        "grace_seconds": NUM,
+        "live_chunks": int,
+        "chunks_deleted": int,
+        "orphans_deleted": int,
+        "temporary_deleted": int,
+        "packs_deleted": int,
+        "packs_repacked": int,
+        "packs_written": int,
+        "packs_not_repacked": int,
+        "packs_young": int,
+        "packs_pending": list,
+        "bytes_freed": int,
+        "bytes_written": int,
+        "bytes_pending": int,
+        "space_needed": int,
+        "backups_removed": list,
+    },
+    "files find": [
+        {
+            "backup_id": int,
+            "vm": str,
+            "time": NUM,
+            "disk": str,
+            "volume": str,
+            "path": str,
+            "kind": str,
+            "size": int,
+            "mtime_ns": (int, NONE),
+        }
+    ],
+    "restore disk": {
+        "source": str,
+        "target": str,
+        "device": bool,
+        "size": int,
+        "data_bytes": int,
+        "hole_bytes": int,
+        "seconds": NUM,
+        "bytes_per_second": NUM,
+    },
+    "restore file": {
+        "target": str,
+        "files": int,
+        "dirs": int,
+        "symlinks": int,
+        "hardlink_copies": int,
+        "bytes": int,
+        "seconds": NUM,
+        "failed": list,
+        "skipped": list,
+    },
+    "vcenter list": MapOf(
+        {
+            "host": str,
+            "user": str,
+            "thumbprint": STR_OR_NONE,
+            "ca_file": STR_OR_NONE,
+            "password_env": STR_OR_NONE,
+        }
+    ),
+}
