@@ -409,7 +409,7 @@ def main() -> None:
     ap.add_argument(
         "--dir",
         type=Path,
-        default=Path("/var/tmp/vmaccel-bench"),
+        default=Path("/var/tmp/vmaccel-bench"),  # noqa: S108 - a cache kept across runs on the bench machine; --dir moves it
         help="cache for the images and scratch space for the repositories",
     )
     ap.add_argument("--no-peers", action="store_true", help="skip borg and restic")

@@ -56,7 +56,7 @@ from catalog import Repository, RepositoryConfig  # noqa: E402
 MiB = 1024 * 1024
 BS = 64 * 1024
 CHILD = "import sys; from plugin.cli.app import run; sys.argv[0] = 'vmaccel'; run()"
-REALISTIC = Path("/var/tmp/vmaccel-bench/day0-4g.img")
+REALISTIC = Path("/var/tmp/vmaccel-bench/day0-4g.img")  # noqa: S108 - read-only input cached by bench_backup.py
 PEERS = ("borg", "restic")
 TIME = Path("/usr/bin/time")
 

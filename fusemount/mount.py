@@ -180,7 +180,7 @@ def umount(mountpoint: Path, lazy: bool = False) -> None:
         raise MountpointError(f"{path} is a {fstype} mount, not a vmaccel one; not touching it")
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     cmd = [tool, "-u", *(["-z"] if lazy else []), str(path)] if tool else ["umount", str(path)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)  # noqa: S603 - argv list, no shell; tool from PATH
     if done.returncode != 0:
         raise MountpointError(f"unmounting {path} failed: {done.stderr.strip() or done.stdout}")
 
@@ -191,7 +191,7 @@ def start_detached(
     """Run ``command`` (a foreground mount of ``mountpoint``) detached; return its pid once the
     mount is live. Raises :class:`MountError` with its output if it exits or times out first."""
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: S603 - our own mount command as an argv list, no shell
             list(command), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
             env=dict(env), start_new_session=True, close_fds=True,
         )

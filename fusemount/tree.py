@@ -236,7 +236,7 @@ class VirtualTree:
         if len(parts) == 2:
             names = list(self._backup_entries(backup))
             return sorted([*names, FILES] if self.guest is not None else names)
-        assert self.guest is not None  # below a backup, only files/ holds directories
+        assert self.guest is not None  # noqa: S101 - below a backup only files/ holds directories
         if node.guest is None:  # files/ itself
             return sorted(self._volumes(backup))
         image_id, volume, guest_path = node.guest
@@ -302,7 +302,7 @@ class VirtualTree:
     # -- guest files --------------------------------------------------------------------------
 
     def _volumes(self, backup: BackupInfo) -> dict[str, tuple[int, str]]:
-        assert self.guest is not None
+        assert self.guest is not None  # noqa: S101 - narrows the type for mypy; only called below files/
         vols = self._guest_volumes.get(backup.id)
         if vols is None:
             vols = self.guest.volumes(self.view.disks(backup.id))
@@ -311,7 +311,7 @@ class VirtualTree:
 
     def _guest_node(self, backup: BackupInfo, rest: list[str], path: str) -> Node:
         """``files/`` (rest empty), a volume root, or an entry inside a guest filesystem."""
-        assert self.guest is not None
+        assert self.guest is not None  # noqa: S101 - narrows the type for mypy; only called below files/
         if not rest:
             return Node(Kind.DIR, backup.started)
         where = self._volumes(backup).get(rest[0])

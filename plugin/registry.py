@@ -84,7 +84,7 @@ class Registry:
                     "which is not set"
                 )
             return value
-        if entry.password_store == "keyring":
+        if entry.password_store == "keyring":  # noqa: S105 - a store kind, not a password
             import keyring
 
             value = keyring.get_password(KEYRING_SERVICE, entry.name)

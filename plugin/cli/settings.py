@@ -15,7 +15,7 @@ from pathlib import Path
 from catalog.errors import PassphraseError, UsageError
 
 ENV_REPO = "VMACCEL_REPO"
-ENV_PASSPHRASE = "VMACCEL_PASSPHRASE"
+ENV_PASSPHRASE = "VMACCEL_PASSPHRASE"  # noqa: S105 - the variable's name, not a secret
 ENV_CONFIG_DIR = "VMACCEL_CONFIG_DIR"
 
 

@@ -134,7 +134,7 @@ def back_up_disk(bw: BackupWriter, job: DiskJob, progress: Progress | None = Non
 def _audit(
     bw: BackupWriter, job: DiskJob, read: Sequence[Extent], root: bytes | None, depth: int
 ) -> list[str]:
-    assert job.parent is not None and job.audit is not None
+    assert job.parent is not None and job.audit is not None  # noqa: S101 - narrows the type for mypy; the caller checked both
     parent = bw.repo.map_root(job.parent)
     bs = bw.repo.config.block_size
     new = MapRoot(root, depth, parent.fanout, -(-job.source.size // bs))

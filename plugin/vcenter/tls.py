@@ -38,7 +38,7 @@ def server_certificate(host: str, port: int, timeout: float = 10.0) -> bytes:
 
 def thumbprints(der: bytes) -> tuple[str, str]:
     """(SHA-1, SHA-256) thumbprints as lowercase hex without separators."""
-    return hashlib.sha1(der).hexdigest(), hashlib.sha256(der).hexdigest()
+    return hashlib.sha1(der, usedforsecurity=False).hexdigest(), hashlib.sha256(der).hexdigest()
 
 
 def normalize_thumbprint(text: str) -> str:

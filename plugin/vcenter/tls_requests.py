@@ -51,7 +51,8 @@ def requests_session(trust: TlsTrust) -> requests.Session:
     if trust.ca_file is not None:
         session.verify = trust.ca_file
     else:
-        assert trust.thumbprint is not None
+        if trust.thumbprint is None:  # TlsTrust forbids it; never fall through unverified
+            raise ValueError("TlsTrust needs exactly one of a thumbprint or a CA file")
         session.verify = False  # the adapter asserts the pinned fingerprint instead
         # urllib3 would warn about "unverified" requests: they are verified by the pin.
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
