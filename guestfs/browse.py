@@ -71,7 +71,7 @@ def open_filesystem(view: VolumeView, fstype: str | None = None) -> FileSystem:
     if where is None:
         what = f"{kind} is not a filesystem we browse" if kind else "unrecognised content"
         raise GuestFsError(what)
-    assert kind is not None
+    assert kind is not None  # noqa: S101 - narrows the type for mypy; where is None when kind is
     opener: Callable[[VolumeView, str], FileSystem] = getattr(import_module(where[0]), where[1])
     return opener(view, kind)
 

@@ -117,7 +117,7 @@ class _ExtBackend:
         return self._data(node, ino, st.size, f"{self.fstype} inode {node} ({path})")
 
     def readlink(self, node: int, st: FileStat) -> str:
-        assert st.target is not None  # stat sets it for every symlink
+        assert st.target is not None  # noqa: S101 - stat sets it for every symlink
         return st.target
 
     def _link(self, node: int, ino: Inode) -> str:

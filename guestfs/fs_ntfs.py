@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+import struct
+from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, cast
 
 from dissect.cstruct.exceptions import Error as CStructError
 from dissect.ntfs import NTFS
+from dissect.ntfs import index as ntfs_index
 from dissect.ntfs.c_ntfs import ATTRIBUTE_TYPE_CODE, FILE_NAME_DOS
 from dissect.ntfs.exceptions import Error as NtfsError
 from dissect.ntfs.util import segment_reference
@@ -52,6 +54,73 @@ TAG_LX_SYMLINK = 0xA000001D
 INTERIX_LINK = b"IntxLNK\x01"
 INTERIX_DEVICES = (b"IntxCHR\x00", b"IntxBLK\x00")
 MAX_INTERIX = 8 + 2 * 4096
+MIN_RECORD, MAX_RECORD = 256, 64 << 10  # bytes; Windows writes 1 KiB/4 KiB records
+MAX_INDEX_DEPTH = 64  # B+ tree levels of a directory index; real ones have a handful
+
+
+def _iter_index_entries(index: Any, fh: BinaryIO, offset: int, size: int) -> Iterator[Any]:
+    """dissect.ntfs's index entry walk, refusing entries that do not advance it.
+
+    dissect steps by each entry's Length and never checks it: a Length of 0 (or any Length
+    shorter than the entry header) on a hostile disk loops forever, even inside `NTFS()`, which
+    looks up $Secure through the root index. Installed below as dissect's own walk, since its
+    index classes call the module function.
+    """
+    header = len(ntfs_index.c_ntfs._INDEX_ENTRY)
+    end = offset + size
+    while offset < end:
+        try:
+            entry = ntfs_index.IndexEntry(index, fh, offset)
+        except EOFError:
+            return
+        if entry.length < header and not entry.is_end:
+            raise GuestFsError(f"ntfs: index entry at byte {offset} has length {entry.length}")
+        yield entry
+        if entry.is_end or entry.length < header:
+            return
+        offset += entry.length
+
+
+def _search_index(
+    self: Any, value: Any, exact: bool = True, cmp: Callable[[Any, Any], Any] | None = None
+) -> Any:
+    """dissect.ntfs's `Index.search`, bounded: a node pointing back at itself or an ancestor
+    (a cycle in a hostile B+ tree) made dissect's descent loop forever."""
+    cmp = cmp or _COLLATIONS.get(self.root.collation_rule)
+    if cmp is None:
+        raise GuestFsError(f"ntfs: no collation for index rule {self.root.collation_rule}")
+    key = value.upper() if cmp is ntfs_index._cmp_filename else value
+    entries = list(self.root.entries())
+    for _level in range(MAX_INDEX_DEPTH):
+        entry = ntfs_index._bsearch(entries, key, cmp)
+        if not entry.is_node or (not entry.is_end and cmp(entry, key) == ntfs_index.Match.Equal):
+            break
+        entries = list(self.index_buffer(entry.node_vcn).entries())
+    else:
+        raise GuestFsError(f"ntfs: index deeper than {MAX_INDEX_DEPTH} levels (a cycle?)")
+    if exact and (entry.is_end or cmp(entry, key) != ntfs_index.Match.Equal):
+        raise KeyError(f"Value not found: {value}")  # dissect's contract: callers expect it
+    return entry
+
+
+_COLLATIONS = {
+    ntfs_index.COLLATION.FILE_NAME: ntfs_index._cmp_filename,
+    ntfs_index.COLLATION.NTOFS_ULONG: ntfs_index._cmp_ulong,
+}
+ntfs_index._iter_entries = _iter_index_entries
+ntfs_index.Index.search = _search_index
+
+
+def _check_boot_sector(boot: bytes) -> None:
+    """Refuse record sizes dissect would allocate blindly: it reads one MFT record of the size
+    the boot sector gives (a damaged field asked for 16 GiB), before any check of its own."""
+    sector, per_cluster = struct.unpack_from("<HB", boot, 0x0B)
+    cluster = sector * (per_cluster if per_cluster <= 0x80 else 1 << (256 - per_cluster))
+    for what, at in (("MFT record", 0x40), ("index record", 0x44)):
+        (raw,) = struct.unpack_from("<b", boot, at)
+        size = raw * cluster if raw > 0 else 1 << min(-raw, 63)
+        if not MIN_RECORD <= size <= MAX_RECORD:
+            raise GuestFsError(f"ntfs: boot sector gives an implausible {what} size ({size})")
 
 
 def open_ntfs(view: VolumeView, fstype: str = "ntfs") -> FileSystem:
@@ -74,6 +143,7 @@ class _NtfsBackend:
     def __init__(self, view: VolumeView, fstype: str) -> None:
         self.fstype = fstype
         self._view = view
+        _check_boot_sector(view.pread(0, 512))
         self._fs = NTFS(view)
         self._mft = self._fs.mft
         self.label: str | None = self._fs.volume_name or None
@@ -106,6 +176,8 @@ class _NtfsBackend:
         size = 0
         if kind == "file" and record.has_stream():
             size = int(record.size())
+            if size < 0:  # dissect reads the 64-bit data size as signed
+                raise GuestFsError(f"ntfs record {node[0]}: negative data size {size}")
         elif target is not None:
             size = len(target.encode("utf-8", "surrogateescape"))
         names = [a for a in record.attributes[ATTRIBUTE_TYPE_CODE.FILE_NAME] if a.flags != 2]
@@ -146,7 +218,7 @@ class _NtfsBackend:
         return cast(BinaryIO, RunStream(self._view, st.size, checked, what, valid))
 
     def readlink(self, node: Any, st: FileStat) -> str:
-        assert st.target is not None  # stat sets it for every symlink
+        assert st.target is not None  # noqa: S101 - stat sets it for every symlink
         return st.target
 
     def _record(self, node: Any) -> Any:

@@ -102,7 +102,7 @@ class _XfsBackend:
         return cast(BinaryIO, RunStream(self._view, st.size, runs, what))
 
     def readlink(self, node: Any, st: FileStat) -> str:
-        assert st.target is not None  # stat sets it for every symlink
+        assert st.target is not None  # noqa: S101 - stat sets it for every symlink
         return st.target
 
     def _runs(self, node: Any, what: str) -> Iterator[Run]:

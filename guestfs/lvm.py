@@ -42,6 +42,8 @@ MDA_HEADER_SIZE = 512
 INITIAL_CRC = 0xF597A6CF
 RAW_LOCN_IGNORED = 1
 _MAX_METADATA = 64 << 20
+_VG_SECTIONS = frozenset({"physical_volumes", "logical_volumes", "historical_logical_volumes"})
+_MAX_NESTING = 16  # LVM writes 4 levels (VG, lists, LV, segment); more is hostile text
 _TOKEN = re.compile(r'\s*(?:#[^\n]*\n?|("(?:[^"\\]|\\.)*")|([{}\[\]=,])|([^\s{}\[\]=,"#]+))')
 
 Config = dict[str, Any]
@@ -166,7 +168,7 @@ def _read_metadata_text(view: VolumeView, label: PvLabel) -> str:
         text = _read_area_text(view, mda, area_size)
         if text is None:
             continue
-        seqno = re.search(r"\bseqno\s*=\s*(\d+)", text)
+        seqno = re.search(r"\bseqno\s*=\s*(\d{1,19})\b", text)
         if seqno and (best is None or int(seqno.group(1)) > best[0]):
             best = (int(seqno.group(1)), text)
     if best is None:
@@ -235,7 +237,11 @@ def _tokenize(text: str) -> list[str]:
     return tokens
 
 
-def _parse_section(tokens: list[str], pos: int, top: bool = False) -> tuple[Config, int]:
+def _parse_section(
+    tokens: list[str], pos: int, top: bool = False, depth: int = 0
+) -> tuple[Config, int]:
+    if depth > _MAX_NESTING:
+        raise GuestFsError(f"lvm: metadata sections nested deeper than {_MAX_NESTING}")
     section: Config = {}
     while pos < len(tokens):
         key = tokens[pos]
@@ -243,7 +249,7 @@ def _parse_section(tokens: list[str], pos: int, top: bool = False) -> tuple[Conf
             return section, pos + 1
         nxt = tokens[pos + 1] if pos + 1 < len(tokens) else ""
         if nxt == "{":
-            section[key], pos = _parse_section(tokens, pos + 2)
+            section[key], pos = _parse_section(tokens, pos + 2, depth=depth + 1)
         elif nxt == "=":
             section[key], pos = _parse_value(tokens, pos + 2)
         else:
@@ -278,7 +284,10 @@ def _scalar(token: str) -> int | str:
 
 def _physical_volume(vg_name: str, vg: Config, pv_uuid: str) -> PhysicalVolume:
     extent_size = _int(vg, "extent_size") * SECTOR
-    pvs = vg.get("physical_volumes", {})
+    unknown = [k for k, v in vg.items() if isinstance(v, dict) and k not in _VG_SECTIONS]
+    if unknown:  # e.g. a renamed logical_volumes: its LVs' extents would look free
+        raise GuestFsError(f"lvm: VG {vg_name} has unknown sections {unknown[:3]}")
+    pvs = _sections(vg, "physical_volumes")
     mine = [k for k, v in pvs.items() if str(v.get("id", "")).replace("-", "") == pv_uuid]
     if len(mine) != 1 or extent_size <= 0:
         raise GuestFsError(f"lvm: this PV ({pv_uuid}) is not described in VG {vg_name}")
@@ -286,8 +295,7 @@ def _physical_volume(vg_name: str, vg: Config, pv_uuid: str) -> PhysicalVolume:
     pe_start = _int(pv, "pe_start") * SECTOR
     lvs = tuple(
         _logical_volume(f"{vg_name}/{name}", lv, mine[0], pe_start, extent_size)
-        for name, lv in vg.get("logical_volumes", {}).items()
-        if isinstance(lv, dict)
+        for name, lv in _sections(vg, "logical_volumes").items()
     )
     return PhysicalVolume(vg_name, pe_start, extent_size, _int(pv, "pe_count"), lvs)
 
@@ -304,10 +312,16 @@ def _logical_volume(
         start, count = _int(seg, "start_extent"), _int(seg, "extent_count")
         extents = max(extents, start + count)
         stripes = seg.get("stripes", [])
+        if not isinstance(stripes, list):
+            raise GuestFsError(f"lvm: {name} {key}: stripes is not a list")
         if seg.get("type") != "striped" or seg.get("stripe_count") != 1 or len(stripes) != 2:
             unsupported = f"segment type {seg.get('type')} (stripe_count {seg.get('stripe_count')})"
             continue
         if stripes[0] == pv_key:
+            if not isinstance(stripes[1], int) or stripes[1] < 0:
+                raise GuestFsError(
+                    f"lvm: {name} {key}: first extent {stripes[1]!r} is not a number"
+                )
             segments.append(
                 Segment(
                     start * extent_size, pe_start + stripes[1] * extent_size, count * extent_size
@@ -342,6 +356,15 @@ def _check_extents(pv: PhysicalVolume, label: PvLabel, volume_size: int) -> None
                     f"lvm: {lv.name} segment at LV byte {seg.volume_offset} ends beyond the "
                     f"last extent of this PV"
                 )
+
+
+def _sections(parent: Config, key: str) -> dict[str, Config]:
+    """The sub-sections of `parent[key]` (absent: none); raises if it is not a section of
+    sections, as hostile text may make it a number, a list or a section of values."""
+    value = parent.get(key, {})
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise GuestFsError(f"lvm: metadata field {key!r} is not a section of sections")
+    return value
 
 
 def _int(section: Config, key: str) -> int:
