@@ -32,7 +32,7 @@ sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/bench_catalog.py must 
 
 import backup_images  # noqa: E402
 
-from tests.vsphere.bed import VsphereBed, start_bed  # noqa: E402
+from testbed.vsphere.bed import VsphereBed, start_bed  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 PY = str(ROOT / ".venv/bin/python") if (ROOT / ".venv/bin/python").exists() else sys.executable
@@ -87,8 +87,8 @@ def du(path: Path) -> int:
 # is simulator cost inside vmaccel's wall time: "own s" subtracts what this run spent in it.
 CHILD = """
 import atexit, json, os, sys, time
-from plugin.job import vmjob
-from plugin.vcenter import cbt, snapshots
+from vmaccel.plugin.job import vmjob
+from vmaccel.plugin.vcenter import cbt, snapshots
 spent = {}
 def timer(mod, name, key):
     fn = getattr(mod, name)
@@ -111,7 +111,7 @@ def counting(self, mo, info, args, *rest, **kw):
     return invoke(self, mo, info, args, *rest, **kw)
 SoapAdapter.SoapStubAdapter.InvokeMethod = counting
 atexit.register(lambda: open(os.environ["BENCH_PHASES"], "w").write(json.dumps(spent)))
-from plugin.cli.app import run
+from vmaccel.cli.app import run
 sys.argv[0] = "vmaccel"
 run()
 """

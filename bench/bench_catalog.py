@@ -6,7 +6,7 @@ Run by hand, never from CI (``bench/README.md`` explains every figure)::
 
     .venv/bin/python bench/bench_catalog.py [--quick] [--json] [--dir /tmp/x] [--only write,read]
 
-(Named ``bench_catalog`` rather than ``catalog``: run as a script, a ``catalog.py`` here would
+(Named ``bench_catalog`` rather than ``catalog``: run as a script, a ``vmaccel.catalog.py`` here would
 shadow the ``catalog`` package it measures.)
 
 Each phase runs in its own subprocess so that its peak RSS (``ru_maxrss``) is its own. Every
@@ -38,9 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import blake3
 import zstandard
 
-from catalog import Repository, RepositoryConfig
-from catalog.index import ImageRow
-from catalog.pack import KIND_NODE
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.index import ImageRow
+from vmaccel.catalog.pack import KIND_NODE
 
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 UNIT = 64 * KiB  # content is generated in 64 KiB units, in runs of RUN units of one kind

@@ -51,11 +51,11 @@ from typing import Any
 # the catalog package: put the repository root there instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from catalog import Repository, RepositoryConfig  # noqa: E402
+from vmaccel.catalog import Repository, RepositoryConfig  # noqa: E402
 
 MiB = 1024 * 1024
 BS = 64 * 1024
-CHILD = "import sys; from plugin.cli.app import run; sys.argv[0] = 'vmaccel'; run()"
+CHILD = "import sys; from vmaccel.cli.app import run; sys.argv[0] = 'vmaccel'; run()"
 REALISTIC = Path("/var/tmp/vmaccel-bench/day0-4g.img")  # noqa: S108 - read-only input cached by bench_backup.py
 PEERS = ("borg", "restic")
 TIME = Path("/usr/bin/time")

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.guestimages.builder import load_or_build
-from tests.guestimages.guestday import apply_day
-from tests.guestimages.mounts import clone_image
-from tests.vsphere.bed import VsphereBed, start_bed
+from testbed.guestimages.builder import load_or_build
+from testbed.guestimages.guestday import apply_day
+from testbed.guestimages.mounts import clone_image
+from testbed.vsphere.bed import VsphereBed, start_bed
 
 TAG_CATEGORY, TAG = "backup-policy", "daily"
 
@@ -30,7 +30,7 @@ def say(text: str) -> None:
 
 def vmaccel(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     print(f"$ vmaccel {shlex.join(args)}", flush=True)
-    done = subprocess.run([sys.executable, "-m", "plugin.cli", *args], text=True)
+    done = subprocess.run([sys.executable, "-m", "vmaccel.cli", *args], text=True)
     if check and done.returncode != 0:
         raise SystemExit(f"vmaccel {args[0]} failed with exit code {done.returncode}")
     return done
@@ -86,7 +86,7 @@ def main() -> None:
 
 def show_changed_file(vm_name: str, day: object) -> bool:
     """Mount the repository, list the newest backup's ext4 files, read a changed file."""
-    from tests.guestimages.model import GuestImage
+    from testbed.guestimages.model import GuestImage
 
     assert hasattr(day, "image") and hasattr(day, "changes")
     image: GuestImage = day.image

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.blockmap import HOLE
-from catalog.errors import DamageError
-from catalog.index import ChunkLocation, ImageRow
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.blockmap import HOLE
+from vmaccel.catalog.index import ChunkLocation, ImageRow
+from vmaccel.vocabulary.errors import DamageError
 
 BLOCK = 4096
 FANOUT = 16

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catalog import Repository
-from catalog.gc import collect_garbage
-from catalog.index import ImageRow, Index
-from catalog.packstore import LocalPackStore, _LocalSink
-from catalog.prune import prune
-from catalog.retention import RetentionPolicy
+from vmaccel.catalog import Repository
+from vmaccel.catalog.gc import collect_garbage
+from vmaccel.catalog.index import ImageRow, Index
+from vmaccel.catalog.packstore import LocalPackStore, _LocalSink
+from vmaccel.catalog.prune import prune
+from vmaccel.catalog.retention import RetentionPolicy
 
 BLOCK = 4096
 DISK_SIZE = 2 * 1024 * 1024

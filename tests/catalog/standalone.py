@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from plugin.cli.app import main
+from vmaccel.cli.app import main
 
 BLOCK = 64 * 1024  # the CLI's default block size
 

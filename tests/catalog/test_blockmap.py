@@ -1,4 +1,4 @@
-"""catalog.blockmap: the shared map tree (update, holes, resize, lookup, walks, sharing)."""
+"""vmaccel.catalog.blockmap: the shared map tree (update, holes, resize, lookup, walks, sharing)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import blake3
 import pytest
 
-from catalog.blockmap import (
+from vmaccel.catalog.blockmap import (
     HOLE,
     BlockMap,
     HoleRange,
@@ -17,7 +17,7 @@ from catalog.blockmap import (
     empty_map,
     encode_node,
 )
-from catalog.errors import ChunkCorrupt
+from vmaccel.vocabulary.errors import ChunkCorrupt
 
 FANOUT = 16
 

@@ -1,4 +1,5 @@
-"""catalog.codec: chunk ids, compression kept only when it shrinks, authenticated encryption."""
+"""vmaccel.catalog.codec: chunk ids, compression kept only when it shrinks, authenticated
+encryption."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import os
 import blake3
 import pytest
 
-from catalog.codec import FLAG_ENCRYPTED, FLAG_ZSTD, ChunkCodec
-from catalog.errors import ChunkCorrupt
-from catalog.key import MasterKey
+from vmaccel.catalog.codec import FLAG_ENCRYPTED, FLAG_ZSTD, ChunkCodec
+from vmaccel.catalog.key import MasterKey
+from vmaccel.vocabulary.errors import ChunkCorrupt
 
 TEXT = b"the quick brown fox jumps over the lazy dog\n" * 1500
 

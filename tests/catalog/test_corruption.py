@@ -9,11 +9,11 @@ import sqlite3
 
 import pytest
 
-from catalog.blockmap import HOLE
-from catalog.errors import ChunkMissing, DamageError
-from catalog.pack import FOOTER_SIZE
-from catalog.verify import DamagedChunk, VerifyReport, verify
 from tests.catalog.conftest import BLOCK, History, flip_byte, merge
+from vmaccel.catalog.blockmap import HOLE
+from vmaccel.catalog.pack import FOOTER_SIZE
+from vmaccel.catalog.verify import DamagedChunk, VerifyReport, verify
+from vmaccel.vocabulary.errors import ChunkMissing, DamageError
 
 
 def run_verify(h: History, full: bool) -> VerifyReport:

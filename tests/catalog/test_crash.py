@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.gc import collect_garbage
-from catalog.verify import verify
 from tests.catalog.crashworker import BLOCK, DISK, HOOKS
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.gc import collect_garbage
+from vmaccel.catalog.verify import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS = 24

@@ -12,10 +12,10 @@ from typing import BinaryIO
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.errors import ChunkCorrupt, ChunkMissing, DamageError
-from catalog.index import ImageRow, Index
-from catalog.packstore import LocalPackStore, PackSink
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.index import ImageRow, Index
+from vmaccel.catalog.packstore import LocalPackStore, PackSink
+from vmaccel.vocabulary.errors import ChunkCorrupt, ChunkMissing, DamageError
 
 BS = 4096
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.errors import PassphraseError, RepositoryError
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.vocabulary.errors import PassphraseError, RepositoryError
 
 BS = 4096
 MARKER = b"VMACCEL-SECRET-MARKER-" * 200  # compressible, so a leak would be obvious

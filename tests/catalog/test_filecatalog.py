@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository
-from catalog.filecatalog import (
+from tests.catalog.conftest import small_config
+from vmaccel.catalog import Repository
+from vmaccel.catalog.filecatalog import (
     FileRecord,
     attach_listing,
     find_files,
@@ -15,9 +16,8 @@ from catalog.filecatalog import (
     listing_of,
     store_listing,
 )
-from catalog.prune import prune
-from catalog.retention import RetentionPolicy
-from tests.catalog.conftest import small_config
+from vmaccel.catalog.prune import prune
+from vmaccel.catalog.retention import RetentionPolicy
 
 
 def _backup(repo: Repository, vm: str, data: bytes) -> int:

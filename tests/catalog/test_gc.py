@@ -1,4 +1,4 @@
-"""catalog.gc: mark and sweep, repacking, grace period, readers, leftovers of crashes."""
+"""vmaccel.catalog.gc: mark and sweep, repacking, grace period, readers, leftovers of crashes."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import ChunkMissing, UsageError
-from catalog.gc import collect_garbage, mark
-from catalog.prune import prune, remove_backup
-from catalog.retention import RetentionPolicy
-from catalog.verify import verify
 from tests.catalog.conftest import BLOCK, History
+from vmaccel.catalog.gc import collect_garbage, mark
+from vmaccel.catalog.prune import prune, remove_backup
+from vmaccel.catalog.retention import RetentionPolicy
+from vmaccel.catalog.verify import verify
+from vmaccel.vocabulary.errors import ChunkMissing, UsageError
 
 
 def pack_files(path: Path) -> dict[str, int]:

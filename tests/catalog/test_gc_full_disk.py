@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.repository import RESERVE_BYTES
 from tests.catalog.standalone import Cli, random_image, rewrite_blocks
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.repository import RESERVE_BYTES
 
 MiB = 1 << 20
 FS_BYTES = 96 * MiB

@@ -1,4 +1,4 @@
-"""catalog.imagewriter / catalog.imagereader through a real repository in tmp_path."""
+"""vmaccel.catalog.imagewriter / catalog.imagereader through a real repository in tmp_path."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.errors import DamageError, UsageError
-from catalog.index import ImageRow
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.index import ImageRow
+from vmaccel.vocabulary.errors import DamageError, UsageError
 
 BS = 4096
 

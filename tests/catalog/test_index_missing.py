@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from catalog.codec import ChunkCodec
-from catalog.index import BackupRow, ImageRow, Index
-from catalog.manifest import decode_manifest
-from catalog.rebuild import assign_ids
 from tests.catalog.conftest import flip_byte
 from tests.catalog.standalone import Cli, random_image, rewrite_blocks
+from vmaccel.catalog.codec import ChunkCodec
+from vmaccel.catalog.index import BackupRow, ImageRow, Index
+from vmaccel.catalog.manifest import decode_manifest
+from vmaccel.catalog.rebuild import assign_ids
 
 MiB = 1 << 20
 REBUILD_HINT = "run `vmaccel repo rebuild-index`"

@@ -1,4 +1,4 @@
-"""catalog.lock: one writer at a time, readers alongside; waiting for the lock."""
+"""vmaccel.catalog.lock: one writer at a time, readers alongside; waiting for the lock."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.errors import RepositoryLocked
-from catalog.lock import FileLock
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.lock import FileLock
+from vmaccel.vocabulary.errors import RepositoryLocked
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from catalog import Repository
+from vmaccel.catalog import Repository
 with Repository.open(Path(sys.argv[1]), write=True):
     print("locked", flush=True)
     time.sleep(float(sys.argv[2]))

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from plugin.cli.app import main
 from tests.guestfs.imaging import have, mkfs_ext4
 from tests.guestfs.ntfsimage import mkfs_populated
+from vmaccel.cli.app import main
 
 PASSPHRASE = "privacy-test passphrase 7c1e"
 MiB = 1 << 20

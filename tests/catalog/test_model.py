@@ -16,8 +16,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from catalog import Repository, RepositoryConfig
-from catalog.index import ImageRow
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.index import ImageRow
 
 BS = 4096
 MAX_BLOCKS = 64

@@ -1,4 +1,4 @@
-"""catalog.pack: writing, sealing, reading the index back, and damage detection."""
+"""vmaccel.catalog.pack: writing, sealing, reading the index back, and damage detection."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import os
 
 import pytest
 
-from catalog.errors import DamageError
-from catalog.pack import (
+from vmaccel.catalog.pack import (
     FOOTER_SIZE,
     HEADER_SIZE,
     KIND_DATA,
@@ -18,6 +17,7 @@ from catalog.pack import (
     read_index,
     scan_entries,
 )
+from vmaccel.vocabulary.errors import DamageError
 
 REPO_ID = bytes(range(16))
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.errors import RepositoryExists
-from catalog.gc import collect_garbage
-from catalog.prune import prune
-from catalog.rebuild import rebuild_index
-from catalog.retention import RetentionPolicy
 from tests.catalog.conftest import PASSPHRASE, build_history, small_config
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.gc import collect_garbage
+from vmaccel.catalog.prune import prune
+from vmaccel.catalog.rebuild import rebuild_index
+from vmaccel.catalog.retention import RetentionPolicy
+from vmaccel.vocabulary.errors import RepositoryExists
 
 
 @pytest.fixture(params=[0o000, 0o022, 0o077], ids=lambda m: f"umask{m:03o}")

@@ -1,4 +1,4 @@
-"""catalog.prune: metadata only, dry runs, interrupted removals, the report."""
+"""vmaccel.catalog.prune: metadata only, dry runs, interrupted removals, the report."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import UsageError
-from catalog.prune import finish_deleting, prune
-from catalog.retention import RetentionPolicy
 from tests.catalog.conftest import History
+from vmaccel.catalog.prune import finish_deleting, prune
+from vmaccel.catalog.retention import RetentionPolicy
+from vmaccel.vocabulary.errors import UsageError
 
 
 def pack_files(path: Path) -> dict[str, int]:

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-import catalog.rebuild
-from catalog.errors import PassphraseError, RepositoryLocked
-from catalog.pack import FOOTER_SIZE
-from catalog.rebuild import rebuild_index
-from catalog.verify import verify
-from plugin.cli.app import main
+import vmaccel.catalog.rebuild as rebuild_module
 from tests.catalog.conftest import PASSPHRASE, History, flip_byte
+from vmaccel.catalog.pack import FOOTER_SIZE
+from vmaccel.catalog.rebuild import rebuild_index
+from vmaccel.catalog.verify import verify
+from vmaccel.cli.app import main
+from vmaccel.vocabulary.errors import PassphraseError, RepositoryLocked
 
 
 def catalog_rows(h: History) -> tuple[list[Any], list[Any], int]:
@@ -194,7 +194,7 @@ def test_interrupted_rebuild_never_replaces_the_index(
         raise KeyboardInterrupt
 
     (history.path / "index.db.rebuilding").write_bytes(b"left by an earlier crash")
-    monkeypatch.setattr(catalog.rebuild, "_add_backups", crash)
+    monkeypatch.setattr(rebuild_module, "_add_backups", crash)
     with pytest.raises(KeyboardInterrupt):
         rebuild_index(history.path, None)
     assert not list(history.path.glob("index.db.broken-*"))

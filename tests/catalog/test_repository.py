@@ -1,4 +1,4 @@
-"""catalog.repository: init, open, format versions, lookups."""
+"""vmaccel.catalog.repository: init, open, format versions, lookups."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.config import parse_compression
-from catalog.errors import (
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.config import parse_compression
+from vmaccel.vocabulary.errors import (
     BackupNotFound,
     ImageNotFound,
     RepositoryError,

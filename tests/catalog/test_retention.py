@@ -1,4 +1,4 @@
-"""catalog.retention: pure selection, examples and properties."""
+"""vmaccel.catalog.retention: pure selection, examples and properties."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catalog.errors import UsageError
-from catalog.index import BackupRow
-from catalog.retention import PERIODS, RetentionPolicy, select
+from vmaccel.catalog.index import BackupRow
+from vmaccel.catalog.retention import PERIODS, RetentionPolicy, select
+from vmaccel.vocabulary.errors import UsageError
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
 HOUR, DAY = 3600.0, 86400.0

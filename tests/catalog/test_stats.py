@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository
-from catalog.stats import repository_stats
-from catalog.verify import verify
-from plugin.cli.app import main
 from tests.catalog.conftest import BLOCK, History, flip_byte, small_config
+from vmaccel.catalog import Repository
+from vmaccel.catalog.stats import repository_stats
+from vmaccel.catalog.verify import verify
+from vmaccel.cli.app import main
 
 
 def write_disks(path: Path, disks: dict[str, bytes], **config: object) -> None:

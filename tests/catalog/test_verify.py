@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from catalog import Repository
-from catalog.verify import verify
-from plugin.cli.app import main
 from tests.catalog.conftest import PASSPHRASE, History, flip_byte, small_config
+from vmaccel.catalog import Repository
+from vmaccel.catalog.verify import verify
+from vmaccel.cli.app import main
 
 
 @pytest.mark.parametrize("full", [False, True], ids=["quick", "full"])

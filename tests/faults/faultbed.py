@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from catalog import Repository
+from testbed.vsphere.bed import DiskInfo, VmInfo, VsphereBed
 from tests.plugin.conftest import Cli, Result
 from tests.plugin.imagecheck import assert_image_equals, images_of
 from tests.plugin.vimcheck import snapshots
-from tests.vsphere.bed import DiskInfo, VmInfo, VsphereBed
+from vmaccel.catalog import Repository
 
 KiB, MiB = 1 << 10, 1 << 20
 PASSWORD_ENV = "VMACCEL_TEST_FAULT_VC_PASSWORD"

@@ -25,10 +25,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from catalog import Repository
-from catalog.gc import mark
-from catalog.pack import KIND_DATA, KIND_NODE
-from catalog.repack import packed_size
+from vmaccel.catalog import Repository
+from vmaccel.catalog.gc import mark
+from vmaccel.catalog.pack import KIND_DATA, KIND_NODE
+from vmaccel.catalog.repack import packed_size
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from catalog.retention import PERIODS
-from guestfs.extent import Extent
-from tests.guestimages import builder
-from tests.guestimages.layout import ImageSpec, LvSpec, PartSpec
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import data_ranges, mounted
-from tests.guestimages.scan import diff_trees, scan_tree
+from testbed.guestimages import builder
+from testbed.guestimages.layout import ImageSpec, LvSpec, PartSpec
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import data_ranges, mounted
+from testbed.guestimages.scan import diff_trees, scan_tree
 from tests.plugin.imagecheck import used_extents
+from vmaccel.catalog.retention import PERIODS
+from vmaccel.guestfs.extent import Extent
 
 DAY = 86_400.0
 # A Monday, so simulated weeks start on day 0; 60 days reach into a third month.
@@ -181,7 +181,7 @@ def _block_lengths(
 def expected_kept(days: Iterable[int], daily: int, weekly: int, monthly: int) -> set[int]:
     """The oracle of GFS retention over simulated days (one backup a day): the newest backup
     of each of the newest `daily` days, `weekly` ISO weeks and `monthly` months that hold
-    backups. Written from the rule, not from catalog.retention; only the period labels
+    backups. Written from the rule, not from vmaccel.catalog.retention; only the period labels
     (UTC date, ISO week, month) are shared."""
     newest_first = sorted(days, reverse=True)
     kept: set[int] = set()

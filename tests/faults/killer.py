@@ -28,25 +28,25 @@ MARK = "@@killpoint "
 
 # phase -> the product functions that mark it (module:qualified name).
 PHASES: dict[str, tuple[str, ...]] = {
-    "login": ("plugin.vcenter.connection:VCenter.__init__",),
-    "inventory": ("plugin.vcenter.inventory:list_vms",),
-    "leftovers": ("plugin.vcenter.snapshots:remove_leftovers",),
-    "cbt_enable": ("plugin.vcenter.cbt:enable",),
-    "snapshot": ("plugin.vcenter.snapshots:create",),
-    "cbt_query": ("plugin.vcenter.cbt:changed_areas",),
-    "allocation": ("plugin.job.disk:allocation_of",),
+    "login": ("vmaccel.plugin.vcenter.connection:VCenter.__init__",),
+    "inventory": ("vmaccel.plugin.vcenter.inventory:list_vms",),
+    "leftovers": ("vmaccel.plugin.vcenter.snapshots:remove_leftovers",),
+    "cbt_enable": ("vmaccel.plugin.vcenter.cbt:enable",),
+    "snapshot": ("vmaccel.plugin.vcenter.snapshots:create",),
+    "cbt_query": ("vmaccel.plugin.vcenter.cbt:changed_areas",),
+    "allocation": ("vmaccel.plugin.job.disk:allocation_of",),
     "read": (
-        "plugin.transport.http:HttpSource.read",
-        "plugin.transport.file:FileSource.read",
+        "vmaccel.plugin.transport.http:HttpSource.read",
+        "vmaccel.plugin.transport.file:FileSource.read",
     ),
-    "image_write": ("catalog.imagewriter:ImageWriter.write",),
-    "pack_write": ("catalog.chunkstore:_PackIO._write",),
-    "pack_seal": ("catalog.chunkstore:ChunkStore._seal",),
-    "finish_image": ("catalog.backup:BackupWriter.finish_image",),
-    "commit": ("catalog.backup:BackupWriter.commit",),
-    "manifest": ("catalog.repository:Repository.write_manifest",),
-    "snapshot_remove": ("plugin.vcenter.snapshots:remove",),
-    "file_catalog": ("plugin.job.fileindex:index_image",),
+    "image_write": ("vmaccel.catalog.imagewriter:ImageWriter.write",),
+    "pack_write": ("vmaccel.catalog.chunkstore:_PackIO._write",),
+    "pack_seal": ("vmaccel.catalog.chunkstore:ChunkStore._seal",),
+    "finish_image": ("vmaccel.catalog.backup:BackupWriter.finish_image",),
+    "commit": ("vmaccel.catalog.backup:BackupWriter.commit",),
+    "manifest": ("vmaccel.catalog.repository:Repository.write_manifest",),
+    "snapshot_remove": ("vmaccel.plugin.vcenter.snapshots:remove",),
+    "file_catalog": ("vmaccel.plugin.job.fileindex:index_image",),
 }
 
 

@@ -22,11 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from guestfs.allocation import build_allocation_map, read_layout
-from guestfs.browse import browse_disk
-from guestfs.errors import GuestFsError
-from guestfs.lvm import calc_crc, read_physical_volume
-from guestfs.volume import VolumeView
 from tests.faults.treefuzz import CASE_LIMIT, MEMORY_LIMIT
 from tests.guestfs.corruption import (
     CaseTimeout,
@@ -37,6 +32,11 @@ from tests.guestfs.corruption import (
     uncovered,
 )
 from tests.guestfs.corruption_facts import LvmFacts
+from vmaccel.guestfs.allocation import build_allocation_map, read_layout
+from vmaccel.guestfs.browse import browse_disk
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.lvm import calc_crc, read_physical_volume
+from vmaccel.guestfs.volume import VolumeView
 
 Patches = tuple[tuple[int, bytes], ...]  # (partition offset, bytes)
 _TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]=,]|[^\s{}\[\]=,"#]+')

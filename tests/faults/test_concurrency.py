@@ -24,8 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from catalog.lock import FileLock
-from fusemount.tree import iso_time
 from tests.faults.contention import (
     LOCKED_EXIT,
     Ledger,
@@ -46,6 +44,8 @@ from tests.fusemount.conftest import (
     mount_repo,
     needs_fuse,
 )
+from vmaccel.catalog.lock import FileLock
+from vmaccel.fusemount.tree import iso_time
 
 __all__ = ["ext4_disk", "mount_repo"]  # fixtures, imported for pytest to find
 

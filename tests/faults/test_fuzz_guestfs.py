@@ -25,8 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import build_allocation_map
-from guestfs.browse import browse_disk
 from tests.faults.layoutfuzz import (
     Generator,
     LayoutCase,
@@ -48,6 +46,8 @@ from tests.guestfs.corruption_facts import LvmFacts, lvm_facts
 from tests.guestfs.corruption_fixtures import fat12_disk, prepared
 from tests.guestfs.corruption_targets import Get, Prepared
 from tests.guestfs.imaging import DiskImage
+from vmaccel.guestfs.allocation import build_allocation_map
+from vmaccel.guestfs.browse import browse_disk
 
 __all__ = ["fat12_disk", "gpt_disk", "mbr_disk", "prepared", "xfs_disk"]  # fixtures
 

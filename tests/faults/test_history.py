@@ -1,5 +1,5 @@
 """A long history (issue 10's fault matrix): a real guest disk lives day after day (files
-rewritten, appended, deleted, created through its filesystems: tests/guestimages/guestday.py)
+rewritten, appended, deleted, created through its filesystems: testbed/guestimages/guestday.py)
 and is backed up every simulated day (`vmaccel backup --source file:`), pruned every day with
 a GFS policy and garbage-collected every week, like a real schedule.
 
@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from testbed.guestimages.guestday import apply_day
 from tests.faults.footprint import Footprint, measure
 from tests.faults.history import (
     DayRecord,
@@ -35,7 +36,6 @@ from tests.faults.history import (
     expected_kept,
 )
 from tests.faults.tally import Tally, record, scale
-from tests.guestimages.guestday import apply_day
 from tests.plugin.conftest import Cli
 
 KEEP = {"daily": 7, "weekly": 4, "monthly": 3}

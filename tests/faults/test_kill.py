@@ -32,13 +32,13 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository
+from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
 from tests.faults.faultbed import MiB, register_vcenter
 from tests.faults.killer import Aim, Outcome, run_killed
 from tests.faults.tally import Tally, long_run, record, scale
 from tests.plugin.conftest import Cli
 from tests.plugin.vimcheck import create_snapshot, snapshots
-from tests.vsphere.bed import VmInfo, VsphereBed, start_bed
+from vmaccel.catalog import Repository
 
 pytestmark = pytest.mark.vsphere
 

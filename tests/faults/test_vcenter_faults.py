@@ -23,11 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from catalog import Repository
-from plugin import backoff
-from plugin.backoff import Backoff
-from plugin.transport.nbd import NbdSource
-from plugin.vcenter import cbt, snapshots
+from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
 from tests.faults.faultbed import (
     Damage,
     FaultVm,
@@ -41,7 +37,11 @@ from tests.faults.faultbed import (
 from tests.faults.tally import Tally, long_run, record, scale
 from tests.faults.tcpproxy import TcpProxy
 from tests.plugin.conftest import Cli
-from tests.vsphere.bed import VmInfo, VsphereBed, start_bed
+from vmaccel.catalog import Repository
+from vmaccel.plugin import backoff
+from vmaccel.plugin.backoff import Backoff
+from vmaccel.plugin.transport.nbd import NbdSource
+from vmaccel.plugin.vcenter import cbt, snapshots
 
 pytestmark = pytest.mark.vsphere
 
@@ -141,7 +141,7 @@ def test_expired_session_logs_in_again_and_carries_on(
             "session", 1, method="QueryChangedDiskAreas", after=page % PAGES
         )
         caplog.clear()
-        with caplog.at_level(logging.WARNING, "plugin.vcenter.stub"):
+        with caplog.at_level(logging.WARNING, "vmaccel.plugin.vcenter.stub"):
             _, disk = one_vm(backup(cli, repo, vcenter, [vm]))
         assert "ended the session (QueryChangedDiskAreas); logging in again" in caplog.text
         assert disk["mode"] == "incremental", disk
@@ -219,7 +219,7 @@ def test_expired_session_during_a_download_logs_in_again(
     # A range read answers 401 (the session expired while no SOAP call was made): one new
     # login, the read is sent again with the new cookie. The HEAD and first GET pass.
     fault_bed.control.inject_fault("session", 1, method="folder", after=2)
-    with caplog.at_level(logging.WARNING, "plugin.transport.http"):
+    with caplog.at_level(logging.WARNING, "vmaccel.plugin.transport.http"):
         _, disk = one_vm(backup(cli, repo, vcenter, [vm], *HTTP))
     assert "answered 401" in caplog.text and "logging in again" in caplog.text
     assert disk["mode"] == "full" and disk["bytes_read"] == 8 * MiB, disk

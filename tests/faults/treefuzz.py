@@ -29,10 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from guestfs.browse import browse_disk, open_filesystem
-from guestfs.errors import GuestFsError
-from guestfs.filesystem import FileSystem
-from guestfs.volume import Segment, Volume, VolumeKind, VolumeView
 from tests.guestfs.corruption import (
     CaseTimeout,
     Mutation,
@@ -43,6 +39,10 @@ from tests.guestfs.corruption import (
     partition_patches,
     time_limit,
 )
+from vmaccel.guestfs.browse import browse_disk, open_filesystem
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.filesystem import FileSystem
+from vmaccel.guestfs.volume import Segment, Volume, VolumeKind, VolumeView
 
 CASE_LIMIT = 5.0
 MEMORY_LIMIT = 64 << 20

@@ -26,13 +26,13 @@ from typing import Any
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.index import BackupRow
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.index import BackupRow
 
 BS = 64 * 1024
 MiB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHILD = "import sys; from plugin.cli.app import run; sys.argv[0] = 'vmaccel'; run()"
+CHILD = "import sys; from vmaccel.cli.app import run; sys.argv[0] = 'vmaccel'; run()"
 
 fuse_available = os.path.exists("/dev/fuse") and shutil.which("fusermount") is not None
 needs_fuse = pytest.mark.skipif(not fuse_available, reason="needs /dev/fuse and fusermount")

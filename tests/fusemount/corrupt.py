@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from catalog.index import ImageRow
-from catalog.repository import Repository
+from vmaccel.catalog.index import ImageRow
+from vmaccel.catalog.repository import Repository
 
 
 @dataclass(frozen=True)

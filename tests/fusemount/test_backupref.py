@@ -1,4 +1,4 @@
-"""fusemount.backupref: ID, UUID, VM@latest, VM@<directory name> and VM@<time>."""
+"""vmaccel.fusemount.backupref: ID, UUID, VM@latest, VM@<directory name> and VM@<time>."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository
-from catalog.errors import BackupNotFound, UsageError
-from catalog.index import BackupRow
-from fusemount.backupref import resolve_backup, select_backup
-from fusemount.tree import iso_time
 from tests.fusemount.conftest import MakeRepo, backup_image
+from vmaccel.catalog import Repository
+from vmaccel.catalog.index import BackupRow
+from vmaccel.fusemount.backupref import resolve_backup, select_backup
+from vmaccel.fusemount.tree import iso_time
+from vmaccel.vocabulary.errors import BackupNotFound, UsageError
 
 
 def row(i: int, started: float, vm: str = "v") -> BackupRow:

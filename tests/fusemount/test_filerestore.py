@@ -19,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.errors import NotFound, UsageError
-from fusemount.filerestore import (
+from testbed.guestimages.model import GuestImage
+from tests.fusemount.conftest import BS, MakeRepo, MiB, backup_image
+from tests.fusemount.corrupt import corrupt_block
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.cli.app import main
+from vmaccel.fusemount.filerestore import (
     FileRestoreReport,
     display,
     resolve_guest_path,
@@ -30,13 +33,10 @@ from fusemount.filerestore import (
     symlink_refusal,
     unsafe_name,
 )
-from fusemount.guestfiles import GuestFiles
-from fusemount.repoview import RepositoryView
-from guestfs.filesystem import FileStat
-from plugin.cli.app import main
-from tests.fusemount.conftest import BS, MakeRepo, MiB, backup_image
-from tests.fusemount.corrupt import corrupt_block
-from tests.guestimages.model import GuestImage
+from vmaccel.fusemount.guestfiles import GuestFiles
+from vmaccel.fusemount.repoview import RepositoryView
+from vmaccel.guestfs.filesystem import FileStat
+from vmaccel.vocabulary.errors import NotFound, UsageError
 
 MTIME = 1_600_000_000
 BAD = b"bad\xff\xfename"

@@ -20,9 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from fusemount.tree import iso_time
-from plugin.cli.app import main
+from testbed.guestimages.model import GuestImage, GuestVolume
 from tests.fusemount.conftest import (
     BS,
     Ext4Disk,
@@ -37,7 +35,9 @@ from tests.fusemount.conftest import (
     wait_for,
 )
 from tests.fusemount.corrupt import corrupt_block
-from tests.guestimages.model import GuestImage, GuestVolume
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.cli.app import main
+from vmaccel.fusemount.tree import iso_time
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 

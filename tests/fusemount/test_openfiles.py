@@ -1,4 +1,4 @@
-"""fusemount.openfiles: one reader per open image, closed with its last handle."""
+"""vmaccel.fusemount.openfiles: one reader per open image, closed with its last handle."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from fusemount.openfiles import OpenFiles
+from vmaccel.fusemount.openfiles import OpenFiles
 
 
 class Stream:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import DamageError
-from fusemount.overlay import BLOCK, Overlay, OverlayError, OverlayImage, OverlaySet
-from plugin.cli.app import main
 from tests.fusemount.conftest import MakeRepo, MiB, Mounted, backup_image, needs_fuse
+from vmaccel.cli.app import main
+from vmaccel.fusemount.overlay import BLOCK, Overlay, OverlayError, OverlayImage, OverlaySet
+from vmaccel.vocabulary.errors import DamageError
 
 MountFn = Callable[..., Mounted]
 

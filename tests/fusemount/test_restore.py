@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import fusemount.restore as restore_mod
-from catalog import Repository
-from catalog.errors import DamageError
-from fusemount.errors import RestoreError
-from fusemount.restore import PARTIAL_SUFFIX, restore_disk
-from plugin.cli.app import main
+import vmaccel.fusemount.restore as restore_mod
 from tests.fusemount.conftest import BS, Ext4Disk, MakeRepo, backup_image, needs_root
 from tests.fusemount.corrupt import corrupt_block
+from vmaccel.catalog import Repository
+from vmaccel.cli.app import main
+from vmaccel.fusemount.restore import PARTIAL_SUFFIX, restore_disk
+from vmaccel.vocabulary.errors import DamageError, RestoreError
 
 
 @pytest.fixture

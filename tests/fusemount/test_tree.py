@@ -1,4 +1,4 @@
-"""fusemount.tree: the virtual tree from plain data, without FUSE or a repository."""
+"""vmaccel.fusemount.tree: the virtual tree from plain data, without FUSE or a repository."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ import stat
 
 import pytest
 
-from fusemount.errors import to_errno
-from fusemount.source import BackupInfo, DiskInfo, ImageStream
-from fusemount.tree import Kind, PathNotFound, VirtualTree, backup_dir_names, iso_time, safe_name
+from vmaccel.fusemount.errors import to_errno
+from vmaccel.fusemount.source import BackupInfo, DiskInfo, ImageStream
+from vmaccel.fusemount.tree import (
+    Kind,
+    PathNotFound,
+    VirtualTree,
+    backup_dir_names,
+    iso_time,
+    safe_name,
+)
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 

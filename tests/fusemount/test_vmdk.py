@@ -1,4 +1,4 @@
-"""fusemount.vmdk: descriptors qemu-img reads as the flat file they name."""
+"""vmaccel.fusemount.vmdk: descriptors qemu-img reads as the flat file they name."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount.vmdk import Geometry, ddb_uuid, descriptor, geometry, sectors_of
+from vmaccel.fusemount.vmdk import Geometry, ddb_uuid, descriptor, geometry, sectors_of
 
 
 @pytest.mark.parametrize(

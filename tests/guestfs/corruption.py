@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from guestfs.allocation import AllocationMap, build_allocation_map
-from guestfs.errors import GuestFsError
-from guestfs.extent import Extent, complement, intersect, merge, total
+from vmaccel.guestfs.allocation import AllocationMap, build_allocation_map
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.extent import Extent, complement, intersect, merge, total
 
 HEADER = 1 << 20  # the partition starts at LBA 2048, as partitioning tools put it
 CASE_TIMEOUT = float(os.environ.get("VMACCEL_CORRUPTION_CASE_TIMEOUT", "1.0"))

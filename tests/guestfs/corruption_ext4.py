@@ -13,10 +13,10 @@ import os
 import random
 import struct
 
-from guestfs.extent import Extent
 from tests.guestfs.corruption import Kind, Mutation, Patch, Target, field_patch
 from tests.guestfs.corruption_bitmap import Bitmap
 from tests.guestfs.corruption_facts import Ext4Facts
+from vmaccel.guestfs.extent import Extent
 
 SB = 1024
 # Consistent damage (bits cleared and the free counts raised to match) is beyond the issue's

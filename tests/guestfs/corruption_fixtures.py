@@ -13,11 +13,11 @@ from collections.abc import Mapping
 
 import pytest
 
+from testbed.guestimages.content import file_bytes, tree_spec
+from testbed.guestimages.model import GuestImage, GuestVolume
 from tests.guestfs.corruption import Target
 from tests.guestfs.corruption_targets import Get, Prepared, lv_target, partition_target, prepare
 from tests.guestfs.imaging import DiskImage, FsSpec, MiB, have, make_tree, mkfs_vfat
-from tests.guestimages.content import file_bytes, tree_spec
-from tests.guestimages.model import GuestImage, GuestVolume
 
 
 @pytest.fixture(scope="session")

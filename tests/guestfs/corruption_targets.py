@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from guestfs.allocation import build_allocation_map
 from tests.guestfs.corruption import Kind, Target, Truth
 from tests.guestfs.corruption_ext4 import Ext4Corruptor
 from tests.guestfs.corruption_facts import (
@@ -37,6 +36,7 @@ from tests.guestfs.corruption_truth import (
     xfs_metadata,
 )
 from tests.guestfs.corruption_xfs import XfsCorruptor
+from vmaccel.guestfs.allocation import build_allocation_map
 
 TARGETS = ("ext4", "ext4-lvm", "ext3", "ntfs", "xfs", "fat32", "fat16", "fat12")
 MBR_TYPES = {"ext4": 0x83, "ext3": 0x83, "xfs": 0x83, "ntfs": 0x07, "vfat": 0x0C, "lvm": 0x8E}

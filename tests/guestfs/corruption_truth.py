@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 
-from guestfs.extent import Extent, merge
 from tests.guestfs.corruption import Target, Truth
 from tests.guestfs.corruption_facts import (
     Ext4Facts,
@@ -24,6 +23,7 @@ from tests.guestfs.corruption_facts import (
     XfsFacts,
     fat_entry,
 )
+from vmaccel.guestfs.extent import Extent, merge
 
 SECTOR = 512
 _CHUNK = 4 << 20

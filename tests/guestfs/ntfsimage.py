@@ -13,7 +13,8 @@ import struct
 import subprocess
 from pathlib import Path
 
-from guestfs.ntfsrecord import (
+from tests.guestfs.imaging import run
+from vmaccel.guestfs.ntfsrecord import (
     ATTR_DATA,
     FIXUP_STRIDE,
     Attribute,
@@ -26,8 +27,7 @@ from guestfs.ntfsrecord import (
     read_record,
     record_offsets,
 )
-from guestfs.volume import VolumeView, whole_disk
-from tests.guestfs.imaging import run
+from vmaccel.guestfs.volume import VolumeView, whole_disk
 
 
 def mkfs_populated(img: Path, size: int, files: dict[str, bytes], mnt: Path) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map
-from guestfs.extent import Extent, complement, intersect
-from guestfs.usage import FsState
 from tests.guestfs.imaging import DiskImage, FsSpec, patch_bytes, run
+from vmaccel.guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map
+from vmaccel.guestfs.extent import Extent, complement, intersect
+from vmaccel.guestfs.usage import FsState
 
 IMAGES = ["gpt_disk", "mbr_disk", "xfs_disk"]
 
@@ -174,8 +174,8 @@ def test_dirty_fat_is_taken_whole(mbr_disk: DiskImage, disk_copy) -> None:  # ty
 
 
 def test_unclean_xfs_log_is_taken_whole(xfs_disk: DiskImage, disk_copy) -> None:  # type: ignore[no-untyped-def]
-    from guestfs.volume import VolumeView
-    from guestfs.xfs import read_super
+    from vmaccel.guestfs.volume import VolumeView
+    from vmaccel.guestfs.xfs import read_super
 
     copy = disk_copy(xfs_disk)
     amap = build(copy)

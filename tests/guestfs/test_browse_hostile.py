@@ -13,11 +13,11 @@ from typing import BinaryIO
 
 import pytest
 
-from guestfs.browse import browse_disk
-from guestfs.errors import GuestFsError
-from guestfs.filesystem import FileSystem
+from testbed.guestimages.model import GuestImage, GuestVolume
 from tests.guestfs.imaging import have, run
-from tests.guestimages.model import GuestImage, GuestVolume
+from vmaccel.guestfs.browse import browse_disk
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.filesystem import FileSystem
 
 
 def _fs(image: GuestImage, vol: GuestVolume) -> tuple[BinaryIO, FileSystem]:

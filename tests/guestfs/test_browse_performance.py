@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.browse import browse_disk
-from guestfs.filesystem import FileSystem
 from tests.guestfs.imaging import MiB, have, mkfs_xfs, run
 from tests.guestfs.test_browse_trees import walk
 from tests.guestfs.test_performance import CountingReader
+from vmaccel.guestfs.browse import browse_disk
+from vmaccel.guestfs.filesystem import FileSystem
 
 logger = logging.getLogger(__name__)
 DIRS, PER_DIR = 20, 50

@@ -14,10 +14,10 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from guestfs.browse import BrowsedVolume, browse_disk
-from guestfs.filesystem import FileStat, FileSystem
-from tests.guestimages import builder
-from tests.guestimages.model import FileExpect, GuestImage, GuestVolume
+from testbed.guestimages import builder
+from testbed.guestimages.model import FileExpect, GuestImage, GuestVolume
+from vmaccel.guestfs.browse import BrowsedVolume, browse_disk
+from vmaccel.guestfs.filesystem import FileStat, FileSystem
 
 VOLUMES = [(n, v) for n in sorted(builder.SPECS) for v in builder.volume_names(n)]
 CHUNK = 1 << 20

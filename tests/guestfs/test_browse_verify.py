@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from guestfs.browse import browse_disk
 from tests.guestfs.ext4damage import geometry
 from tests.guestfs.imaging import DiskImage, patch_bytes, read_bytes
 from tests.guestfs.ntfsimage import Volume
+from vmaccel.guestfs.browse import browse_disk
 
 
 def _browse(path: Path) -> dict[str, tuple[bool, str | None]]:

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.extent import Extent, intersect, merge, total
 from tests.guestfs.corruption import CaseResult, Mutation, Patch, pick_kind, run_case
 from tests.guestfs.corruption_facts import Ext4Facts, NtfsFacts
 from tests.guestfs.corruption_targets import TARGETS, Get, Prepared
 from tests.guestfs.imaging import MiB
+from vmaccel.guestfs.extent import Extent, intersect, merge, total
 
 pytest_plugins = ["tests.guestfs.corruption_fixtures"]
 

@@ -13,8 +13,6 @@ from dataclasses import replace
 
 import pytest
 
-from guestfs.allocation import build_allocation_map
-from guestfs.extent import Extent, complement, intersect
 from tests.guestfs import corruption
 from tests.guestfs.corruption import (
     HEADER,
@@ -28,6 +26,8 @@ from tests.guestfs.corruption import (
     uncovered,
 )
 from tests.guestfs.corruption_targets import Get
+from vmaccel.guestfs.allocation import build_allocation_map
+from vmaccel.guestfs.extent import Extent, complement, intersect
 
 pytest_plugins = ["tests.guestfs.corruption_fixtures"]
 

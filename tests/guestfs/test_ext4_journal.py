@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import VolumeReport, build_allocation_map
-from guestfs.usage import FsState
 from tests.guestfs.ext4damage import reseal_superblock
 from tests.guestfs.imaging import DiskImage, MiB, have, patch_bytes, read_bytes, run
+from vmaccel.guestfs.allocation import VolumeReport, build_allocation_map
+from vmaccel.guestfs.usage import FsState
 
 RECOVER = 0x4
 ERROR_FS = 0x2

@@ -15,10 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import VolumeReport, build_allocation_map
-from guestfs.browse import browse_disk
-from guestfs.errors import GuestFsError
-from guestfs.usage import FsState
+from testbed.guestimages.model import GuestImage
 from tests.guestfs.ext4damage import (
     Geometry,
     debugfs,
@@ -28,7 +25,10 @@ from tests.guestfs.ext4damage import (
     set_desc_field,
 )
 from tests.guestfs.imaging import DiskImage, MiB, have, make_tree, patch_bytes, read_bytes, run
-from tests.guestimages.model import GuestImage
+from vmaccel.guestfs.allocation import VolumeReport, build_allocation_map
+from vmaccel.guestfs.browse import browse_disk
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.usage import FsState
 
 pytestmark = pytest.mark.skipif(
     not (have("mkfs.ext4") and have("debugfs") and have("e2fsck")), reason="needs e2fsprogs"

@@ -7,10 +7,10 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guestfs.allocation import AllocationMap
-from guestfs.extent import Extent, clip, complement, from_bitmap, intersect, merge
-from guestfs.partition import PartitionTable
-from guestfs.readplan import free_blocks, plan_reads
+from vmaccel.guestfs.allocation import AllocationMap
+from vmaccel.guestfs.extent import Extent, clip, complement, from_bitmap, intersect, merge
+from vmaccel.guestfs.partition import PartitionTable
+from vmaccel.guestfs.readplan import free_blocks, plan_reads
 
 SIZE = 600
 extents = st.lists(

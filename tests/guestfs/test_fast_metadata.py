@@ -17,16 +17,16 @@ import pytest
 from dissect.extfs import ExtFS
 from dissect.xfs import XFS
 
-from guestfs.browse import browse_disk
-from guestfs.errors import GuestFsError
-from guestfs.ext4inode import parse_dirents, parse_inode
-from guestfs.filesystem import FileStat, FileSystem
-from guestfs.volume import VolumeView
-from guestfs.xfsinode import parse_core
+from testbed.guestimages import builder
+from testbed.guestimages.model import GuestImage
 from tests.guestfs.imaging import MiB, have, run
 from tests.guestfs.test_browse_trees import VOLUMES, walk
-from tests.guestimages import builder
-from tests.guestimages.model import GuestImage
+from vmaccel.guestfs.browse import browse_disk
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.ext4inode import parse_dirents, parse_inode
+from vmaccel.guestfs.filesystem import FileStat, FileSystem
+from vmaccel.guestfs.volume import VolumeView
+from vmaccel.guestfs.xfsinode import parse_core
 
 Row = tuple[str, str, int, int | None, int | None, int | None, int | None, int, int, str | None]
 _KINDS = {statmod.S_IFREG: "file", statmod.S_IFDIR: "dir", statmod.S_IFLNK: "symlink"}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.usage import FsState
 from tests.guestfs.imaging import (
     DiskImage,
     MiB,
@@ -24,6 +23,7 @@ from tests.guestfs.imaging import (
     read_bytes,
 )
 from tests.guestfs.verdict import assert_clean, assert_whole, report, sparse_copy
+from vmaccel.guestfs.usage import FsState
 
 
 @dataclass

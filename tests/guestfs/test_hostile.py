@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import AllocationMap, build_allocation_map
-from guestfs.errors import GuestFsError
-from guestfs.extent import Extent, intersect, merge, total
-from guestfs.lvm import parse_config
-from guestfs.usage import FsState
 from tests.guestfs.imaging import DiskImage, MiB, mkfs_ext4
+from vmaccel.guestfs.allocation import AllocationMap, build_allocation_map
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.extent import Extent, intersect, merge, total
+from vmaccel.guestfs.lvm import parse_config
+from vmaccel.guestfs.usage import FsState
 
 
 def _patch(path: Path, offset: int, data: bytes) -> None:

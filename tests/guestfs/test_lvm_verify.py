@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.lvm import INITIAL_CRC, calc_crc
 from tests.guestfs.imaging import DiskImage, patch_bytes, read_bytes
 from tests.guestfs.verdict import assert_clean, assert_whole, build, report, sparse_copy
+from vmaccel.guestfs.lvm import INITIAL_CRC, calc_crc
 
 # lib/misc/crc.c: a 16-entry table, two nibbles per byte, no final inversion
 _CRCTAB = (

@@ -18,14 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import build_allocation_map, check_filesystem, filesystem_usage
-from guestfs.errors import GuestFsError
-from guestfs.extent import Extent, total
-from guestfs.ntfs import ntfs_usage
-from guestfs.ntfsrecord import ATTR_INDEX_ALLOCATION, attributes
-from guestfs.usage import FsState, FsUsage
-from guestfs.volume import Volume as Vol
-from guestfs.volume import VolumeKind, VolumeView
 from tests.guestfs.imaging import DiskImage, have, make_tree, patch_bytes, read_bytes
 from tests.guestfs.ntfsimage import (
     Volume,
@@ -36,6 +28,14 @@ from tests.guestfs.ntfsimage import (
     split_mft,
     write_log,
 )
+from vmaccel.guestfs.allocation import build_allocation_map, check_filesystem, filesystem_usage
+from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.extent import Extent, total
+from vmaccel.guestfs.ntfs import ntfs_usage
+from vmaccel.guestfs.ntfsrecord import ATTR_INDEX_ALLOCATION, attributes
+from vmaccel.guestfs.usage import FsState, FsUsage
+from vmaccel.guestfs.volume import Volume as Vol
+from vmaccel.guestfs.volume import VolumeKind, VolumeView
 
 SIZE = 16 << 20
 HIBER_MARK = random.Random(11).randbytes(64)

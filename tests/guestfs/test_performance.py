@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.allocation import build_allocation_map
 from tests.guestfs.imaging import MiB, have, run
+from vmaccel.guestfs.allocation import build_allocation_map
 
 logger = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import crc32c
 import pytest
 
-from guestfs.allocation import AllocationMap, VolumeReport
-from guestfs.extent import complement, total
-from guestfs.usage import FsState
 from tests.guestfs.imaging import DiskImage, MiB, have, patch_bytes, read_bytes, run
 from tests.guestfs.verdict import assert_clean, assert_whole, build, sparse_copy
+from vmaccel.guestfs.allocation import AllocationMap, VolumeReport
+from vmaccel.guestfs.extent import complement, total
+from vmaccel.guestfs.usage import FsState
 
 pytestmark = pytest.mark.skipif(not have("mkfs.xfs"), reason="mkfs.xfs missing")
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map
-from guestfs.usage import FsState
 from tests.guestfs.imaging import DiskImage, run
+from vmaccel.guestfs.allocation import AllocationMap, VolumeReport, build_allocation_map
+from vmaccel.guestfs.usage import FsState
 
 
 def sparse_copy(image: DiskImage, target_dir: Path) -> Path:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.guestimages import builder, guestday, nbdserver
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import clone_image
+from testbed.guestimages import builder, guestday, nbdserver
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import clone_image
 
 __all__ = ["guest_day", "guest_images", "nbd_export", "private_image"]
 

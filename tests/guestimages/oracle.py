@@ -24,13 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tests.guestimages.commands import run
-from tests.guestimages.fscheck import check_clean
-from tests.guestimages.kernelmount import mounted
-from tests.guestimages.layout import lv_extents
-from tests.guestimages.model import FileExpect, GuestImage, GuestVolume, VolumeExtent
-from tests.guestimages.mounts import data_ranges, loop_device
-from tests.guestimages.scan import diff_trees, scan_tree
+from testbed.guestimages.commands import run
+from testbed.guestimages.fscheck import check_clean
+from testbed.guestimages.kernelmount import mounted
+from testbed.guestimages.layout import lv_extents
+from testbed.guestimages.model import FileExpect, GuestImage, GuestVolume, VolumeExtent
+from testbed.guestimages.mounts import data_ranges, loop_device
+from testbed.guestimages.scan import diff_trees, scan_tree
 
 SECTOR = 512
 _PIECE = 1 << 20

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 
 import pytest
 
-from tests.guestimages import builder, model
-from tests.guestimages.fscheck import check_clean
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import mounted
-from tests.guestimages.scan import diff_trees, scan_tree
+from testbed.guestimages import builder, model
+from testbed.guestimages.fscheck import check_clean
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import mounted
+from testbed.guestimages.scan import diff_trees, scan_tree
 
 VOLUMES = [(n, v) for n in sorted(builder.SPECS) for v in builder.volume_names(n)]
 

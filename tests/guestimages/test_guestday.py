@@ -6,12 +6,12 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from tests.guestimages import builder
-from tests.guestimages.fscheck import check_clean
-from tests.guestimages.guestday import GuestDay, plan_day
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import mounted
-from tests.guestimages.scan import diff_trees, scan_tree
+from testbed.guestimages import builder
+from testbed.guestimages.fscheck import check_clean
+from testbed.guestimages.guestday import GuestDay, plan_day
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import mounted
+from testbed.guestimages.scan import diff_trees, scan_tree
 
 
 def test_plan_is_deterministic_and_sized(guest_images: Mapping[str, GuestImage]) -> None:

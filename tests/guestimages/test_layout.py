@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 
 import pytest
 
-from tests.guestimages import builder, layout
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import loop_device, mounted
+from testbed.guestimages import builder, layout
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import loop_device, mounted
 
 SECTOR = 512
 # (offset inside the volume, bytes) that identify each filesystem's superblock/boot sector.

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.guestimages import builder
-from tests.guestimages.model import GuestImage
-from tests.guestimages.nbdserver import NBD_STATE_HOLE, file_holes, nbd_holes
+from testbed.guestimages import builder
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.nbdserver import NBD_STATE_HOLE, file_holes, nbd_holes
 
 
 @pytest.mark.parametrize("name", sorted(builder.SPECS))

@@ -18,8 +18,8 @@ from com.vmware.cis.tagging_client import CategoryModel
 from com.vmware.vapi.std_client import DynamicID
 from vmware.vapi.vsphere.client import create_vsphere_client
 
-from plugin.cli.app import main
-from tests.vsphere.bed import VmInfo, VsphereBed, start_bed
+from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
+from vmaccel.cli.app import main
 
 VCENTER = "bed"
 PASSWORD_ENV = "VMACCEL_TEST_VC_PASSWORD"

@@ -11,11 +11,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from catalog import Repository
-from catalog.index import ImageRow
-from guestfs.allocation import build_allocation_map
-from guestfs.extent import Extent, clip, merge
-from tests.guestimages.mounts import data_ranges
+from testbed.guestimages.mounts import data_ranges
+from vmaccel.catalog import Repository
+from vmaccel.catalog.index import ImageRow
+from vmaccel.guestfs.allocation import build_allocation_map
+from vmaccel.guestfs.extent import Extent, clip, merge
 
 PIECE = 4 << 20
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from catalog import Repository, RepositoryConfig
-from catalog.blockmap import MapRoot
-from guestfs.extent import Extent
-from plugin.job.audit import unannounced
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.blockmap import MapRoot
+from vmaccel.guestfs.extent import Extent
+from vmaccel.plugin.job.audit import unannounced
 
 BS = 4096
 BLOCKS = 40  # with fanout 16 the map has several levels

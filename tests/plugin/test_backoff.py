@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugin.backoff import Backoff
+from vmaccel.plugin.backoff import Backoff
 
 
 def test_delays_grow_up_to_the_cap_and_stop_at_the_attempts() -> None:
@@ -16,7 +16,7 @@ def test_delays_stop_where_the_next_try_would_start_after_the_window(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr("plugin.backoff.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("vmaccel.plugin.backoff.time.monotonic", lambda: now[0])
     slept = []
     for delay in Backoff(window=10.0, first=1.0, factor=2.0, cap=100.0).waits():
         slept.append(delay)

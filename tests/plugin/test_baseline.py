@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from plugin.job.baseline import Baseline, decide, split_change_id
-from plugin.job.plan import FULL, INCREMENTAL
+from vmaccel.plugin.job.baseline import Baseline, decide, split_change_id
+from vmaccel.plugin.job.plan import FULL, INCREMENTAL
 
 CID = "52 ab cd ef 01 23 45 67-89 ab cd ef 01 23 45 67"
 PARENT = Baseline("inst-1", 2000, "6000c29a-disk", 1 << 30, f"{CID}/4")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import PassphraseError
 from tests.plugin.clirepo import backup, ext4_image
 from tests.plugin.conftest import Cli
 from tests.plugin.jsonshape import validate
+from vmaccel.vocabulary.errors import PassphraseError
 
 VMACCEL = Path(sys.executable).with_name("vmaccel")
 PASS = "correct horse"

@@ -1,4 +1,4 @@
-"""Every usage-error path of the CLI (UsageError in plugin/cli and what it calls) ends in exit
+"""Every usage-error path of the CLI (UsageError in vmaccel/cli and what it calls) ends in exit
 2 and its own message; the other documented exit codes (7, 10, 11, 12, 13) are reached
 exactly. vCenter-side codes use the plugin bed; the rest need no vCenter."""
 
@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from plugin.errors import CertificateMismatch, ConnectionFailed, LoginFailed, TransportError
-from plugin.registry import Registry, VCenterEntry
+from testbed.vsphere.bed import VsphereBed
 from tests.plugin.conftest import PASSWORD_ENV, Cli
 from tests.plugin.jsonshape import validate
-from tests.vsphere.bed import VsphereBed
+from vmaccel.plugin.registry import Registry, VCenterEntry
+from vmaccel.vocabulary.errors import (
+    CertificateMismatch,
+    ConnectionFailed,
+    LoginFailed,
+    TransportError,
+)
 
 PIN = "AA:" * 31 + "AA"  # a well-formed SHA-256 thumbprint no server presents
 _DEAD_X = ["backup", "--repo", "{repo}", "--vcenter", "dead", "--vm", "x"]

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from tests.guestimages.model import GuestImage
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.scan import diff_trees, scan_tree
 from tests.guestimages.oracle import tool_manifest, tool_volumes
-from tests.guestimages.scan import diff_trees, scan_tree
 from tests.plugin.clirepo import backup
 from tests.plugin.conftest import Cli
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import LocalIOError, NoSpaceLeft, RepositoryExists
 from tests.plugin.conftest import Cli
+from vmaccel.vocabulary.errors import LocalIOError, NoSpaceLeft, RepositoryExists
 
 VMACCEL = Path(sys.executable).with_name("vmaccel")  # the installed entry point
 MiB = 1024 * 1024
@@ -169,7 +169,7 @@ def test_debug_shows_the_traceback_of_a_vmaccel_error(tmp_path: Path, cli: Cli) 
 
     assert r.rc == 7
     assert "Traceback (most recent call last):" in r.err
-    assert "catalog.errors.BackupNotFound" in r.err
+    assert "vmaccel.vocabulary.errors.BackupNotFound" in r.err
     assert r.err.splitlines()[-1] == f"vmaccel: error: {message}"
 
 
@@ -249,7 +249,7 @@ def test_unforeseen_errors_without_a_path_name_the_command(
 ) -> None:
     repo = tmp_path / "repo"
     assert cli("repo", "init", "--repo", repo).rc == 0
-    monkeypatch.setattr("plugin.cli.repo.repository_stats", _failing(exc))
+    monkeypatch.setattr("vmaccel.cli.repo.repository_stats", _failing(exc))
 
     r = cli("repo", "stats", "--repo", repo)
 

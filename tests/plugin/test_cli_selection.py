@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from pyVmomi import vim
 
+from testbed.vsphere import vimclient
+from testbed.vsphere.bed import VmInfo, VsphereBed
 from tests.plugin.conftest import Cli
 from tests.plugin.imagecheck import assert_image_equals, images_of
 from tests.plugin.jsonshape import validate
 from tests.plugin.test_vcenter_outcomes import MiB, small_disk
-from tests.vsphere import vimclient
-from tests.vsphere.bed import VmInfo, VsphereBed
 
 pytestmark = pytest.mark.vsphere
 

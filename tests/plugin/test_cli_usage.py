@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import typer
 
-from plugin.cli import app as app_module
-from plugin.cli.app import app, main
 from tests.plugin.conftest import Cli
+from vmaccel.cli import app as app_module
+from vmaccel.cli.app import app, main
 
 VMACCEL = Path(sys.executable).with_name("vmaccel")  # the installed entry point
 USAGE_EXIT = 2

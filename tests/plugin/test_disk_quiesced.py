@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from plugin.job.disk import DiskJob, allocation_of
-from plugin.transport.file import FileSource
 from tests.guestfs.imaging import have
 from tests.guestfs.ntfsimage import Volume, mkfs_populated, restart_page, write_log
+from vmaccel.plugin.job.disk import DiskJob, allocation_of
+from vmaccel.plugin.transport.file import FileSource
 
 SIZE = 16 << 20
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository, RepositoryConfig
-from catalog.filecatalog import find_files
-from plugin.cli.app import main
-from plugin.job.fileindex import index_image
-from tests.guestimages.guestday import GuestDay
-from tests.guestimages.model import GuestImage
+from testbed.guestimages.guestday import GuestDay
+from testbed.guestimages.model import GuestImage
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.filecatalog import find_files
+from vmaccel.cli.app import main
+from vmaccel.plugin.job.fileindex import index_image
 
 
 def _backup(repo: Path, image: Path) -> None:

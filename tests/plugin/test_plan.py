@@ -16,8 +16,16 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guestfs.extent import Extent, intersect, merge
-from plugin.job.plan import FULL, INCREMENTAL, RESCAN, DiskPlan, plan_disk, round_in, round_out
+from vmaccel.guestfs.extent import Extent, intersect, merge
+from vmaccel.plugin.job.plan import (
+    FULL,
+    INCREMENTAL,
+    RESCAN,
+    DiskPlan,
+    plan_disk,
+    round_in,
+    round_out,
+)
 
 
 @dataclass(frozen=True)

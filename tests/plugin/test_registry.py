@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from catalog.errors import NotFound, UsageError
-from plugin import registry
-from plugin.registry import Registry, VCenterEntry, parse_url
+from vmaccel.plugin import registry
+from vmaccel.plugin.registry import Registry, VCenterEntry, parse_url
+from vmaccel.vocabulary.errors import NotFound, UsageError
 
 SECRET = "s3cret-Pa55"
 

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from catalog import Repository
-from catalog.repository import read_key
-from plugin.errors import LoginFailed
+from testbed.vsphere.bed import VmInfo, VsphereBed
 from tests.plugin.conftest import Tagger
-from tests.vsphere.bed import VmInfo, VsphereBed
+from vmaccel.catalog import Repository
+from vmaccel.catalog.repository import read_key
+from vmaccel.vocabulary.errors import LoginFailed
 
 PASSPHRASE = "leak-test passphrase 5d0e91c7"
 WRONG_PASSPHRASE = "leak-test wrong passphrase 2b7f"
@@ -51,7 +51,7 @@ class Runner:
 
     def __call__(self, *args: str | Path, stdin: str = "", rc: int = 0) -> str:
         proc = subprocess.run(
-            [sys.executable, "-m", "plugin.cli", "--debug", *map(str, args)],
+            [sys.executable, "-m", "vmaccel.cli", "--debug", *map(str, args)],
             input=stdin.encode(),
             capture_output=True,
             env=self.env,

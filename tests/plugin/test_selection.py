@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from plugin.job.selection import Selection, missing_names, select
-from plugin.vcenter.models import VmRef
+from vmaccel.plugin.job.selection import Selection, missing_names, select
+from vmaccel.plugin.vcenter.models import VmRef
 
 
 def vm(

@@ -33,22 +33,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.guestimages.churn import KINDS, SIZES, Op, churn, content
-from tests.guestimages.commands import run
-from tests.guestimages.crashsnap import crash_snapshot, replayed_manifest
-from tests.guestimages.fscheck import NotClean, check_clean
-from tests.guestimages.kernelmount import mounted
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import clone_image, loop_device
+from testbed.guestimages.churn import KINDS, SIZES, Op, churn, content
+from testbed.guestimages.commands import run
+from testbed.guestimages.crashsnap import crash_snapshot, replayed_manifest
+from testbed.guestimages.fscheck import NotClean, check_clean
+from testbed.guestimages.kernelmount import mounted
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import clone_image, loop_device
+from testbed.guestimages.scan import diff_trees
+from testbed.vsphere.bed import VmInfo, VsphereBed
 from tests.guestimages.oracle import (
     Manifest,
     compare_manifests,
     tool_volumes,
     verify_restore,
 )
-from tests.guestimages.scan import diff_trees
 from tests.plugin.conftest import Cli
-from tests.vsphere.bed import VmInfo, VsphereBed
 
 DAYS = 2
 

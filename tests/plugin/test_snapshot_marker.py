@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from plugin.vcenter.models import SnapshotRef
-from plugin.vcenter.snapshots import is_ours
+from vmaccel.plugin.vcenter.models import SnapshotRef
+from vmaccel.plugin.vcenter.snapshots import is_ours
 
 
 @pytest.mark.parametrize(

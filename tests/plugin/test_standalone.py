@@ -6,10 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guestfs.extent import intersect, total
-from plugin.job.plan import round_out
-from tests.guestimages.guestday import GuestDay
-from tests.guestimages.model import GuestImage
+from testbed.guestimages.guestday import GuestDay
+from testbed.guestimages.model import GuestImage
 from tests.plugin.conftest import Cli
 from tests.plugin.imagecheck import (
     assert_image_equals,
@@ -18,6 +16,8 @@ from tests.plugin.imagecheck import (
     images_of,
     used_extents,
 )
+from vmaccel.guestfs.extent import intersect, total
+from vmaccel.plugin.job.plan import round_out
 
 BLOCK = 64 * 1024  # the repository's default block size
 

@@ -10,22 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from guestfs.extent import Extent, complement, merge
-from plugin.errors import SourceChanged, TransportError
-from plugin.transport.file import FileSource
-from plugin.transport.http import HttpSource
-from plugin.transport.nbd import NbdSource
-from plugin.transport.source import SourceStream
-from plugin.vcenter import snapshots
-from plugin.vcenter.connection import VCenter
-from plugin.vcenter.datastore import http_location
-from plugin.vcenter.inventory import list_vms
-from plugin.vcenter.models import DiskRef, Endpoint, TlsTrust
-from plugin.vcenter.tls import normalize_thumbprint
-from tests.guestimages.model import GuestImage
-from tests.guestimages.nbdserver import file_holes
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.nbdserver import file_holes
+from testbed.vsphere.bed import VmInfo, VsphereBed
 from tests.plugin.imagecheck import file_data
-from tests.vsphere.bed import VmInfo, VsphereBed
+from vmaccel.guestfs.extent import Extent, complement, merge
+from vmaccel.plugin.transport.file import FileSource
+from vmaccel.plugin.transport.http import HttpSource
+from vmaccel.plugin.transport.nbd import NbdSource
+from vmaccel.plugin.transport.source import SourceStream
+from vmaccel.plugin.vcenter import snapshots
+from vmaccel.plugin.vcenter.connection import VCenter
+from vmaccel.plugin.vcenter.datastore import http_location
+from vmaccel.plugin.vcenter.inventory import list_vms
+from vmaccel.plugin.vcenter.models import DiskRef, Endpoint, TlsTrust
+from vmaccel.plugin.vcenter.tls import normalize_thumbprint
+from vmaccel.vocabulary.errors import SourceChanged, TransportError
 
 MiB = 1 << 20
 DATA = [Extent(0, 64 * 1024), Extent(3 * MiB, 128 * 1024), Extent(7 * MiB + 4096, 8192)]

@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from guestfs.extent import Extent, complement
-from tests.guestimages.guestday import GuestDay, apply_day
-from tests.guestimages.model import GuestImage
-from tests.guestimages.mounts import clone_image
+from testbed.guestimages.guestday import GuestDay, apply_day
+from testbed.guestimages.model import GuestImage
+from testbed.guestimages.mounts import clone_image
+from testbed.vsphere.bed import VmInfo, VsphereBed
 from tests.plugin.conftest import Cli, Tagger
 from tests.plugin.imagecheck import assert_image_equals, images_of, used_extents
-from tests.vsphere.bed import VmInfo, VsphereBed
+from vmaccel.guestfs.extent import Extent, complement
 
 pytestmark = pytest.mark.vsphere
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from catalog import Repository
+from testbed.vsphere.bed import VsphereBed
 from tests.plugin.conftest import PASSWORD_ENV, VCENTER, Cli, Result, Tagger
 from tests.plugin.imagecheck import complete_backups
-from tests.vsphere.bed import VsphereBed
+from vmaccel.catalog import Repository
 
 pytestmark = pytest.mark.vsphere
 

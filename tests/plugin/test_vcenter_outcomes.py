@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from catalog import Repository
-from plugin.errors import SnapshotFailed
-from plugin.transport.http import HttpSource
-from plugin.transport.nbd import NbdSource
+from testbed.vsphere.bed import DiskInfo, VmInfo, VsphereBed
 from tests.plugin.conftest import Cli, Result
 from tests.plugin.imagecheck import assert_image_equals, complete_backups, images_of
 from tests.plugin.vimcheck import cbt_enabled, create_snapshot, leftover_marker, snapshots
-from tests.vsphere.bed import DiskInfo, VmInfo, VsphereBed
+from vmaccel.catalog import Repository
+from vmaccel.plugin.transport.http import HttpSource
+from vmaccel.plugin.transport.nbd import NbdSource
+from vmaccel.vocabulary.errors import SnapshotFailed
 
 pytestmark = pytest.mark.vsphere
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.vsphere import vimclient
-from tests.vsphere.bed import VsphereBed
+from testbed.vsphere import vimclient
+from testbed.vsphere.bed import VsphereBed
 
 
 def snapshots(bed: VsphereBed, moref: str) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""Pytest glue for the vSphere test bed (the bed itself lives in tests/vsphere/bed.py).
+"""Pytest glue for the vSphere test bed (the bed itself lives in testbed/vsphere/bed.py).
 
 `vsphere_bed` is one bed per test session. Tests share it, so each test that changes a VM takes
 its own with `bed_vm`: a VM no other test of the session has used, with faults cleared after.
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.vsphere.bed import VmInfo, VsphereBed, start_bed
+from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from tests.vsphere.bed import VsphereBed
+from testbed.vsphere.bed import VsphereBed
 
 pytestmark = pytest.mark.vsphere
 

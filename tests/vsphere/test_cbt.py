@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pyVmomi import vim, vmodl
 
-from tests.vsphere import vimclient as vc
-from tests.vsphere.bed import DiskInfo, VmInfo, VsphereBed, start_bed
+from testbed.vsphere import vimclient as vc
+from testbed.vsphere.bed import DiskInfo, VmInfo, VsphereBed, start_bed
 
 pytestmark = pytest.mark.vsphere
 

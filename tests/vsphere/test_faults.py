@@ -9,8 +9,8 @@ import pytest
 import requests
 from pyVmomi import vim, vmodl
 
-from tests.vsphere import vimclient as vc
-from tests.vsphere.bed import VmInfo, VsphereBed
+from testbed.vsphere import vimclient as vc
+from testbed.vsphere.bed import VmInfo, VsphereBed
 
 pytestmark = pytest.mark.vsphere
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vsphere import vimclient as vc
-from tests.vsphere.bed import BedError, VmInfo, VsphereBed
+from testbed.vsphere import vimclient as vc
+from testbed.vsphere.bed import BedError, VmInfo, VsphereBed
 
 pytestmark = pytest.mark.vsphere
 

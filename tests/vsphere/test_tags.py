@@ -10,7 +10,7 @@ from com.vmware.vapi.std.errors_client import AlreadyExists, NotFound, Unauthent
 from com.vmware.vapi.std_client import DynamicID
 from vmware.vapi.vsphere.client import create_vsphere_client
 
-from tests.vsphere.bed import VsphereBed
+from testbed.vsphere.bed import VsphereBed
 
 pytestmark = pytest.mark.vsphere
 

@@ -1,0 +1,1 @@
+"""vcsim plus vmaccel's test layer (snapshots, CBT, faults), built from Go sources in vcsim/."""

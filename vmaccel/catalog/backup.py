@@ -1,0 +1,176 @@
+"""Writing a backup: one VM's images, committed together or not at all.
+
+Life of a backup (DESIGN invariant 1)::
+
+    begin        backup row inserted, state 'in_progress' (invisible to readers)
+    images       chunks appended to packs; sealed packs become durable, then their rows commit
+    commit       last pack sealed and durable -> ONE transaction: image rows (with the
+                 changeIds) + backup state 'complete' + manifest written durably -> COMMIT
+    abort/crash  the row stays 'in_progress' or becomes 'failed'; gc removes it and whatever
+                 chunks only it referenced
+
+Use as a context manager: leaving the block without :meth:`BackupWriter.commit` aborts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from vmaccel.catalog.blockmap import BlockMap, empty_map
+from vmaccel.catalog.chunkstore import ChunkStore
+from vmaccel.catalog.imagewriter import ImageWriter, WriteStats
+from vmaccel.catalog.index import BackupRow, ImageRow
+from vmaccel.vocabulary.errors import UsageError
+
+if TYPE_CHECKING:
+    from vmaccel.catalog.repository import Repository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image whose map is built but not yet committed."""
+
+    disk: str
+    size: int
+    root: bytes | None
+    depth: int
+    parent_id: int | None
+    change_id: str | None
+    meta: dict[str, Any]
+    stats: dict[str, int]
+
+
+class BackupWriter:
+    def __init__(self, repo: Repository, vm: str, meta: dict[str, Any]) -> None:
+        if not repo.writable:
+            raise UsageError("the repository was opened read-only; backups need write=True")
+        self.repo, self.vm, self.meta = repo, vm, meta
+        # Each backup appends through its own pack writer, so several backups (VMs) can run
+        # in parallel threads; they share the index, whose connection is locked.
+        cfg = repo.config
+        self.chunks = ChunkStore(repo.index, repo.packs, repo.codec, cfg.repo_id, cfg.pack_size)
+        self.blockmap = BlockMap(self.chunks)
+        self.uuid = str(uuid.uuid4())
+        self.started = time.time()
+        with repo.index.transaction():
+            self.id = repo.index.add_backup(self.uuid, vm, self.started, meta)
+        self._images: dict[str, PendingImage] = {}
+        self._open: dict[str, ImageWriter] = {}
+        self._done = False
+
+    def image_writer(self, disk: str, size: int, parent: ImageRow | None = None) -> ImageWriter:
+        """A writer for disk ``disk`` of ``size`` bytes, starting from ``parent``'s map.
+
+        With a parent, only the changed blocks need writing: every other block keeps the
+        parent's chunk. Without one, the image starts as all holes.
+        """
+        if disk in self._images or disk in self._open:
+            raise UsageError(f"disk {disk!r} is already part of this backup")
+        cfg = self.repo.config
+        if parent is not None and parent.block_size != cfg.block_size:
+            raise UsageError("the parent image has another block size; take a full backup")
+        base = self.repo.map_root(parent) if parent else empty_map(0, cfg.map_fanout)
+        writer = ImageWriter(self.chunks, self.blockmap, base, size, cfg.block_size)
+        if parent is not None and parent.size != size:
+            self._resize_tail(writer, parent, size)
+        self._open[disk] = writer
+        return writer
+
+    def finish_image(
+        self,
+        disk: str,
+        writer: ImageWriter,
+        parent: ImageRow | None = None,
+        change_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> PendingImage:
+        """Close ``writer`` and remember its image for :meth:`commit`."""
+        if self._open.get(disk) is not writer:
+            raise UsageError(f"no open image writer for disk {disk!r}")
+        root = writer.finish()
+        del self._open[disk]
+        stats: WriteStats = writer.stats
+        img = PendingImage(
+            disk,
+            writer.size,
+            root.root,
+            root.depth,
+            parent.id if parent else None,
+            change_id,
+            dict(meta or {}),
+            {k: v for k, v in asdict(stats).items() if k != "extra"},
+        )
+        self._images[disk] = img
+        return img
+
+    def commit(self, meta: dict[str, Any] | None = None) -> BackupRow:
+        """Make the backup durable and visible. Returns its index row."""
+        if self._open:
+            raise UsageError(f"disks {sorted(self._open)} were not finished")
+        repo, cfg = self.repo, self.repo.config
+        self.chunks.flush()  # every chunk and map node durable and indexed first
+        finished = time.time()
+        self.meta.update(meta or {})
+        with repo.index.transaction():
+            for img in self._images.values():
+                repo.index.add_image(
+                    self.id,
+                    {
+                        **asdict(img),
+                        "block_size": cfg.block_size,
+                        "fanout": cfg.map_fanout,
+                    },
+                )
+            repo.index.finish_backup(self.id, finished, self.meta)
+            # The manifest is made durable inside the transaction, just before COMMIT: a crash
+            # after the commit must never leave a complete backup that rebuild-index cannot
+            # restore. A crash before it leaves a manifest of an unfinished backup, which gc
+            # deletes with the backup (its chunks are durable anyway).
+            row = repo.backup(self.id)
+            repo.write_manifest(row)
+        self._done = True
+        logger.info("backup %s of %s complete: %d images", row.id, self.vm, len(self._images))
+        return row
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        for w in self._open.values():
+            w.abort()
+        self._open.clear()
+        self.chunks.abort()
+        with self.repo.index.transaction():
+            self.repo.index.set_backup_state(self.id, "failed")
+        self._done = True
+
+    def _resize_tail(self, writer: ImageWriter, parent: ImageRow, size: int) -> None:
+        """Rewrite the block holding the old end of a resized disk.
+
+        A short last block is stored as a short chunk, and a block cut by a shrink keeps bytes
+        past the new end. Without this, growing would read past the short chunk and a shrink
+        followed by a growth would show the cut bytes again instead of zeros.
+        """
+        bs, keep = writer.block_size, min(parent.size, size)
+        if keep % bs == 0:
+            return
+        block = keep // bs
+        cid = self.blockmap.lookup(self.repo.map_root(parent), block, 1)[0]
+        if cid is not None:
+            data = self.chunks.load(cid)[: keep % bs]
+            writer.write(block * bs, data.ljust(min(bs, size - block * bs), b"\0"))
+
+    def __enter__(self) -> BackupWriter:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._done:
+            self.abort()

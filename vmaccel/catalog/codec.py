@@ -1,0 +1,121 @@
+"""How a chunk's bytes become stored bytes and back: content id, compression, encryption.
+
+Contract:
+- ``chunk_id(data)`` is BLAKE3-256 of the plaintext, keyed with the repository's ``id_key``
+  when the repository is encrypted. Equal content has equal ids across every VM, disk and
+  backup in a repository; that is what deduplicates.
+- ``encode`` compresses with zstd and keeps the result only if it is smaller; then, in
+  ``repokey`` repositories, seals it with AES-256-GCM under a random 96-bit nonce, with the
+  chunk id and flags as associated data (a payload cannot be swapped under another id).
+  Stored layout when encrypted: ``nonce (12) || ciphertext || tag (16)``.
+- ``decode`` reverses it and checks the content hash; any mismatch raises
+  :class:`ChunkCorrupt`. Wrong bytes are never returned.
+
+Thread safety: a codec may be shared by threads. zstd contexts are per thread; BLAKE3, zstd
+and AES-GCM all release the GIL, so hashing and compression scale across cores.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import zlib
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from vmaccel.catalog.key import MasterKey
+from vmaccel.vocabulary.errors import ChunkCorrupt
+
+ID_SIZE = 32
+FLAG_ZSTD = 0x01
+FLAG_ENCRYPTED = 0x02
+_NONCE = 12
+
+
+@dataclass(frozen=True)
+class EncodedChunk:
+    """A chunk ready to be appended to a pack. ``raw_len`` is the plaintext length in bytes.
+
+    ``crc`` is the crc32 of ``payload`` (the pack entry checksum), computed by ``encode`` so
+    that worker threads pay for it rather than the single pack-writer thread.
+    """
+
+    id: bytes
+    flags: int
+    raw_len: int
+    payload: bytes
+    crc: int
+
+
+class ChunkCodec:
+    """Names, compresses, encrypts and verifies chunks for one repository."""
+
+    def __init__(self, compression_level: int | None, key: MasterKey | None) -> None:
+        """``compression_level`` None disables compression; ``key`` None disables encryption."""
+        self._level = compression_level
+        self._key = key
+        self._aead = AESGCM(key.enc_key) if key else None
+        self._local = threading.local()
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        if self._key is not None:
+            return blake3.blake3(data, key=self._key.id_key).digest()
+        return blake3.blake3(data).digest()
+
+    def encode(self, data: bytes | memoryview, chunk_id: bytes | None = None) -> EncodedChunk:
+        """Encode ``data`` (its id computed unless given). Safe to call from worker threads."""
+        cid = chunk_id if chunk_id is not None else self.chunk_id(data)
+        flags = 0
+        packed = self._compressor().compress(data) if self._level is not None else None
+        if packed is not None and len(packed) < len(data):
+            payload, flags = packed, FLAG_ZSTD
+        else:  # copied only when stored as is (a memoryview ``data`` is not kept)
+            payload = data if isinstance(data, bytes) else bytes(data)
+        if self._aead is not None:
+            flags |= FLAG_ENCRYPTED
+            nonce = secrets.token_bytes(_NONCE)
+            payload = nonce + self._aead.encrypt(nonce, payload, cid + bytes([flags]))
+        return EncodedChunk(cid, flags, len(data), payload, zlib.crc32(payload))
+
+    def decode(self, chunk_id: bytes, flags: int, raw_len: int, payload: bytes) -> bytes:
+        """Return the plaintext of a stored chunk, verified against ``chunk_id``."""
+        data = payload
+        if flags & FLAG_ENCRYPTED:
+            if self._aead is None:
+                raise ChunkCorrupt(
+                    f"chunk {chunk_id.hex()[:16]} is encrypted but the repository is not"
+                )
+            try:
+                data = self._aead.decrypt(data[:_NONCE], data[_NONCE:], chunk_id + bytes([flags]))
+            except InvalidTag:
+                raise ChunkCorrupt(
+                    f"chunk {chunk_id.hex()[:16]} fails authentication (damaged or tampered)"
+                ) from None
+        if flags & FLAG_ZSTD:
+            try:
+                data = self._decompressor().decompress(data, max_output_size=raw_len)
+            except zstandard.ZstdError as exc:
+                raise ChunkCorrupt(
+                    f"chunk {chunk_id.hex()[:16]} does not decompress: {exc}"
+                ) from exc
+        if len(data) != raw_len or self.chunk_id(data) != chunk_id:
+            raise ChunkCorrupt(f"chunk {chunk_id.hex()[:16]} does not match its content hash")
+        return data
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        comp: zstandard.ZstdCompressor | None = getattr(self._local, "comp", None)
+        if comp is None:
+            comp = zstandard.ZstdCompressor(level=self._level or 3, write_content_size=True)
+            self._local.comp = comp
+        return comp
+
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        dec: zstandard.ZstdDecompressor | None = getattr(self._local, "dec", None)
+        if dec is None:
+            dec = zstandard.ZstdDecompressor()
+            self._local.dec = dec
+        return dec

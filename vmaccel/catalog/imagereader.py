@@ -1,0 +1,270 @@
+"""Reading an image: a seekable, verified byte stream over a block map.
+
+:class:`ImageReader` is an ``io.RawIOBase`` (so ``shutil``, filesystem parsers and FUSE take it
+unchanged) and also offers thread-safe positional reads (:meth:`ImageReader.read_into`,
+:meth:`ImageReader.pread`). Holes read as zeros without I/O. Every chunk is verified against its
+content hash; damage raises a :class:`~vmaccel.vocabulary.errors.DamageError` for the read that
+touches it, and never returns wrong bytes.
+
+How chunks are fetched: the blocks a read misses are grouped into *jobs* of up to
+``JOB_BLOCKS`` chunks; a worker thread resolves a job's locations with one index query, reads
+neighbouring chunks of a pack with one ``pread`` and decodes them (zstd and BLAKE3 release the
+GIL, so decoding runs on every core). Sequential access (within ``SEQUENTIAL_SLACK_BYTES`` of the
+previous read, as multi-threaded FUSE reads arrive) also submits jobs for the next
+``readahead_bytes``. A read that misses exactly one chunk (random access) loads it in the
+calling thread, skipping the pool. Decoded chunks go to an LRU cache bounded in bytes; with
+the read-ahead in flight, memory does not grow with the image size.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from vmaccel.catalog.blockmap import BlockMap, MapRoot
+from vmaccel.catalog.chunkstore import ChunkStore
+from vmaccel.vocabulary.errors import DamageError
+
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+DEFAULT_READAHEAD_BYTES = 16 * 1024 * 1024
+SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
+JOB_BLOCKS = 64  # chunks per fetch job: one index query, few preads, one future
+
+_Loaded = dict[bytes, bytes | DamageError]
+
+
+class ImageReader(io.RawIOBase):
+    def __init__(
+        self,
+        store: ChunkStore,
+        blockmap: BlockMap,
+        root: MapRoot,
+        size: int,
+        block_size: int,
+        workers: int | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        readahead_bytes: int = DEFAULT_READAHEAD_BYTES,
+    ) -> None:
+        super().__init__()
+        self._store, self._map, self._root = store, blockmap, root
+        self._size, self.block_size = size, block_size
+        # Decoding is CPU bound and coalesced preads are large: a worker per core is enough,
+        # more only adds thread switches.
+        self._workers = max(workers or min(os.cpu_count() or 2, 8), 1)
+        self._pool = ThreadPoolExecutor(self._workers, "vmaccel-read")
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cached = 0  # bytes in _cache
+        self._cache_limit = max(cache_bytes, 2 * self._workers * block_size)
+        self._readahead = max(readahead_bytes // block_size, 1) if readahead_bytes > 0 else 0
+        self._inflight: dict[bytes, Future[_Loaded]] = {}
+        self._lock = threading.RLock()  # a done future runs its callback under _fetch's lock
+        self._pos = 0
+        self._last_end = -1
+        self._ra_next = 0  # first block not yet requested by read-ahead
+        self._zero = memoryview(bytes(block_size))
+
+    @property
+    def size(self) -> int:
+        """Image size in bytes."""
+        return self._size
+
+    # -- io.RawIOBase -----------------------------------------------------------------------
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.read_into(self._pos, memoryview(buffer).cast("B"))
+        self._pos += n
+        return n
+
+    def readall(self) -> bytes:
+        """Read to the end in large positional reads (the io default uses 8 KiB)."""
+        parts = []
+        while chunk := self.pread(self._pos, 8 * 1024 * 1024):
+            parts.append(chunk)
+            self._pos += len(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            with self._lock:
+                self._cache.clear()
+                self._cached = 0
+        super().close()
+
+    # -- positional reads (thread safe) -------------------------------------------------------
+
+    def pread(self, offset: int, length: int) -> bytes:
+        buf = bytearray(max(0, min(length, self._size - offset)))
+        n = self.read_into(offset, memoryview(buf))
+        return bytes(buf[:n]) if n < len(buf) else bytes(buf)
+
+    def read_into(self, offset: int, buf: memoryview) -> int:
+        """Fill ``buf`` with image bytes from ``offset``; returns the count (0 at the end)."""
+        n = max(0, min(len(buf), self._size - offset))
+        if n == 0:
+            return 0
+        bs = self.block_size
+        first, last = offset // bs, (offset + n - 1) // bs
+        ids = self._map.lookup(self._root, first, last - first + 1)
+        have, waits, missing = self._claim([cid for cid in ids if cid is not None])
+        if len(missing) == 1:  # random access: no pool round trip for one chunk
+            have[missing[0]] = self._load_now(missing[0])
+        else:
+            waits.update(self._submit(missing))
+        # Near-sequential counts as sequential: FUSE and other multi-threaded callers issue
+        # neighbouring reads in parallel, so they arrive slightly out of order.
+        if self._readahead and abs(offset - self._last_end) <= SEQUENTIAL_SLACK_BYTES:
+            self._prefetch(last + 1)
+        self._last_end = offset + n
+        pos = 0
+        for i, cid in enumerate(ids):
+            block_start = (first + i) * bs
+            lo = max(offset, block_start) - block_start
+            hi = min(offset + n, block_start + bs) - block_start
+            if cid is None:
+                buf[pos : pos + hi - lo] = self._zero[lo:hi]
+            else:
+                data = have.get(cid)
+                if data is None:
+                    data = have[cid] = _result(waits[cid].result(), cid)
+                buf[pos : pos + hi - lo] = memoryview(data)[lo:hi]
+            pos += hi - lo
+        return n
+
+    def extents(self) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, is_data) runs covering the image, from the map alone (no I/O)."""
+        blocks, bs = self._root.blocks, self.block_size
+        start, cur_data = 0, None
+        step = 65536
+        for base in range(0, blocks, step):
+            ids = self._map.lookup(self._root, base, min(step, blocks - base))
+            for i, cid in enumerate(ids):
+                is_data = cid is not None
+                if cur_data is None:
+                    cur_data = is_data
+                elif is_data != cur_data:
+                    yield start * bs, (base + i - start) * bs, cur_data
+                    start, cur_data = base + i, is_data
+        if cur_data is not None:
+            yield start * bs, min(blocks * bs, self._size) - start * bs, cur_data
+
+    # -- chunk fetching -----------------------------------------------------------------------
+
+    def _claim(
+        self, ids: list[bytes]
+    ) -> tuple[dict[bytes, bytes], dict[bytes, Future[_Loaded]], list[bytes]]:
+        """Split ``ids`` into cached (their bytes), in flight (their job) and missing ones.
+
+        Missing ids must be submitted by the caller (``_submit``) or loaded (``_load_now``).
+        """
+        have: dict[bytes, bytes] = {}
+        waits: dict[bytes, Future[_Loaded]] = {}
+        missing: dict[bytes, None] = {}  # ordered: jobs follow the read's block order
+        with self._lock:
+            for cid in ids:
+                if cid in have or cid in waits or cid in missing:
+                    continue
+                data = self._cache.get(cid)
+                if data is not None:
+                    self._cache.move_to_end(cid)
+                    have[cid] = data
+                elif (fut := self._inflight.get(cid)) is not None:
+                    waits[cid] = fut
+                else:
+                    missing[cid] = None
+        return have, waits, list(missing)
+
+    def _submit(self, ids: list[bytes]) -> dict[bytes, Future[_Loaded]]:
+        """Start jobs for ``ids`` (not cached, not in flight); several jobs when there are
+        enough chunks to keep more than one worker busy. Returns each id's job."""
+        out: dict[bytes, Future[_Loaded]] = {}
+        if not ids:
+            return out
+        with self._lock:
+            todo = []
+            for cid in ids:
+                fut = self._inflight.get(cid)  # another thread submitted it meanwhile
+                if fut is not None:
+                    out[cid] = fut
+                else:
+                    todo.append(cid)
+            size = min(JOB_BLOCKS, max(2, -(-len(todo) // self._workers)))
+            for start in range(0, len(todo), size):
+                job = todo[start : start + size]
+                fut = self._pool.submit(self._store.load_many, job)
+                for cid in job:
+                    self._inflight[cid] = out[cid] = fut
+                fut.add_done_callback(functools.partial(self._landed, job))
+        return out
+
+    def _load_now(self, cid: bytes) -> bytes:
+        # load_many: its index lookup runs on a read connection of its own, so FUSE threads
+        # missing at the same time do not queue on the index lock.
+        data = _result(self._store.load_many([cid]), cid)  # raises the chunk's DamageError
+        with self._lock:
+            self._remember(cid, data)
+        return data
+
+    def _prefetch(self, first: int) -> None:
+        """Request the ``_readahead`` blocks after ``first``, in batches of at least a quarter
+        window: blocks already requested are not looked up again, so small sequential reads
+        do not each walk the whole window."""
+        end = min(first + self._readahead, self._root.blocks)
+        with self._lock:
+            start = self._ra_next if first <= self._ra_next <= end else first
+            if end - start < max(1, self._readahead // 4):
+                return
+            self._ra_next = end
+        try:
+            ids = self._map.lookup(self._root, start, end - start)
+        except DamageError:
+            return  # read-ahead is best effort: only a read that needs a damaged node fails
+        _, _, missing = self._claim([cid for cid in ids if cid is not None])
+        self._submit(missing)
+
+    def _landed(self, job: list[bytes], fut: Future[_Loaded]) -> None:
+        with self._lock:
+            for cid in job:
+                self._inflight.pop(cid, None)
+            if fut.cancelled() or fut.exception() is not None:
+                return  # reported to the readers that wait on this job
+            for cid, data in fut.result().items():
+                if isinstance(data, bytes):  # damage is not cached: each read raises it
+                    self._remember(cid, data)
+
+    def _remember(self, cid: bytes, data: bytes) -> None:
+        """Cache ``data`` (caller holds the lock), evicting least recently used chunks."""
+        old = self._cache.pop(cid, None)
+        self._cached += len(data) - (len(old) if old is not None else 0)
+        self._cache[cid] = data
+        while self._cached > self._cache_limit and len(self._cache) > 1:
+            self._cached -= len(self._cache.popitem(last=False)[1])
+
+
+def _result(loaded: _Loaded, cid: bytes) -> bytes:
+    data = loaded[cid]
+    if isinstance(data, DamageError):
+        raise data
+    return data

@@ -1,0 +1,317 @@
+"""The repository: one directory holding the catalog index, the packs and the manifests.
+
+Layout::
+
+    config          settings and format version (see catalog.config), written once
+    key             the wrapped master key (repokey repositories only), mode 0600
+    index.db        the SQLite catalog (WAL mode)
+    packs/          pack files (see catalog.pack), behind catalog.packstore
+    backups/        one manifest per complete backup (see catalog.manifest)
+    lock            writers' exclusive flock;  readers.lock: readers' shared flock
+    reserve         RESERVE_BYTES of space only gc may use: on a full disk gc releases it to
+                    commit its first deletions (SQLite needs room for its WAL), and a writer
+                    recreates it when there is room
+
+Open with :meth:`Repository.open` as a context manager; ``write=True`` takes the writer lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from vmaccel.catalog.backup import BackupWriter
+from vmaccel.catalog.blockmap import BlockMap, MapRoot
+from vmaccel.catalog.chunkstore import ChunkStore
+from vmaccel.catalog.codec import ChunkCodec
+from vmaccel.catalog.config import RepositoryConfig
+from vmaccel.catalog.durable import (
+    PRIVATE_DIR,
+    create_private_file,
+    fsync_dir,
+    make_private_dir,
+    write_file_durably,
+)
+from vmaccel.catalog.imagereader import ImageReader
+from vmaccel.catalog.index import BackupRow, ImageRow, Index
+from vmaccel.catalog.key import MasterKey, unwrap_key, wrap_key
+from vmaccel.catalog.lock import FileLock
+from vmaccel.catalog.manifest import delete_manifest, write_manifest
+from vmaccel.catalog.packstore import LocalPackStore
+from vmaccel.vocabulary.errors import (
+    BackupNotFound,
+    ImageNotFound,
+    PassphraseError,
+    RepositoryError,
+    RepositoryExists,
+    RepositoryNotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+Passphrase = str | Callable[[], str] | None
+READER_LOCK_WAIT = 60.0  # seconds a reader waits for gc to finish deleting pack files
+RESERVE_BYTES = 4 * 1024 * 1024  # see ``reserve`` in the layout above
+
+
+def _passphrase(p: Passphrase) -> str:
+    value = p() if callable(p) else p
+    if not value:
+        raise PassphraseError(
+            "this repository is encrypted: set VMACCEL_PASSPHRASE or enter the passphrase"
+        )
+    return value
+
+
+def read_key(path: Path, config: RepositoryConfig, passphrase: Passphrase) -> MasterKey | None:
+    """The master key of the repository at ``path`` (None when it is not encrypted)."""
+    if not config.encrypted:
+        return None
+    try:
+        data = (path / "key").read_bytes()
+    except FileNotFoundError:
+        raise RepositoryError(
+            f"{path}/key is missing: the repository cannot be decrypted"
+        ) from None
+    return unwrap_key(data, _passphrase(passphrase), config.repo_id)
+
+
+def release_reserve(path: Path) -> int:
+    """Delete the ``reserve`` file of the repository at ``path`` (under the writer lock);
+    returns the bytes it held on disk."""
+    target = path / "reserve"
+    try:
+        size = int(target.stat().st_blocks * 512)
+    except FileNotFoundError:
+        return 0
+    target.unlink()
+    fsync_dir(path)
+    logger.info("released the %d-byte space reserve of %s", size, path)
+    return size
+
+
+class Repository:
+    def __init__(
+        self,
+        path: Path,
+        config: RepositoryConfig,
+        key: MasterKey | None,
+        lock: FileLock,
+        index_path: Path | None = None,
+        create_index: bool = False,
+    ) -> None:
+        """``index_path`` (default ``<path>/index.db``) lets rebuild-index build a new index
+        beside the old one and switch them only when it is complete. Only rebuild-index
+        passes ``create_index=True``; otherwise a missing or empty index raises
+        :class:`~vmaccel.vocabulary.errors.IndexMissing` (see
+        :class:`~vmaccel.catalog.index.Index`)."""
+        self.path, self.config, self._lock = path, config, lock
+        self.writable = lock.exclusive
+        level = config.compression_level if config.compression == "zstd" else None
+        self.codec = ChunkCodec(level, key)
+        index_file = index_path or path / "index.db"
+        if create_index and not index_file.exists():
+            os.close(create_private_file(index_file))  # 0600; SQLite only opens it
+        self.index = Index(index_file, create=create_index)
+        self.packs = LocalPackStore(path / "packs")
+        self.chunks = ChunkStore(
+            self.index, self.packs, self.codec, config.repo_id, config.pack_size
+        )
+        self.blockmap = BlockMap(self.chunks)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @classmethod
+    def init(cls, path: Path, config: RepositoryConfig, passphrase: Passphrase = None) -> None:
+        """Create an empty repository at ``path``: a new directory, or an existing empty one
+        (anything in it, a repository or not, raises :class:`RepositoryExists` before anything
+        is written). Every directory is made 0700 and every file 0600, whatever the umask."""
+        if (path / "config").exists():
+            raise RepositoryExists(f"{path} already holds a vmaccel repository")
+        if path.exists() and not path.is_dir():
+            raise RepositoryExists(f"{path} exists and is not a directory; choose another path")
+        if path.exists() and any(path.iterdir()):
+            raise RepositoryExists(f"{path} exists and is not empty; choose an empty directory")
+        # Asked before anything is written: a refused or mistyped passphrase leaves no
+        # half-made directory that would block the next try.
+        secret = _passphrase(passphrase) if config.encrypted else None
+        path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
+        make_private_dir(path)
+        path.chmod(PRIVATE_DIR)  # also an empty directory that was there before
+        for sub in ("packs", "backups"):
+            make_private_dir(path / sub)
+        # The index and the lock files exist before SQLite or flock see them: they keep 0600.
+        for name in ("index.db", "lock", "readers.lock"):
+            os.close(create_private_file(path / name))
+        if secret is not None:
+            key = MasterKey.generate()
+            write_file_durably(path / "key", wrap_key(key, secret, config.repo_id), 0o600)
+        index = Index(path / "index.db", create=True)
+        index.migrate()
+        index.close()
+        # The config file is written last: a directory without it is not a repository yet.
+        write_file_durably(path / "config", config.to_json().encode())
+        fsync_dir(path.parent)
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        passphrase: Passphrase = None,
+        write: bool = False,
+        lock_wait: float = 0,
+        use_reserve: bool = False,
+    ) -> Repository:
+        """Open the repository at ``path`` (``write=True``: under the writer lock).
+
+        ``use_reserve`` (gc only, with ``write``): delete the space reserve before opening the
+        index, so that gc can start on a disk too full for SQLite to open its index.
+
+        Never creates an index: a missing or empty ``index.db`` raises
+        :class:`~vmaccel.vocabulary.errors.IndexMissing`, an unreadable one
+        :class:`~vmaccel.vocabulary.errors.IndexCorrupt` (both exit 6; ``repo rebuild-index``
+        repairs them). A writer applies pending migrations only to an index that has its schema.
+        """
+        if not (path / "config").is_file():
+            raise RepositoryNotFound(f"no vmaccel repository at {path} (run `vmaccel repo init`)")
+        config = RepositoryConfig.from_json((path / "config").read_text(), str(path / "config"))
+        key = read_key(path, config, passphrase)
+        # gc holds readers.lock exclusively only while it deletes pack files: readers wait.
+        wait = lock_wait if write else max(lock_wait, READER_LOCK_WAIT)
+        lock = FileLock(path / ("lock" if write else "readers.lock"), exclusive=write, wait=wait)
+        lock.acquire()
+        try:
+            if write and use_reserve:
+                release_reserve(path)
+            repo = cls(path, config, key, lock)
+            if write:
+                repo.index.migrate()
+                if not use_reserve:
+                    repo.ensure_reserve()
+        except BaseException:
+            lock.release()
+            raise
+        return repo
+
+    def close(self) -> None:
+        if self.writable:
+            self.chunks.abort()
+        self.packs.close()
+        self.index.close()
+        self._lock.release()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- space ----------------------------------------------------------------------------------
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the repository's filesystem
+        (``f_bavail``: root may have more, e.g. ext4's root reserve, but never the blocks the
+        filesystem keeps for itself). Metadata makes the real figure a little smaller."""
+        st = os.statvfs(self.path)
+        return int(st.f_bavail * st.f_frsize)
+
+    def ensure_reserve(self) -> bool:
+        """Create the ``reserve`` file when it is missing and there is room for it (and as
+        much again); returns whether it exists. Needs the writer lock."""
+        target = self.path / "reserve"
+        if target.exists():
+            return True
+        if self.free_bytes() < 2 * RESERVE_BYTES:
+            return False
+        tmp = self.path / ".reserve.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+            os.fsync(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            tmp.unlink()
+            return False
+        finally:
+            os.close(fd)
+        tmp.replace(target)
+        return True
+
+    def reserve_bytes(self) -> int:
+        """Bytes the ``reserve`` file holds on disk (0 when there is none)."""
+        try:
+            return int((self.path / "reserve").stat().st_blocks * 512)
+        except FileNotFoundError:
+            return 0
+
+    def release_reserve(self) -> int:
+        """Delete the ``reserve`` file (gc, on a full disk); returns the bytes it held."""
+        return release_reserve(self.path)
+
+    def readers_lock(self) -> FileLock:
+        """The lock readers share; gc takes it exclusively before deleting pack files."""
+        return FileLock(self.path / "readers.lock", exclusive=True, what="reader")
+
+    # -- backups and images -----------------------------------------------------------------
+
+    def backups(self, vm: str | None = None, state: str | None = "complete") -> list[BackupRow]:
+        return self.index.backups(vm, state)
+
+    def backup(self, ref: int | str) -> BackupRow:
+        """A complete backup by numeric id or uuid."""
+        row = (
+            self.index.backup(int(ref))
+            if str(ref).isdigit()
+            else self.index.backup_by_uuid(str(ref))
+        )
+        if row is None or row.state != "complete":
+            raise BackupNotFound(f"no complete backup {ref!r} in {self.path}")
+        return row
+
+    def images(self, backup: BackupRow) -> list[ImageRow]:
+        return self.index.images(backup.id)
+
+    def image(self, backup: BackupRow, disk: str) -> ImageRow:
+        for img in self.images(backup):
+            if img.disk == disk:
+                return img
+        raise ImageNotFound(f"backup {backup.id} of {backup.vm} has no disk {disk!r}")
+
+    def map_root(self, image: ImageRow) -> MapRoot:
+        blocks = (image.size + image.block_size - 1) // image.block_size
+        return MapRoot(image.root, image.depth, image.fanout, blocks)
+
+    def open_image(self, image: ImageRow, **options: int) -> ImageReader:
+        """A verified, seekable reader of one image (see :class:`ImageReader` options)."""
+        return ImageReader(
+            self.chunks,
+            self.blockmap,
+            self.map_root(image),
+            image.size,
+            image.block_size,
+            **options,
+        )
+
+    def write_manifest(self, backup: BackupRow) -> None:
+        write_manifest(self.path / "backups", self.codec, backup, self.index.images(backup.id))
+
+    def delete_manifest(self, backup: BackupRow) -> None:
+        delete_manifest(self.path / "backups", backup.uuid)
+
+    def manifest_names(self) -> list[str]:
+        d = self.path / "backups"
+        return (
+            sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else []
+        )
+
+    def begin_backup(self, vm: str, meta: Mapping[str, Any] | None = None) -> BackupWriter:
+        return BackupWriter(self, vm, dict(meta or {}))

@@ -1,0 +1,101 @@
+"""``vmaccel verify``, ``prune`` and ``gc``: three verbs, thin wrappers over catalog."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vmaccel.catalog.repository import Repository
+from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
+from vmaccel.cli.output import emit
+from vmaccel.cli.settings import build_settings
+from vmaccel.vocabulary.errors import DamageError, NoSpaceLeft
+
+# The maintenance modules load with their command: every other command skips their import.
+_Keep = Annotated[int, typer.Option(min=0, show_default=False)]
+
+
+def verify(
+    repo: RepoOpt = None,
+    full: Annotated[bool, typer.Option("--full", help="Re-read and re-hash every chunk.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check the repository; exit non-zero and name what is damaged when anything is."""
+    from vmaccel.catalog.verify import verify as verify_repository
+
+    settings = build_settings(repo)
+    with Repository.open(settings.require_repo(), settings.passphrase) as r:
+        report = verify_repository(r, full=full)
+    emit(report, as_json)
+    if not report.ok:
+        raise typer.Exit(DamageError.exit_code)
+
+
+def prune(
+    repo: RepoOpt = None,
+    keep_last: _Keep = 0,
+    keep_hourly: _Keep = 0,
+    keep_daily: _Keep = 0,
+    keep_weekly: _Keep = 0,
+    keep_monthly: _Keep = 0,
+    keep_yearly: _Keep = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would go.")] = False,
+    lock_wait: LockWaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove backups (metadata only) that no --keep rule keeps, per VM. Run gc to free space."""
+    from vmaccel.catalog.prune import prune as prune_backups
+    from vmaccel.catalog.retention import RetentionPolicy
+
+    settings = build_settings(repo, lock_wait)
+    policy = RetentionPolicy(
+        last=keep_last,
+        hourly=keep_hourly,
+        daily=keep_daily,
+        weekly=keep_weekly,
+        monthly=keep_monthly,
+        yearly=keep_yearly,
+    )
+    with Repository.open(
+        settings.require_repo(), settings.passphrase, write=True, lock_wait=settings.lock_wait
+    ) as r:
+        emit(prune_backups(r, policy, dry_run=dry_run), as_json)
+
+
+def gc(
+    repo: RepoOpt = None,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace", metavar="SECONDS", help="Keep unreferenced data younger than this."
+        ),
+    ] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
+    lock_wait: LockWaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete chunks no backup references (mark and sweep); repack mostly-dead packs.
+
+    Exits 15 (no space left) when some packs could not be repacked for lack of free space; the
+    report says how many bytes more it needs."""
+    from vmaccel.catalog.gc import collect_garbage
+
+    settings = build_settings(repo, lock_wait)
+    with Repository.open(
+        settings.require_repo(),
+        settings.passphrase,
+        write=True,
+        lock_wait=settings.lock_wait,
+        use_reserve=not dry_run,
+    ) as r:
+        report = collect_garbage(r, grace_seconds=grace, dry_run=dry_run)
+    emit(report, as_json)
+    if report.space_needed:
+        raise typer.Exit(NoSpaceLeft.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify")(verify)
+    app.command("prune")(prune)
+    app.command("gc")(gc)

@@ -1,0 +1,269 @@
+"""One VM's backup run (DESIGN invariants 3-7), and several VMs in parallel.
+
+Per VM: remove leftover vmaccel snapshots; enable CBT when it is off and the VM has no
+snapshots; snapshot (quiesced, else crash-consistent); per disk decide full or incremental,
+query CBT, read through the transport and derive the image; commit images, changeIds and the
+saved configuration together; remove the snapshot in ``finally``. A failing VM is reported and
+the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from vmaccel.catalog.backup import BackupWriter
+from vmaccel.catalog.index import BackupRow, ImageRow
+from vmaccel.catalog.repository import Repository
+from vmaccel.plugin.job.baseline import Baseline, decide
+from vmaccel.plugin.job.copy import Progress
+from vmaccel.plugin.job.disk import DiskJob, back_up_disk, skipped_free
+from vmaccel.plugin.job.plan import FULL, INCREMENTAL, RESCAN
+from vmaccel.plugin.job.report import DiskReport, RunReport, VmReport
+from vmaccel.plugin.job.transports import TransportConfig, open_disk
+from vmaccel.plugin.vcenter import cbt, snapshots
+from vmaccel.plugin.vcenter.connection import VCenter
+from vmaccel.plugin.vcenter.datastore import datastore_types
+from vmaccel.plugin.vcenter.models import BackupSnapshot, DiskRef, VmRef
+from vmaccel.vocabulary.errors import ChangeTrackingError, SourceChanged, VmaccelError
+
+logger = logging.getLogger(__name__)
+Tracker = Callable[[str, int], Progress]
+
+
+@dataclass(frozen=True)
+class VmBackupOptions:
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    quiesce: bool = True
+    vray: bool = True
+    rescan: bool = False
+    exclude_disks: frozenset[str] = frozenset()  # "VM:DISK" with DISK a label, key or disk-KEY
+    parallel: int = 1
+    snapshots_per_datastore: int = 4
+    file_index: bool = True
+
+
+def previous_images(repo: Repository, vm: VmRef) -> dict[str, ImageRow]:
+    """disk name -> image of the newest complete backup of this VM (matched by instance uuid)."""
+    for backup in reversed(repo.backups(vm.name)):
+        if backup.meta.get("instance_uuid") in (None, vm.instance_uuid):
+            return {img.disk: img for img in repo.images(backup)}
+    return {}
+
+
+def index_backup(repo: Repository, backup: BackupRow) -> list[str]:
+    """The file catalog of ``backup``: :func:`vmaccel.plugin.job.fileindex.index_backup`, imported
+    on first use (its guest file-system readers take ~0.1 s to import)."""
+    from vmaccel.plugin.job.fileindex import index_backup as index
+
+    return index(repo, backup)
+
+
+def excluded(opts: VmBackupOptions, vm: VmRef, disk: DiskRef) -> bool:
+    names = {disk.label, str(disk.key), disk.name}
+    return any(f"{vm.name}:{n}" in opts.exclude_disks for n in names)
+
+
+class VmRun:
+    """Backs up one VM. Thread safe across VMs: each run has its own backup writer."""
+
+    def __init__(
+        self,
+        vc: VCenter,
+        repo: Repository,
+        opts: VmBackupOptions,
+        track: Tracker,
+        ds_types: dict[str, str],
+    ) -> None:
+        self.vc, self.repo, self.opts, self.track, self.ds_types = vc, repo, opts, track, ds_types
+
+    def run(self, vm: VmRef) -> VmReport:
+        started, warnings = time.monotonic(), []
+        try:
+            removed = snapshots.remove_leftovers(self.vc, vm)
+            warnings += [f"removed leftover snapshot {name}" for name in removed]
+            warnings += self._ensure_cbt(vm)
+            snap = snapshots.create(self.vc, vm, self.opts.quiesce)
+        except VmaccelError as exc:
+            return VmReport(
+                vm.name,
+                None,
+                (),
+                time.monotonic() - started,
+                error=str(exc),
+                warnings=tuple(warnings),
+                exit_code=exc.exit_code,
+            )
+        consistency = "application-consistent" if snap.quiesced else "crash-consistent"
+        if self.opts.quiesce and not snap.quiesced and vm.power_state == "poweredOn":
+            warnings.append("quiescing failed: this restore point is crash-consistent")
+        try:
+            backup_id, disks, error, code = self._back_up(vm, snap, warnings)
+        finally:
+            try:
+                snapshots.remove(self.vc, snap.snapshot.moref, f"removing snapshot of {vm.name}")
+            except VmaccelError as exc:
+                warnings.append(f"{exc}; the next run removes the leftover snapshot")
+        catalog_started = time.monotonic()
+        if backup_id is not None and self.opts.file_index:
+            # After the snapshot is gone: the catalog reads the stored image, not the VM.
+            warnings.extend(index_backup(self.repo, self.repo.backup(backup_id)))
+        return VmReport(
+            vm.name,
+            backup_id,
+            disks,
+            time.monotonic() - started,
+            consistency,
+            error,
+            tuple(warnings),
+            catalog_seconds=time.monotonic() - catalog_started,
+            exit_code=code,
+        )
+
+    def _ensure_cbt(self, vm: VmRef) -> list[str]:
+        if vm.cbt_enabled:
+            return []
+        if any(not snapshots.is_ours(s) for s in vm.snapshots):
+            return [
+                "CBT is off and the VM has snapshots: disks are read whole (remove the "
+                "snapshots so CBT can be enabled safely)"
+            ]
+        cbt.enable(self.vc, vm.moref, vm.name)
+        return ["CBT was off and has been enabled; this run reads disks whole"]
+
+    def _back_up(
+        self, vm: VmRef, snap: BackupSnapshot, warnings: list[str]
+    ) -> tuple[int | None, tuple[DiskReport, ...], str | None, int]:
+        """(backup id, disk reports, error, its exit code). A disk that fails is reported
+        failed and aborts the backup: nothing of this run is recorded."""
+        parents = previous_images(self.repo, vm)
+        meta = {
+            "instance_uuid": vm.instance_uuid,
+            "moref": vm.moref,
+            "folder": vm.folder,
+            "power_state": vm.power_state,
+            "snapshot": snap.snapshot.name,
+        }
+        reports: list[DiskReport] = []
+        try:
+            with self.repo.begin_backup(vm.name, meta) as bw:
+                for disk in snap.disks:
+                    skip = self._skip_reason(vm, disk)
+                    if skip:
+                        warnings.append(f"{disk.label} skipped: {skip}")
+                        continue
+                    try:
+                        reports.append(self._disk(bw, vm, snap, disk, parents.get(disk.name)))
+                    except VmaccelError as exc:
+                        reports.append(_failed(disk, exc))
+                        raise
+                row = bw.commit(
+                    {
+                        "consistency": "application-consistent"
+                        if snap.quiesced
+                        else "crash-consistent",
+                        "config_xml": snap.config_xml,
+                        "api_version": snap.api_version,
+                    }
+                )
+        except VmaccelError as exc:
+            failed = [d.disk for d in reports if not d.ok]
+            where = f"{failed[0]}: " if failed else ""
+            return None, tuple(reports), f"{where}{exc}; the backup was not recorded", exc.exit_code
+        return row.id, tuple(reports), None, 0
+
+    def _skip_reason(self, vm: VmRef, disk: DiskRef) -> str | None:
+        if excluded(self.opts, vm, disk):
+            return "excluded by --exclude-disk"
+        if disk.independent:
+            return f"independent disk ({disk.disk_mode}): snapshots do not freeze it"
+        if disk.physical_rdm:
+            return "physical-mode RDM: not captured by snapshots"
+        return None
+
+    def _disk(
+        self,
+        bw: BackupWriter,
+        vm: VmRef,
+        snap: BackupSnapshot,
+        disk: DiskRef,
+        parent: ImageRow | None,
+    ) -> DiskReport:
+        current = Baseline(vm.instance_uuid, disk.key, disk.uuid, disk.capacity, disk.change_id)
+        base = Baseline.from_meta(parent.meta) if parent else None
+        mode, reason = decide(current, base)
+        if mode != FULL and not self.opts.vray and parent is not None and skipped_free(parent):
+            # Free blocks are holes in the parent and CBT will not name them: only a full
+            # read gives the byte-for-byte image --no-skip-free promises.
+            mode, reason = FULL, "the earlier image left free blocks out (--no-skip-free)"
+        changed = None
+        if base is not None and base.change_id and (mode == INCREMENTAL or self.opts.rescan):
+            try:
+                changed = cbt.changed_areas(
+                    self.vc, vm.moref, snap.snapshot.moref, disk.key, disk.capacity, base.change_id
+                )
+            except ChangeTrackingError as exc:
+                mode, reason, changed = FULL, f"CBT query failed ({exc})", None
+        audit = None
+        if self.opts.rescan and parent is not None and mode != FULL:
+            mode, reason, audit, changed = RESCAN, "forced rescan with CBT audit", changed, None
+        transport, source = open_disk(
+            self.opts.transport, self.vc, vm, snap.snapshot, disk, self.ds_types
+        )
+        try:
+            if source.size != disk.capacity:
+                raise SourceChanged(
+                    f"{disk.label}: the transport sees {source.size} bytes, "
+                    f"the disk has {disk.capacity}"
+                )
+            job = DiskJob(
+                disk.name,
+                source,
+                parent,
+                mode,
+                reason,
+                changed,
+                disk.change_id,
+                self.opts.vray,
+                {
+                    "baseline": current.to_meta(),
+                    "label": disk.label,
+                    "file_name": disk.file_name,
+                    "transport": transport,
+                },
+                audit,
+                quiesced=snap.quiesced,
+            )
+            return back_up_disk(bw, job, self.track(f"{vm.name} {disk.label}", disk.capacity))
+        finally:
+            source.close()
+
+
+def _failed(disk: DiskRef, exc: VmaccelError) -> DiskReport:
+    return DiskReport(disk.name, "failed", str(exc), disk.capacity, error=str(exc))
+
+
+def run_backups(
+    vc: VCenter, repo: Repository, vms: Sequence[VmRef], opts: VmBackupOptions, track: Tracker
+) -> RunReport:
+    """Back up ``vms`` (``opts.parallel`` at a time, at most ``snapshots_per_datastore`` open
+    snapshots per datastore). Every VM is reported, failed or not."""
+    runner = VmRun(vc, repo, opts, track, datastore_types(vc))
+    slots: dict[str, threading.Semaphore] = {}
+    lock = threading.Lock()
+
+    def one(vm: VmRef) -> VmReport:
+        with ExitStack() as stack:
+            for ds in sorted({d.datastore for d in vm.disks}):
+                with lock:
+                    sem = slots.setdefault(ds, threading.Semaphore(opts.snapshots_per_datastore))
+                stack.enter_context(sem)
+            return runner.run(vm)
+
+    with ThreadPoolExecutor(max(1, opts.parallel), "vmaccel-vm") as pool:
+        return RunReport(tuple(pool.map(one, vms)))
