@@ -1,9 +1,9 @@
 """Hostile guest metadata in the mount (issue 10): one damaged volume, the others untouched.
 
 A backup of the GPT test disk whose ext4 volume (p2) has a damaged superblock field (its
-checksum no longer matches) is mounted with a real FUSE mount. That volume's files/ must not
-show any file of the damaged filesystem (it is absent or raises EIO), while every file of the
-other volumes (FAT32 p1, NTFS p3, the LV) reads byte-identical to the pristine disk.
+checksum no longer matches) is mounted with a real FUSE mount. That volume's files/ entry is
+shown, and listing it or any path below fails with EIO (never a file of the damaged tree),
+while every file of the other volumes (FAT32 p1, NTFS p3, the LV) reads byte-identical to the pristine disk.
 """
 
 from __future__ import annotations
@@ -102,11 +102,18 @@ def test_damaged_volume_fails_alone_in_the_mount(
         if got != _expected(seen):
             wrong.append(name)
     p2 = files / "p2"
+    assert "p2" in os.listdir(files), "the damaged volume must be shown, not hidden"
+    assert p2.is_dir()
     try:
         shown = os.listdir(p2)
-    except OSError as exc:  # absent (ENOENT) or refused (EIO): both show no wrong file
-        assert exc.errno in (errno.ENOENT, errno.EIO), exc
+    except OSError as exc:  # the listing is refused: no file of the damaged tree is shown
+        assert exc.errno == errno.EIO, exc
         shown = []
+    else:
+        shown = shown or ["(an empty listing instead of EIO)"]
+    with pytest.raises(OSError) as opened:
+        (p2 / "big" / "random.bin").stat()
+    assert opened.value.errno == errno.EIO
     tally.add(wrong=bool(wrong) or bool(shown))
     record(tally)
     assert len(compared) == 3 and all(n for _v, n in compared), compared

@@ -3,8 +3,11 @@
 For every disk of a backup, guestfs reads the partition table and LVM metadata and opens each
 filesystem it can browse (ext2/3/4, XFS, NTFS, FAT) from the image bytes; no loop mount, no
 kernel driver. A volume is named as guestfs names it (``p1``, ``vg-root``); when a backup has
-several disks the name is prefixed with ``<disk>_``. Volumes guestfs cannot browse (swap, a
-PV, unknown content) are not shown.
+several disks the name is prefixed with ``<disk>_``. Volumes that hold no filesystem guestfs
+browses (swap, a PV, unknown content) are not shown; a volume whose filesystem guestfs browses
+but whose metadata fails verification is shown as an empty-looking directory whose listing and
+every path below fail with ``EIO`` (the reason is logged), so a damaged volume is visible as
+damaged and never as missing, while every other volume of the backup reads normally.
 
 Symlinks are shown as symlinks with their target text unchanged; nothing here ever resolves
 one (guestfs refuses ``..`` and never follows links), so a hostile link can only point the
@@ -25,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from vmaccel.fusemount.source import DiskInfo, ImageStream
-from vmaccel.guestfs.browse import browse_disk
+from vmaccel.guestfs.browse import BROWSABLE, BrowsedVolume, browse_disk
+from vmaccel.guestfs.errors import GuestFsError
 from vmaccel.guestfs.filesystem import FileStat, FileSystem
 
 logger = logging.getLogger(__name__)
@@ -115,14 +119,51 @@ class GuestFiles:
             if disk is None:
                 stream = self._opener(image_id)
                 raw = io.BufferedReader(PositionalFile(stream), buffer_size=64 * 1024)
-                browsed = browse_disk(raw, stream.size)
-                vols = {v.name: v.filesystem for v in browsed if v.filesystem is not None}
-                for v in browsed:
-                    if v.filesystem is None:
-                        logger.info("image %d: %s not browsable: %s", image_id, v.name, v.reason)
+                vols = _file_systems(image_id, browse_disk(raw, stream.size))
                 disk = _Disk(threading.Lock(), stream, vols)
                 self._disks[image_id] = disk
             return disk
+
+
+def _file_systems(image_id: int, browsed: list[BrowsedVolume]) -> dict[str, FileSystem]:
+    """The file trees of one disk's volumes: browsable ones, and damaged ones as errors."""
+    out: dict[str, FileSystem] = {}
+    for v in browsed:
+        if v.filesystem is not None:
+            out[v.name] = v.filesystem
+        elif v.fstype in BROWSABLE:
+            logger.warning("image %d: volume %s cannot be browsed: %s", image_id, v.name, v.reason)
+            out[v.name] = DamagedVolume(v.fstype, v.reason or "unverifiable metadata")
+        else:
+            logger.info("image %d: %s not browsable: %s", image_id, v.name, v.reason)
+    return out
+
+
+class DamagedVolume:
+    """The file tree of a volume that failed verification: its root is a directory, and
+    listing it or reaching anything below raises :class:`GuestFsError` (``EIO`` in a mount)."""
+
+    def __init__(self, fstype: str, reason: str) -> None:
+        self.fstype = fstype
+        self.label: str | None = None
+        self.reason = reason
+
+    def stat(self, path: str) -> FileStat:
+        if path.strip("/"):
+            raise self._error()
+        return FileStat(name="", kind="dir", size=0, inode=0, mode=0o500)
+
+    def listdir(self, path: str) -> list[FileStat]:
+        raise self._error()
+
+    def open(self, path: str) -> BinaryIO:
+        raise self._error()
+
+    def readlink(self, path: str) -> str:
+        raise self._error()
+
+    def _error(self) -> GuestFsError:
+        return GuestFsError(f"this {self.fstype} volume cannot be browsed: {self.reason}")
 
 
 class GuestFile:

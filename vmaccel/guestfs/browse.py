@@ -41,6 +41,9 @@ _OPENERS: dict[str, tuple[str, str]] = {
     "vfat": ("vmaccel.guestfs.fs_fat", "open_fat"),
     **{name: ("vmaccel.guestfs.fs_ext", "open_ext") for name in EXT_FAMILY},
 }
+BROWSABLE = frozenset(_OPENERS)
+"""The fstypes guestfs opens as file trees; a volume of one of them that fails to open is damaged
+(or hostile), not merely of another kind."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9+_.-]")
 
 
