@@ -98,9 +98,14 @@ def landed_at(lines: Sequence[str]) -> tuple[str, tuple[str, ...]]:
 
 
 def run_killed(
-    args: Sequence[str], env: Mapping[str, str], aim: Aim, timeout: float = 60
+    args: Sequence[str],
+    env: Mapping[str, str],
+    aim: Aim,
+    timeout: float = 60,
+    sig: signal.Signals = signal.SIGKILL,
 ) -> Outcome:
-    """Run ``vmaccel ARGS`` and SIGKILL it as `aim` says; wait for it to end."""
+    """Run ``vmaccel ARGS`` and send it `sig` (SIGKILL unless asked) as `aim` says; wait for
+    it to end. With another signal, `killed` means the signal was sent before it ended."""
     started = time.monotonic()
     proc = subprocess.Popen(
         [str(VMACCEL), *args],
@@ -119,7 +124,7 @@ def run_killed(
         )
         if proc.poll() is None:
             sent.set()  # before the kill: the reader may see the process end at once
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, sig)
 
     seen, lines = 0, []
     if aim.phase == "start":
@@ -143,5 +148,5 @@ def run_killed(
         watchdog.cancel()
         proc.stderr.close()
     landed, entered = landed_at(lines)
-    killed = sent.is_set() and rc == -signal.SIGKILL
+    killed = sent.is_set() and (rc == -signal.SIGKILL or sig != signal.SIGKILL)
     return Outcome(killed, rc, landed if killed else "exited", entered, "".join(lines))

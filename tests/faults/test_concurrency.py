@@ -45,7 +45,7 @@ from tests.fusemount.conftest import (
     needs_fuse,
 )
 from vmaccel.catalog.lock import FileLock
-from vmaccel.fusemount.tree import iso_time
+from vmaccel.vocabulary.backupref import dir_time
 
 __all__ = ["ext4_disk", "mount_repo"]  # fixtures, imported for pytest to find
 
@@ -308,7 +308,7 @@ def test_mount_reads_while_prune_and_gc_remove_the_backup(
         first = min(ledger.expected)
         started = ledger.listed()[first]["started"]
         m = mount_repo(ledger.repo, name=f"mnt{i}")
-        reader = Reader(m.path / "web" / iso_time(started) / "disk0.raw", old.read_bytes())
+        reader = Reader(m.path / "web" / dir_time(started) / "disk0.raw", old.read_bytes())
         reader.start()
         time.sleep(0.5)
         pruned = vmaccel("prune", "--repo", ledger.repo, "--keep-last", "1")

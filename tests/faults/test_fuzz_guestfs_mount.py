@@ -3,7 +3,8 @@
 A backup of the GPT test disk whose ext4 volume (p2) has a damaged superblock field (its
 checksum no longer matches) is mounted with a real FUSE mount. That volume's files/ entry is
 shown, and listing it or any path below fails with EIO (never a file of the damaged tree),
-while every file of the other volumes (FAT32 p1, NTFS p3, the LV) reads byte-identical to the pristine disk.
+while every file of the other volumes (FAT32 p1, NTFS p3, the LV) reads byte-identical to the
+pristine disk.
 """
 
 from __future__ import annotations

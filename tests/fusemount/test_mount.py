@@ -37,7 +37,7 @@ from tests.fusemount.conftest import (
 from tests.fusemount.corrupt import corrupt_block
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.cli.app import main
-from vmaccel.fusemount.tree import iso_time
+from vmaccel.vocabulary.backupref import dir_time
 
 pytestmark = [needs_fuse, pytest.mark.fuse]
 
@@ -76,7 +76,7 @@ def test_vmdk_is_the_source_disk(make_repo: MakeRepo, mount_repo: MountFn,
     repo = make_repo()
     row = backup_image(repo, "web", {"disk0": ext4_disk.image})
     m = mount_repo(repo)
-    d = m.path / "web" / iso_time(row.started)
+    d = m.path / "web" / dir_time(row.started)
     assert os.readlink(m.path / "web" / "latest") == d.name
     assert sorted(os.listdir(d)) == [
         "disk0-flat.vmdk", "disk0.raw", "disk0.vmdk", "files", "vm.json"]
@@ -199,7 +199,7 @@ def test_backups_made_while_mounted_appear(make_repo: MakeRepo, mount_repo: Moun
     repo = make_repo()
     first = backup_image(repo, "vm", {"disk0": one})
     m = mount_repo(repo)
-    assert sorted(os.listdir(m.path / "vm")) == [iso_time(first.started), "latest"]
+    assert sorted(os.listdir(m.path / "vm")) == [dir_time(first.started), "latest"]
     assert (m.path / "vm" / "latest" / "disk0.raw").read_bytes() == one.read_bytes()
     second = backup_image(repo, "vm", {"disk0": two})
     third_vm = backup_image(repo, "newvm", {"disk0": one})
@@ -242,7 +242,7 @@ def test_cli_background_mount_umount_and_filters(make_repo: MakeRepo, tmp_path: 
         assert "mounted" in capsys.readouterr().out
         assert str(mnt) in mounts()
         assert os.listdir(mnt) == ["b"]
-        assert sorted(os.listdir(mnt / "b")) == sorted([iso_time(b_row.started), "latest"])
+        assert sorted(os.listdir(mnt / "b")) == sorted([dir_time(b_row.started), "latest"])
         assert main(["mount", "--repo", str(repo), str(mnt)]) == 8
         assert "already a mount point" in capsys.readouterr().err
         assert main(["umount", str(mnt)]) == 0

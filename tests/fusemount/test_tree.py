@@ -14,10 +14,9 @@ from vmaccel.fusemount.tree import (
     Kind,
     PathNotFound,
     VirtualTree,
-    backup_dir_names,
-    iso_time,
     safe_name,
 )
+from vmaccel.vocabulary.backupref import dir_names, dir_time
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
 
@@ -167,10 +166,10 @@ def test_filters(view: FakeView) -> None:
 
 def test_same_second_backups_get_distinct_stable_names() -> None:
     rows = [BackupInfo(i, str(i), "v", T0 + 0.1 * i, None) for i in (1, 2, 3)]
-    assert list(backup_dir_names(rows)) == [
+    assert list(dir_names(rows)) == [
         "2026-05-28T20:26:40Z", "2026-05-28T20:26:40Z_2", "2026-05-28T20:26:40Z_3",
     ]
-    assert list(backup_dir_names(rows[:2])) == list(backup_dir_names(rows))[:2]
+    assert list(dir_names(rows[:2])) == list(dir_names(rows))[:2]
 
 
 @pytest.mark.parametrize(
@@ -187,7 +186,7 @@ def test_colliding_disk_file_names_keep_every_disk(order: tuple[str, str]) -> No
     v = FakeView()
     v.add("vm", T0, {order[0]: 512, order[1]: 1024})
     tree = tree_of(v)
-    d = f"/vm/{iso_time(T0)}"
+    d = f"/vm/{dir_time(T0)}"
     names = tree.listdir(d)
     assert len(names) == 7  # vm.json + 3 per disk, none lost
     nodes = {n: tree.lookup(f"{d}/{n}") for n in names}

@@ -43,9 +43,15 @@ def test_backups_list_and_show(cli: Cli, new_repo: Callable[[str], Path], tmp_pa
     missing = cli("backups", "show", "99", "--repo", repo, "--json")
     assert (missing.rc, missing.out) == (7, "")
     assert missing.err.strip() == f"vmaccel: error: no complete backup '99' in {repo}"
-    # `backups show` takes an ID only (VM@latest is a restore/mount reference).
-    by_ref = cli("backups", "show", "a@latest", "--repo", repo)
-    assert by_ref.rc == 7 and "no complete backup 'a@latest'" in by_ref.err
+    # `backups show` takes every backup reference form, like restore and mount
+    for ref in ("a@latest", "a@-0", f"{shown.json['uuid']}", "a@2999-01-01"):
+        by_ref = cli("backups", "show", ref, "--repo", repo, "--json")
+        assert (by_ref.rc, by_ref.json["id"]) == (0, 2), (ref, by_ref.err)
+    assert cli("backups", "show", "a@-1", "--repo", repo, "--json").json["id"] == 1
+    none = cli("backups", "show", "nobody@latest", "--repo", repo)
+    assert none.rc == 7 and "'nobody' has no complete backups" in none.err
+    bad = cli("backups", "show", "a@yesterday", "--repo", repo)
+    assert bad.rc == 2 and "ISO 8601" in bad.err
 
 
 def test_prune_then_gc_frees_only_what_no_kept_backup_uses(

@@ -249,7 +249,7 @@ def test_unforeseen_errors_without_a_path_name_the_command(
 ) -> None:
     repo = tmp_path / "repo"
     assert cli("repo", "init", "--repo", repo).rc == 0
-    monkeypatch.setattr("vmaccel.cli.repo.repository_stats", _failing(exc))
+    monkeypatch.setattr("vmaccel.service.repository.repository_stats", _failing(exc))
 
     r = cli("repo", "stats", "--repo", repo)
 

@@ -23,7 +23,17 @@ from typing import Annotated, Any, Protocol, cast
 
 import typer
 
-from vmaccel.cli import backup, backups, files, maintenance, mount, repo, restore, vcenter
+from vmaccel.cli import (
+    backup,
+    backups,
+    files,
+    maintenance,
+    mount,
+    repo,
+    restore,
+    signals,
+    vcenter,
+)
 from vmaccel.cli.output import err_console
 from vmaccel.vocabulary.errors import LocalIOError, VmaccelError
 
@@ -156,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (also used by tests)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    signals.install()
     try:
         result = app(args=args, prog_name="vmaccel", standalone_mode=False)
         return result if isinstance(result, int) else 0

@@ -7,13 +7,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmaccel.catalog.filecatalog import find_files
-from vmaccel.catalog.repository import Repository
-from vmaccel.cli.backups import iso
 from vmaccel.cli.options import JsonOpt, RepoOpt
-from vmaccel.cli.output import console, print_json
-from vmaccel.cli.settings import build_settings
+from vmaccel.cli.output import console, print_json, say
+from vmaccel.cli.settings import context
 from vmaccel.plugin.job.report import human_bytes
+from vmaccel.service import browse
+from vmaccel.vocabulary.backupref import dir_time
 
 app = typer.Typer(help="Search the file catalog of every backup.", no_args_is_help=True)
 
@@ -27,25 +26,17 @@ def find(
     as_json: JsonOpt = False,
 ) -> None:
     """List every restore point holding a matching path, with its size and mtime."""
-    settings = build_settings(repo)
-    with Repository.open(settings.require_repo(), settings.passphrase) as r:
-        hits = find_files(r.index, pattern, vm, limit)
+    hits = browse.find_files(context(repo), pattern, vm, limit)
     if as_json:
         print_json([h.to_dict() for h in hits])
         return
     table = Table("backup", "vm", "time (UTC)", "disk", "volume", "path", "size", "mtime (UTC)")
     for h in hits:
-        mtime = iso(h.mtime_ns / 1e9) if h.mtime_ns is not None else "-"
+        mtime = dir_time(h.mtime_ns / 1e9) if h.mtime_ns is not None else "-"
+        size = human_bytes(h.size) if h.kind == "file" else h.kind
         table.add_row(
-            str(h.backup_id),
-            h.vm,
-            iso(h.time),
-            h.disk,
-            h.volume,
-            h.path,
-            human_bytes(h.size) if h.kind == "file" else h.kind,
-            mtime,
+            str(h.backup_id), h.vm, dir_time(h.time), h.disk, h.volume, h.path, size, mtime
         )
     console.print(table)
     if not hits:
-        console.print(f"no file matches {pattern!r}", highlight=False)
+        say(f"no file matches {pattern!r}")

@@ -1,4 +1,4 @@
-"""``vmaccel verify``, ``prune`` and ``gc``: three verbs, thin wrappers over catalog."""
+"""``vmaccel verify``, ``prune`` and ``gc``: three verbs over the maintenance use cases."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ from typing import Annotated
 
 import typer
 
-from vmaccel.catalog.repository import Repository
 from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from vmaccel.cli.output import emit
-from vmaccel.cli.settings import build_settings
+from vmaccel.cli.settings import context
+from vmaccel.service import maintenance
 from vmaccel.vocabulary.errors import DamageError, NoSpaceLeft
 
-# The maintenance modules load with their command: every other command skips their import.
 _Keep = Annotated[int, typer.Option(min=0, show_default=False)]
 
 
@@ -22,11 +21,7 @@ def verify(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the repository; exit non-zero and name what is damaged when anything is."""
-    from vmaccel.catalog.verify import verify as verify_repository
-
-    settings = build_settings(repo)
-    with Repository.open(settings.require_repo(), settings.passphrase) as r:
-        report = verify_repository(r, full=full)
+    report = maintenance.verify(context(repo), full=full)
     emit(report, as_json)
     if not report.ok:
         raise typer.Exit(DamageError.exit_code)
@@ -45,22 +40,10 @@ def prune(
     as_json: JsonOpt = False,
 ) -> None:
     """Remove backups (metadata only) that no --keep rule keeps, per VM. Run gc to free space."""
-    from vmaccel.catalog.prune import prune as prune_backups
-    from vmaccel.catalog.retention import RetentionPolicy
-
-    settings = build_settings(repo, lock_wait)
-    policy = RetentionPolicy(
-        last=keep_last,
-        hourly=keep_hourly,
-        daily=keep_daily,
-        weekly=keep_weekly,
-        monthly=keep_monthly,
-        yearly=keep_yearly,
+    policy = maintenance.retention(
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly
     )
-    with Repository.open(
-        settings.require_repo(), settings.passphrase, write=True, lock_wait=settings.lock_wait
-    ) as r:
-        emit(prune_backups(r, policy, dry_run=dry_run), as_json)
+    emit(maintenance.prune(context(repo, lock_wait), policy, dry_run=dry_run), as_json)
 
 
 def gc(
@@ -79,17 +62,7 @@ def gc(
 
     Exits 15 (no space left) when some packs could not be repacked for lack of free space; the
     report says how many bytes more it needs."""
-    from vmaccel.catalog.gc import collect_garbage
-
-    settings = build_settings(repo, lock_wait)
-    with Repository.open(
-        settings.require_repo(),
-        settings.passphrase,
-        write=True,
-        lock_wait=settings.lock_wait,
-        use_reserve=not dry_run,
-    ) as r:
-        report = collect_garbage(r, grace_seconds=grace, dry_run=dry_run)
+    report = maintenance.gc(context(repo, lock_wait), grace_seconds=grace, dry_run=dry_run)
     emit(report, as_json)
     if report.space_needed:
         raise typer.Exit(NoSpaceLeft.exit_code)

@@ -23,3 +23,10 @@ LockWaitOpt = Annotated[
         help="Wait this long for another writer to finish instead of failing.",
     ),
 ]
+BackupArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="BACKUP",
+        help="Backup: ID, UUID, VM@latest, VM@-N (N before the newest) or VM@<ISO time>.",
+    ),
+]

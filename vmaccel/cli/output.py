@@ -32,3 +32,13 @@ def emit(report: Report, as_json: bool) -> None:
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2, sort_keys=True, default=str)
     sys.stdout.write("\n")
+
+
+def say(line: str) -> None:
+    """One line for people on stdout, printed as is (no markup, no wrapping)."""
+    console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def warn(line: str) -> None:
+    """One line for people on stderr, printed as is (no markup, no wrapping)."""
+    err_console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -6,13 +6,11 @@ from typing import Annotated
 
 import typer
 
-from vmaccel.catalog.config import DEFAULT_BLOCK_SIZE, RepositoryConfig, parse_compression
-from vmaccel.catalog.rebuild import rebuild_index
-from vmaccel.catalog.repository import Repository
-from vmaccel.catalog.stats import repository_stats
+from vmaccel.catalog.config import DEFAULT_BLOCK_SIZE
 from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
-from vmaccel.cli.output import console, emit
-from vmaccel.cli.settings import build_settings
+from vmaccel.cli.output import emit, say
+from vmaccel.cli.settings import context
+from vmaccel.service import repository
 from vmaccel.vocabulary.errors import DamageError, UsageError
 
 app = typer.Typer(help="Create and inspect repositories.", no_args_is_help=True)
@@ -44,29 +42,19 @@ def init(
     ] = "none",
 ) -> None:
     """Create an empty repository."""
-    settings = build_settings(repo, confirm_passphrase=True)
-    algo, level = parse_compression(compression)
-    config = RepositoryConfig(
-        block_size=parse_size(block_size),
-        compression=algo,
-        compression_level=level or 3,
-        encryption=encryption,
-    )
-    path = settings.require_repo()
-    Repository.init(path, config, settings.passphrase if config.encrypted else None)
-    console.print(
-        f"initialized repository {path} (block size {config.block_size // 1024} KiB, "
-        f"compression {compression}, encryption {encryption})",
-        highlight=False,
+    ctx = context(repo, confirm_passphrase=True)
+    new = repository.NewRepository(parse_size(block_size), compression, encryption)
+    config = repository.init_repository(ctx, new)
+    say(
+        f"initialized repository {ctx.repo} (block size {config.block_size // 1024} KiB, "
+        f"compression {compression}, encryption {encryption})"
     )
 
 
 @app.command("stats")
 def stats(repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
     """Logical and stored bytes, dedup and compression ratios, chunk and pack counts."""
-    settings = build_settings(repo)
-    with Repository.open(settings.require_repo(), settings.passphrase) as r:
-        emit(repository_stats(r), as_json)
+    emit(repository.stats(context(repo)), as_json)
 
 
 @app.command("rebuild-index")
@@ -74,8 +62,7 @@ def rebuild(repo: RepoOpt = None, lock_wait: LockWaitOpt = 0.0, as_json: JsonOpt
     """Recreate the catalog index from the pack files and backup manifests alone.
 
     Exits 6 (damage) when anything could not be restored; the report names what."""
-    settings = build_settings(repo, lock_wait)
-    report = rebuild_index(settings.require_repo(), settings.passphrase, settings.lock_wait)
+    report = repository.rebuild(context(repo, lock_wait))
     emit(report, as_json)
     if not report.complete:
         raise typer.Exit(DamageError.exit_code)

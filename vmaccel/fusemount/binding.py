@@ -16,11 +16,15 @@ It uses two fast paths of the binding's low-level class:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -112,13 +116,30 @@ def serve(
         kwargs.pop("max_readahead")
         kwargs.pop("max_read")
     try:
-        fast_class(binding)(operations, mountpoint, **kwargs)
+        with _default_stop_signals():
+            fast_class(binding)(operations, mountpoint, **kwargs)
     except RuntimeError as exc:
         # libfuse 3's fuse_main returns 8 when its loop was ended by SIGINT/SIGTERM/SIGHUP,
         # after a clean unmount; codes 1-7 are failures to set up or mount.
         if exc.args != (LOOP_ENDED_BY_SIGNAL,) or major < 3:
             raise
         logger.info("%s: stopped by a signal and unmounted", mountpoint)
+
+
+@contextlib.contextmanager
+def _default_stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP at their defaults while libfuse runs: libfuse installs its own
+    handlers (unmount cleanly, then return) only over default ones, and a Python-level
+    handler never runs while the main thread is inside its loop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def fast_class(binding: ModuleType) -> type:

@@ -39,9 +39,9 @@ from typing import Any
 from vmaccel.fusemount.guestfiles import GuestFiles
 from vmaccel.fusemount.source import BackupInfo, CatalogView, DiskInfo
 from vmaccel.fusemount.vmdk import descriptor
+from vmaccel.vocabulary.backupref import LATEST, dir_names
 from vmaccel.vocabulary.errors import NotFound
 
-LATEST = "latest"
 VM_JSON = "vm.json"
 FILES = "files"
 
@@ -102,21 +102,6 @@ def safe_name(name: str) -> str:
     if out in ("", ".", ".."):
         out = "%2E" * len(out) if out else "%00"
     return out
-
-
-def iso_time(ts: float) -> str:
-    """UNIX seconds -> ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, truncated to the second)."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def backup_dir_names(backups: list[BackupInfo]) -> dict[str, BackupInfo]:
-    """Directory names for one VM's backups (sorted oldest first), stable as backups arrive."""
-    ordered = sorted(backups, key=lambda b: (b.started, b.id))
-    names: dict[str, BackupInfo] = {}
-    for b in ordered:
-        name = iso_time(b.started)
-        names[name if name not in names else f"{name}_{b.id}"] = b
-    return names
 
 
 def vm_json(backup: BackupInfo, disks: list[DiskInfo]) -> bytes:
@@ -285,7 +270,7 @@ class VirtualTree:
                 by_vm.setdefault(b.vm, []).append(b)
             vms = {}
             for vm, rows in by_vm.items():
-                names = backup_dir_names(rows)
+                names = dir_names(rows)
                 latest = next(reversed(names))
                 vms[safe_name(vm)] = _VmDir(vm, names, latest, names[latest].started)
             live = {b.id for b in backups}

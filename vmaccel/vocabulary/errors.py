@@ -18,7 +18,7 @@ from types import MappingProxyType
 EXIT_CODES = MappingProxyType(
     {
         0: "success",
-        1: "a backup, verify or restore finished with failures, or an unexpected error",
+        1: "VMs of a run failed for different causes, or an unexpected error",
         2: "usage error: a bad option, value or combination",
         3: "the repository is missing, already exists or has an unknown format",
         4: "the repository is locked by another process",
@@ -33,7 +33,7 @@ EXIT_CODES = MappingProxyType(
         13: "the server certificate does not match the pinned thumbprint",
         14: "an operating-system call failed (path, permission, I/O error)",
         15: "a filesystem or quota is full",
-        130: "interrupted (Ctrl-C, SIGTERM or SIGHUP); the snapshot was removed",
+        130: "interrupted (Ctrl-C, SIGTERM or SIGHUP): snapshot removed, nothing partial recorded",
     }
 )
 """Process exit codes of the ``vmaccel`` command: code -> what it means."""
@@ -250,6 +250,14 @@ class RestoreError(VmaccelError):
 
     exit_code = 9
     errno = _errno.EINVAL
+
+
+class Interrupted(VmaccelError):
+    """Stopped by the operator (Ctrl-C, SIGTERM, SIGHUP) or a cancelled job. What was in
+    flight was rolled back: no partial backup is recorded and its snapshot is removed."""
+
+    exit_code = 130
+    errno = _errno.EINTR
 
 
 class GuestDataError(VmaccelError):

@@ -46,6 +46,9 @@ class VmBackupOptions:
     parallel: int = 1
     snapshots_per_datastore: int = 4
     file_index: bool = True
+    # Called before each VM starts; raises (e.g. Interrupted) to stop the run there. Disks
+    # in flight stop through their progress callback, which the caller may make raise too.
+    checkpoint: Callable[[], None] = field(default=lambda: None, compare=False)
 
 
 def previous_images(repo: Repository, vm: VmRef) -> dict[str, ImageRow]:
@@ -258,6 +261,10 @@ def run_backups(
     lock = threading.Lock()
 
     def one(vm: VmRef) -> VmReport:
+        try:
+            opts.checkpoint()
+        except VmaccelError as exc:  # the run was stopped before this VM started
+            return VmReport(vm.name, None, (), 0.0, error=str(exc), exit_code=exc.exit_code)
         with ExitStack() as stack:
             for ds in sorted({d.datastore for d in vm.disks}):
                 with lock:
