@@ -17,6 +17,7 @@ from vmaccel.plugin.job.selection import Selection, missing_names, select
 from vmaccel.plugin.registry import Registry
 from vmaccel.service.cancel import Cancel
 from vmaccel.service.context import Context
+from vmaccel.service.limits import DatastoreSlots
 from vmaccel.vocabulary.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def _standalone(
         src.close()
 
 
-def _job_options(opts: RunOptions, cancel: Cancel) -> VmBackupOptions:
+def _job_options(opts: RunOptions, cancel: Cancel, slots: DatastoreSlots) -> VmBackupOptions:
     from vmaccel.plugin.job.transports import TransportConfig
     from vmaccel.plugin.job.vmjob import VmBackupOptions
 
@@ -143,6 +144,7 @@ def _job_options(opts: RunOptions, cancel: Cancel) -> VmBackupOptions:
         parallel=opts.parallel,
         file_index=opts.file_index,
         checkpoint=cancel.check,
+        datastore_slots=slots.hold,
     )
 
 
@@ -177,7 +179,8 @@ def _vcenter_run(
     assert name is not None  # noqa: S101 - narrows the type; run_backup checked it
     endpoint = Registry(ctx.config_dir).endpoint(name, ctx.env)
     sel = _resolve_selection(endpoint, request.selection)
-    opts = _job_options(request.options, cancel)
+    slots = DatastoreSlots(ctx.config_dir / "slots", name, checkpoint=cancel.check)
+    opts = _job_options(request.options, cancel, slots)
     with VCenter(endpoint) as vc:
         # Full properties only for the VMs asked for; the rest of the inventory by name.
         inventory = list_vms(vc, sel.wants)

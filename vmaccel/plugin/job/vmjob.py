@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
 from vmaccel.catalog.backup import BackupWriter
@@ -44,11 +44,15 @@ class VmBackupOptions:
     rescan: bool = False
     exclude_disks: frozenset[str] = frozenset()  # "VM:DISK" with DISK a label, key or disk-KEY
     parallel: int = 1
-    snapshots_per_datastore: int = 4
     file_index: bool = True
     # Called before each VM starts; raises (e.g. Interrupted) to stop the run there. Disks
     # in flight stop through their progress callback, which the caller may make raise too.
     checkpoint: Callable[[], None] = field(default=lambda: None, compare=False)
+    # Holds the snapshot slots of a VM's datastores while it is backed up: the caller's
+    # limit (global across runs); by default at most 4 per datastore within this run.
+    datastore_slots: Callable[[Sequence[str]], AbstractContextManager[object]] | None = field(
+        default=None, compare=False
+    )
 
 
 def previous_images(repo: Repository, vm: VmRef) -> dict[str, ImageRow]:
@@ -254,23 +258,37 @@ def _failed(disk: DiskRef, exc: VmaccelError) -> DiskReport:
 def run_backups(
     vc: VCenter, repo: Repository, vms: Sequence[VmRef], opts: VmBackupOptions, track: Tracker
 ) -> RunReport:
-    """Back up ``vms`` (``opts.parallel`` at a time, at most ``snapshots_per_datastore`` open
-    snapshots per datastore). Every VM is reported, failed or not."""
+    """Back up ``vms`` (``opts.parallel`` at a time, each holding its datastores' snapshot
+    slots, see ``VmBackupOptions.datastore_slots``). Every VM is reported, failed or not."""
     runner = VmRun(vc, repo, opts, track, datastore_types(vc))
-    slots: dict[str, threading.Semaphore] = {}
-    lock = threading.Lock()
+    slots = opts.datastore_slots or _run_slots(PER_DATASTORE_IN_RUN)
 
     def one(vm: VmRef) -> VmReport:
         try:
             opts.checkpoint()
-        except VmaccelError as exc:  # the run was stopped before this VM started
+            with slots(sorted({d.datastore for d in vm.disks})):
+                return runner.run(vm)
+        except VmaccelError as exc:  # stopped while waiting, or failed outside its report
             return VmReport(vm.name, None, (), 0.0, error=str(exc), exit_code=exc.exit_code)
-        with ExitStack() as stack:
-            for ds in sorted({d.datastore for d in vm.disks}):
-                with lock:
-                    sem = slots.setdefault(ds, threading.Semaphore(opts.snapshots_per_datastore))
-                stack.enter_context(sem)
-            return runner.run(vm)
 
     with ThreadPoolExecutor(max(1, opts.parallel), "vmaccel-vm") as pool:
         return RunReport(tuple(pool.map(one, vms)))
+
+
+PER_DATASTORE_IN_RUN = 4
+
+
+def _run_slots(limit: int) -> Callable[[Sequence[str]], AbstractContextManager[object]]:
+    """At most ``limit`` VMs of this run per datastore at once (semaphores, this run only)."""
+    sems: dict[str, threading.Semaphore] = {}
+    lock = threading.Lock()
+
+    def hold(datastores: Sequence[str]) -> AbstractContextManager[object]:
+        stack = ExitStack()
+        for ds in sorted(datastores):
+            with lock:
+                sem = sems.setdefault(ds, threading.Semaphore(limit))
+            stack.enter_context(sem)
+        return stack
+
+    return hold
