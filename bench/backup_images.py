@@ -2,11 +2,15 @@
 
 The system disk is a thick raw file with a GPT label and one ext4 partition (1 MiB to 1 MiB
 before the end, ``mkfs.ext4 -E nodiscard,lazy_itable_init=0``), populated with ``debootstrap
---variant=minbase bookworm`` (or a copy of this machine's ``/usr`` when debootstrap fails),
-500 MiB of random files, four logs, a 64 MiB SQLite database and ``/usr`` files up to 60 % use.
-Day 1 is a copy changed through the mounted filesystem as a guest would change it. Sizes scale
-with the disk (a 1 GiB disk gets a quarter of everything). Every step is seeded, so a rebuild
-gives the same kind of content.
+--variant=minbase bookworm``, 500 MiB of random files, four logs, a 64 MiB SQLite database and
+``/usr`` files up to 60 % use. When debootstrap is missing or fails, a copy of ~300 MiB of this
+machine's ``/usr`` stands in for the system: never silently: ``Images.system`` says which was
+used and ``system_note`` why, every bench prints both and puts them in its JSON, and
+``require_debootstrap`` makes the fallback an error. Day 1 is a copy changed through the mounted
+filesystem as a guest would change it, with every write the guest's filesystem sends to the disk
+logged (``write_trace.py``: ``day1-SIZE.writes``, what a real change tracker would record).
+Sizes scale with the disk (a 1 GiB disk gets a quarter of everything). Every step is seeded, so
+a rebuild gives the same kind of content.
 
 The kernel makes no ``loopNp1`` nodes here, so the partition is attached with ``losetup -o
 OFFSET --sizelimit SIZE``. Needs root, ``sgdisk``, ``mkfs.ext4`` and ``losetup``.
@@ -23,6 +27,7 @@ import random
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,10 +35,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypedDict
 
+import write_trace
+
 MiB, GiB = 1 << 20, 1 << 30
 SECTOR = 512
 PART_START = 1 * MiB
-VERSION = 3  # bump when the content recipe changes: cached images are rebuilt
+VERSION = 4  # bump when the content recipe changes: cached images are rebuilt
 MIRROR = "http://deb.debian.org/debian"
 
 
@@ -47,9 +54,17 @@ class Images:
     part_offset: int
     part_size: int
     system: str  # "debootstrap" or "copy of /usr"
+    system_note: str  # debootstrap's suite and mirror, or why it could not be used
     used_pct: float  # df Use% of day 0
     files: int
     build_s: float
+    day1_writes: str  # the guest's write log of day 1 (write_trace format)
+    day1_write_requests: int  # write requests the guest's filesystem sent during day 1
+    day1_written_bytes: int  # distinct bytes those requests covered
+
+
+class DebootstrapUnavailable(RuntimeError):
+    """debootstrap is missing or failed while the caller required a Debian system."""
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -102,8 +117,10 @@ def make_thick(path: Path, size: int) -> None:
         os.fsync(f.fileno())
 
 
-def install_system(root: Path, scale: float) -> str:
-    """debootstrap minbase bookworm into root; falls back to ~300 MiB of this machine's /usr."""
+def install_system(root: Path, scale: float, require_debootstrap: bool) -> tuple[str, str]:
+    """debootstrap minbase bookworm into root: ("debootstrap", suite and mirror). When it is
+    missing or fails: an error if ``require_debootstrap``, else ~300 MiB (scaled) of this
+    machine's /usr and ("copy of /usr", the reason), also printed on stderr."""
     try:
         subprocess.run(
             ["debootstrap", "--variant=minbase", "bookworm", str(root), MIRROR],
@@ -111,19 +128,24 @@ def install_system(root: Path, scale: float) -> str:
             capture_output=True,
             timeout=900,
         )
-        return "debootstrap"
-    except (OSError, subprocess.SubprocessError):
-        for child in root.iterdir():
-            if child.name == "lost+found":
-                continue
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-        usr_files(root / "usr", int(300 * MiB * scale), 0, skip_under=None)
-        for d in ("etc", "var/lib/dpkg", "var/log", "tmp"):
-            (root / d).mkdir(parents=True, exist_ok=True)
-        return "copy of /usr"
+        return "debootstrap", f"debootstrap --variant=minbase bookworm {MIRROR}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", None) or b""
+        reason = f"debootstrap failed: {exc} {detail.decode(errors='replace')[-300:]}".strip()
+    if require_debootstrap:
+        raise DebootstrapUnavailable(f"{reason} (apt-get install debootstrap; needs a mirror)")
+    print(f"WARNING: not a Debian system disk: {reason}; using a copy of /usr", file=sys.stderr)
+    for child in root.iterdir():
+        if child.name == "lost+found":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    usr_files(root / "usr", int(300 * MiB * scale), 0, skip_under=None)
+    for d in ("etc", "var/lib/dpkg", "var/log", "tmp"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    return "copy of /usr", reason
 
 
 def random_file(path: Path, size: int, rng: random.Random) -> None:
@@ -253,13 +275,16 @@ def count_files(root: Path) -> int:
 
 class Day0Info(TypedDict):
     system: str
+    system_note: str
     usr_walked: int
     used_pct: float
     files: int
 
 
-def populate_day0(mnt: Path, scale: float, rng: random.Random) -> Day0Info:
-    system = install_system(mnt, scale)
+def populate_day0(
+    mnt: Path, scale: float, rng: random.Random, require_debootstrap: bool
+) -> Day0Info:
+    system, note = install_system(mnt, scale, require_debootstrap)
     random_file(mnt / "srv/data/big.bin", int(200 * MiB * scale), rng)
     for i in range(30):
         random_file(mnt / f"srv/data/blob{i:02d}.bin", int(10 * MiB * scale), rng)
@@ -269,6 +294,7 @@ def populate_day0(mnt: Path, scale: float, rng: random.Random) -> Day0Info:
     walked, _ = usr_files(mnt / "srv/usr-copy", 10**12, 0, fs_root=mnt, stop_pct=60.0)
     return {
         "system": system,
+        "system_note": note,
         "usr_walked": walked,
         "used_pct": round(used_pct(mnt), 1),
         "files": count_files(mnt),
@@ -325,16 +351,20 @@ def change_day1(mnt: Path, scale: float, usr_walked: int, rng: random.Random) ->
     return {"package_bytes": pkg, "rewritten_bytes": rewritten}
 
 
-def build(dir_: Path, size: int) -> Images:
-    """Build (or reuse) day0-SIZE.img and day1-SIZE.img under dir_."""
+def build(dir_: Path, size: int, require_debootstrap: bool = False) -> Images:
+    """Build (or reuse) day0-SIZE.img, day1-SIZE.img and day1-SIZE.writes under dir_.
+
+    A cached set made with the /usr fallback is rebuilt when ``require_debootstrap``."""
     tag = f"{size // GiB}g" if size % GiB == 0 else str(size)
     day0, day1 = dir_ / f"day0-{tag}.img", dir_ / f"day1-{tag}.img"
+    writes = dir_ / f"day1-{tag}.writes"
     meta_path = dir_ / f"images-{tag}.json"
     off, psize = partition_layout(size)
-    if meta_path.exists() and day0.exists() and day1.exists():
+    if meta_path.exists() and all(p.exists() for p in (day0, day1, writes)):
         meta = json.loads(meta_path.read_text())
-        if meta.get("version") == VERSION:
-            return Images(**meta["images"])
+        cached = meta.get("version") == VERSION and Images(**meta["images"])
+        if cached and (cached.system == "debootstrap" or not require_debootstrap):
+            return cached
     dir_.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     scale, rng = size / (4 * GiB), random.Random(20240601)
@@ -348,10 +378,11 @@ def build(dir_: Path, size: int) -> Images:
     finally:
         run("losetup", "-d", dev)
     with mounted(day0, off, psize) as mnt:
-        info = populate_day0(mnt, scale, rng)
+        info = populate_day0(mnt, scale, rng, require_debootstrap)
     run("cp", "--sparse=never", str(day0), str(day1))
-    with mounted(day1, off, psize) as mnt:
+    with write_trace.traced(day1, writes) as guest_disk, mounted(guest_disk, off, psize) as mnt:
         change_day1(mnt, scale, info["usr_walked"], rng)
+    log = write_trace.read_log(writes)
     images = Images(
         str(day0),
         str(day1),
@@ -359,12 +390,22 @@ def build(dir_: Path, size: int) -> Images:
         off,
         psize,
         info["system"],
+        info["system_note"],
         info["used_pct"],
         info["files"],
         round(time.monotonic() - started, 1),
+        str(writes),
+        log.requests,
+        log.distinct,
     )
     meta_path.write_text(json.dumps({"version": VERSION, "images": asdict(images)}, indent=1))
     return Images(**json.loads(meta_path.read_text())["images"])
+
+
+def summary(images: Images) -> str:
+    """One line naming the system the images hold (every bench prints it)."""
+    text = f"{images.system}" + ("" if images.system == "debootstrap" else " (NOT Debian)")
+    return f"{text}: {images.system_note}"
 
 
 def widen(src: Images, dir_: Path, size: int) -> tuple[Path, Path]:

@@ -55,6 +55,22 @@ class DiskInfo:
 
 
 @dataclass(frozen=True)
+class AppliedImage:
+    """What `BedControl.apply_guest_day` wrote and recorded for CBT, in bytes.
+
+    written: the 4 KiB blocks that differed (copied); extents: their number; rewritten: bytes
+    of the guest's write log outside them (written with unchanged bytes, recorded only);
+    tracked: what QueryChangedDiskAreas answers for this call's writes alone (rounded out to
+    the bed's ctk_block and merged).
+    """
+
+    written: int
+    extents: int
+    rewritten: int
+    tracked: int
+
+
+@dataclass(frozen=True)
 class VmInfo:
     name: str
     moref: str
@@ -180,6 +196,16 @@ class BedControl:
         payload = {"vm": vm, "disk": disk, "image": str(new_image_path)}
         res = self._call("POST", "apply-image", payload)
         return res["written"], res["extents"]
+
+    def apply_guest_day(self, vm: str, disk: int, new_image_path: Path,
+                        writes: Path | None = None) -> AppliedImage:
+        """`apply_image`, and with `writes` (the guest's write log: one "offset length" line
+        per extent, in bytes) also record as written every block of the log whose bytes did
+        not change, as a real change tracker reports every guest write."""
+        payload = {"vm": vm, "disk": disk, "image": str(new_image_path),
+                   "writes": str(writes) if writes else ""}
+        res = self._call("POST", "apply-image", payload)
+        return AppliedImage(res["written"], res["extents"], res["rewritten"], res["tracked"])
 
     def reset_cbt(self, vm: str) -> None:
         """Reinitialise change tracking as after a power loss: every earlier changeId is invalid."""

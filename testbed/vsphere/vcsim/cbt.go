@@ -8,6 +8,8 @@ package main
 // superset, as the API allows, never a subset). This file is pure: no I/O, no vcsim.
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/rand"
 	"fmt"
 	"sort"
@@ -135,4 +137,52 @@ func clip(in []extent, start, end int64) []extent {
 		}
 	}
 	return out
+}
+
+// parseWriteLog reads a guest write log: one "offset length" pair of decimal byte counts per
+// line (blank lines and lines starting with '#' are skipped). Every extent must lie inside
+// [0, capacity) and have a positive length. The answer is sorted and merged.
+func parseWriteLog(text []byte, capacity int64) ([]extent, error) {
+	var out []extent
+	lines := bufio.NewScanner(bytes.NewReader(text))
+	for n := 1; lines.Scan(); n++ {
+		line := strings.TrimSpace(lines.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 2 {
+			return nil, fmt.Errorf("write log line %d: want \"offset length\", got %q", n, line)
+		}
+		start, err1 := strconv.ParseInt(fields[0], 10, 64)
+		length, err2 := strconv.ParseInt(fields[1], 10, 64)
+		if err1 != nil || err2 != nil || start < 0 || length <= 0 || start+length > capacity {
+			return nil, fmt.Errorf("write log line %d: %q is not an extent inside the disk (capacity %d)",
+				n, line, capacity)
+		}
+		out = append(out, extent{start, length})
+	}
+	if err := lines.Err(); err != nil {
+		return nil, err
+	}
+	return mergeExtents(out), nil
+}
+
+// extentBytes is the total length of extents (callers pass merged extents: no overlaps).
+func extentBytes(in []extent) int64 {
+	var n int64
+	for _, e := range in {
+		n += e.length
+	}
+	return n
+}
+
+// trackedBytes is what QueryChangedDiskAreas answers for writes alone, in bytes: the extents
+// rounded out to block, clamped to capacity and merged.
+func trackedBytes(writes []extent, block, capacity int64) int64 {
+	rounded := make([]extent, 0, len(writes))
+	for _, e := range writes {
+		rounded = append(rounded, roundOut(e, block, capacity))
+	}
+	return extentBytes(mergeExtents(rounded))
 }

@@ -9,7 +9,7 @@ package main
 //	POST /vmaccel-test/add-disk    {vm, image | capacity}   -> disk (a new disk on the VM)
 //	POST /vmaccel-test/grow-disk   {vm, disk, capacity}     -> disk
 //	POST /vmaccel-test/write?vm=&disk=&offset=  <bytes>     -> disk (a guest write)
-//	POST /vmaccel-test/apply-image {vm, disk, image}        -> {written, extents}
+//	POST /vmaccel-test/apply-image {vm, disk, image, writes} -> {written, extents, rewritten, tracked}
 //	POST /vmaccel-test/reset-cbt   {vm}                      -> {}
 //	POST /vmaccel-test/faults      {kind, count, after, method, bytes}
 //	                                                         -> {}   (count 0 disarms, <0 sticky)
@@ -46,6 +46,7 @@ type controlRequest struct {
 	After    int    `json:"after"`  // faults: matching calls let through first
 	Method   string `json:"method"` // faults: SOAP method the fault is limited to
 	Bytes    int64  `json:"bytes"`  // faults: folder body bytes before the cut
+	Writes   string `json:"writes"` // apply-image: the guest's write log (parseWriteLog), optional
 }
 
 type controlFunc func(r *http.Request, req controlRequest) (interface{}, error)
@@ -183,8 +184,14 @@ func (b *bed) guestWrite(r *http.Request, _ controlRequest) (interface{}, error)
 	})
 }
 
+// applyImage makes the disk's content equal to req.Image by writing the 4 KiB blocks that
+// differ, and records them for CBT. With req.Writes (the guest's write log, byte extents) it
+// also records the blocks the guest wrote with unchanged bytes, as a real tracker would.
+// Answers written (bytes that differed), extents (their count), rewritten (bytes of the log
+// outside them) and tracked (what QueryChangedDiskAreas answers for this call's writes alone:
+// rounded out to the -ctk-block granularity and merged).
 func (b *bed) applyImage(_ *http.Request, req controlRequest) (interface{}, error) {
-	var written int64
+	var written, rewritten, tracked int64
 	var count int
 	_, err := b.withDisk(req.VM, req.Disk, func(vm *simulator.VirtualMachine, disk *types.VirtualDisk) error {
 		info, err := describeDisk(disk)
@@ -197,6 +204,16 @@ func (b *bed) applyImage(_ *http.Request, req controlRequest) (interface{}, erro
 			return fmt.Errorf("image of %d bytes exceeds the disk (capacity %d): grow the disk first",
 				st.Size(), info.Capacity)
 		}
+		var logged []extent
+		if req.Writes != "" {
+			text, err := os.ReadFile(req.Writes)
+			if err != nil {
+				return err
+			}
+			if logged, err = parseWriteLog(text, info.Capacity); err != nil {
+				return err
+			}
+		}
 		extents, err := diffBlocks(info.Path, req.Image, 4096)
 		if err != nil {
 			return err
@@ -207,17 +224,22 @@ func (b *bed) applyImage(_ *http.Request, req controlRequest) (interface{}, erro
 			}
 		}
 		err = copyExtents(info.Path, req.Image, extents)
-		for _, e := range extents { // also after a failed copy: CBT may report a superset
+		all := mergeExtents(append(append([]extent{}, extents...), logged...))
+		for _, e := range all { // also after a failed copy: CBT may report a superset
 			b.recordWrite(vm, disk.Key, e)
-			written += e.length
 		}
+		written = extentBytes(extents)
+		rewritten = extentBytes(all) - written
+		tracked = trackedBytes(all, b.block, info.Capacity)
 		if err != nil {
 			return err
 		}
 		count = len(extents)
 		return nil
 	})
-	return map[string]int64{"written": written, "extents": int64(count)}, err
+	return map[string]int64{
+		"written": written, "extents": int64(count), "rewritten": rewritten, "tracked": tracked,
+	}, err
 }
 
 func (b *bed) resetCBT(_ *http.Request, req controlRequest) (interface{}, error) {
