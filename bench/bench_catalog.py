@@ -20,125 +20,43 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import blake3
 import pagecache
-import zstandard
+from catalog_table import table
+from workload import (
+    UNIT,
+    Content,
+    GiB,
+    KiB,
+    MiB,
+    TiB,
+    baseline_full,
+    baseline_hash,
+    baseline_threads,
+    load_avg,
+    rss_mib,
+    timed,
+    timed_cpu,
+)
 
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.catalog.index import ImageRow
 from vmaccel.catalog.pack import KIND_NODE
 
-KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
-UNIT = 64 * KiB  # content is generated in 64 KiB units, in runs of RUN units of one kind
-RUN = 4
-WRITE_CHUNK = 4 * MiB
 PHASES = ("write", "rewrite", "synth", "read", "random", "blocksize")
 IMAGE = "generated: Content (synthetic: ~43 % zero, ~20 % random, ~37 % text; no OS)"
 
 
-# -- deterministic, realistic content (streamed, never held whole) -----------------------------
-
-
-class Content:
-    """A disk image of ``size`` bytes: ~43 % zero, ~20 % random, ~37 % text/structured.
-
-    Kinds are chosen per run of ``RUN`` units by a seeded hash, so zeros come in runs as on a
-    real disk. Random and text units are slices of pools at unit-dependent byte offsets, so
-    no two units are equal (nothing dedups by accident) and generating is about a memcpy.
-    """
-
-    def __init__(self, size: int, seed: int = 1) -> None:
-        self.size, self.seed = size, seed
-        rng = random.Random(seed)
-        self._rand = rng.randbytes(64 * MiB)
-        words = [
-            b"GET",
-            b"POST",
-            b"/api/v1/orders",
-            b"user=",
-            b"status=200",
-            b"INFO",
-            b"WARN",
-            b"kernel:",
-            b'{"id":',
-            b'"sku":"A-',
-            b'"qty":',
-            b"ext4-fs",
-            b"\n",
-        ]
-        lines = []
-        for i in range(200_000):
-            picks = b" ".join(rng.choice(words) for _ in range(6))
-            lines.append(
-                b"2024-05-%02d %06d %s %d\n" % (i % 28 + 1, i, picks, rng.randrange(1 << 20))
-            )
-        self._text = b"".join(lines)
-        self._zero = bytes(UNIT)
-
-    def kind(self, unit: int) -> str:
-        h = (
-            int.from_bytes(
-                blake3.blake3(
-                    (unit // RUN * 2654435761 + self.seed).to_bytes(8, "little")
-                ).digest()[:4],
-                "little",
-            )
-            % 100
-        )
-        return "zero" if h < 43 else "random" if h < 63 else "text"
-
-    def unit(self, u: int, salt: int = 0) -> bytes:
-        kind = self.kind(u) if not salt else ("random" if u % 3 == 0 else "text")
-        if kind == "zero":
-            return self._zero
-        pool = self._rand if kind == "random" else self._text
-        off = ((u + salt * 7_777_777) * 40_503) % (len(pool) - UNIT)
-        stamp = b"%016x" % (u ^ (salt << 40))
-        return stamp + pool[off : off + UNIT - len(stamp)]
-
-    def read(self, offset: int, length: int, salt: int = 0) -> bytes:
-        """Image bytes ``offset .. offset+length`` (both multiples of 64 KiB)."""
-        first = offset // UNIT
-        return b"".join(self.unit(u, salt) for u in range(first, first + length // UNIT))
-
-    def chunks(self, chunk: int = WRITE_CHUNK) -> Iterator[tuple[int, bytes]]:
-        for off in range(0, self.size, chunk):
-            yield off, self.read(off, min(chunk, self.size - off))
-
-
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def load_avg() -> float:
-    """The 1-minute load average when the phase started (other work on the machine)."""
-    return os.getloadavg()[0]
-
-
-def timed_cpu(fn: Callable[[], Any]) -> tuple[float, float, Any]:
-    """(wall seconds, CPU seconds of this process, result): CPU is less sensitive than wall
-    to other load on the machine; CPU above wall means more than one core was busy."""
-    c, t = time.process_time(), time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, time.process_time() - c, out
 
 
 def node_bytes(repo: Repository) -> tuple[int, int, int]:
@@ -161,12 +79,6 @@ def full_backup(repo: Repository, content: Content, disk: str, vm: str = "vm") -
     return repo.image(row, disk)
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
 # -- phases (each runs in its own process) ---------------------------------------------------
 
 
@@ -174,21 +86,8 @@ def phase_write(a: argparse.Namespace) -> dict[str, Any]:
     load = load_avg()
     content = Content(a.size)
     gen_s, _ = timed(lambda: sum(len(d) for _, d in content.chunks()))
-    comp = zstandard.ZstdCompressor(level=3, write_content_size=True)
-    zero, bs = bytes(a.block), a.block
-
-    def baseline() -> int:
-        stored = 0
-        for _, data in content.chunks():
-            for p in range(0, len(data), bs):
-                block = data[p : p + bs]
-                if block == zero:
-                    continue
-                blake3.blake3(block).digest()
-                stored += min(len(comp.compress(block)), len(block))
-        return stored
-
-    base_s, base_cpu, base_stored = timed_cpu(baseline)
+    bs = a.block
+    base_s, base_cpu, base_stored = timed_cpu(lambda: baseline_full(content, bs))
     par_s, par_cpu, _ = timed_cpu(lambda: baseline_threads(content, bs, 2))
     repo_path = a.dir / "repo"
     shutil.rmtree(repo_path, ignore_errors=True)
@@ -240,16 +139,7 @@ def phase_rewrite(a: argparse.Namespace) -> dict[str, Any]:
     load = load_avg()
     content = Content(a.size)
     gen_s, _ = timed(lambda: sum(len(d) for _, d in content.chunks()))
-    zero, bs = bytes(a.block), a.block
-
-    def baseline() -> None:
-        for _, data in content.chunks():
-            for p in range(0, len(data), bs):
-                block = data[p : p + bs]
-                if block != zero:
-                    blake3.blake3(block).digest()
-
-    base_s, base_cpu, _ = timed_cpu(baseline)
+    base_s, base_cpu, _ = timed_cpu(lambda: baseline_hash(content, a.block))
     repo_path = a.dir / "repo"
     with Repository.open(repo_path, write=True) as repo:
         parent = repo.image(repo.backups(vm="vm")[0], "disk0")
@@ -283,33 +173,6 @@ def phase_rewrite(a: argparse.Namespace) -> dict[str, Any]:
         "new_nodes": n1[0] - n0[0],
         "rss_MiB": rss_mib(),
     }
-
-
-def baseline_threads(content: Content, bs: int, threads: int) -> None:
-    """The essential work of a full backup on ``threads`` threads, with nothing stored: the
-    calling thread generates 4 MiB pieces, a pool zero-checks, hashes and compresses their
-    blocks (at most 16 pieces in flight). On a machine with two free cores this reaches ~1.9x
-    the one-thread baseline; when it does not, the cores were busy with other work."""
-    local = threading.local()
-
-    def work(data: bytes) -> None:
-        comp = getattr(local, "comp", None)
-        if comp is None:
-            comp = local.comp = zstandard.ZstdCompressor(level=3, write_content_size=True)
-        view, zero = memoryview(data), bytes(bs)
-        for p in range(0, len(data), bs):
-            if not data.startswith(zero, p):
-                blake3.blake3(view[p : p + bs]).digest()
-                comp.compress(view[p : p + bs])
-
-    with ThreadPoolExecutor(threads) as pool:
-        inflight: deque[Future[None]] = deque()
-        for _, data in content.chunks():
-            inflight.append(pool.submit(work, data))
-            if len(inflight) >= 16:
-                inflight.popleft().result()
-        for fut in inflight:
-            fut.result()
 
 
 def _changed_blocks(blocks: int, count: int, seed: int) -> list[int]:
@@ -565,94 +428,6 @@ def run_phase(a: argparse.Namespace) -> None:
         "blocksize": phase_blocksize,
     }[a.phase]
     print(json.dumps(fn(a)))
-
-
-def table(res: dict[str, Any]) -> list[str]:
-    g = lambda b: f"{b / 1e9:.2f} GB" if b >= 1e8 else f"{b / 1e6:.2f} MB"  # noqa: E731
-    out = []
-    if w := res.get("write"):
-        out += [
-            f"== write: full backup of {g(w['image_bytes'])} image, {w['block_size'] // KiB} KiB blocks  (RSS {w['rss_MiB']:.0f} MiB)",
-            f"  generate content only        {w['generate_s']:7.2f} s",
-            f"  baseline blake3+zstd-3 1 thr {w['baseline_s']:7.2f} s   net {w['baseline_net_GBps']:.2f} GB/s",
-            f"  vmaccel full backup          {w['write_s']:7.2f} s   net {w['write_net_GBps']:.2f} GB/s (gross {w['write_gross_GBps']:.2f})",
-            f"  baseline, same work 2 thr    {w['baseline2_s']:7.2f} s   net {w['baseline2_net_GBps']:.2f} GB/s"
-            f"   ({w['ratio_baseline2_vs_baseline']:.2f} x 1 thr: ~1.9 when 2 cores are free)",
-            f"  ratio vmaccel/baseline 2 thr {w['ratio_write_vs_baseline2']:7.2f} x",
-            f"  ratio vmaccel/baseline       {w['ratio_write_vs_baseline']:7.2f} x   "
-            f"(CPU {w['write_cpu_s']:.2f} s vs {w['baseline_cpu_s']:.2f} s; load avg {w['load_avg']:.1f})",
-            f"  stored {g(w['stored_bytes'])} (baseline {g(w['baseline_stored_bytes'])}), {w['zero_blocks']} zero blocks, "
-            f"{w['map_nodes']} map nodes = {g(w['map_node_bytes'])}, index.db {g(w['index_db_bytes'])}",
-        ]
-    if r := res.get("rewrite"):
-        out += [
-            f"== rewrite: the same image again as a child (hash compare, no CBT)  (RSS {r['rss_MiB']:.0f} MiB)",
-            f"  generate content only        {r['generate_s']:7.2f} s",
-            f"  baseline zero+blake3 1 thr   {r['baseline_s']:7.2f} s   gross {r['baseline_gross_GBps']:.2f} GB/s",
-            f"  vmaccel rewrite              {r['rewrite_s']:7.2f} s   gross {r['rewrite_gross_GBps']:.2f} GB/s",
-            f"  ratio vmaccel/baseline       {r['ratio_rewrite_vs_baseline']:7.2f} x (gross)   "
-            f"(CPU {r['rewrite_cpu_s']:.2f} s vs {r['baseline_cpu_s']:.2f} s; load avg {r['load_avg']:.1f})",
-            f"  new chunks {r['new_chunks']}, stored {r['stored_bytes']} B, new map nodes {r['new_nodes']}",
-        ]
-        if w := res.get("_full"):  # the write phase of the same run
-            out.append(
-                f"  rewrite vs full write        {r['rewrite_gross_GBps'] / w['write_gross_GBps']:7.2f} x faster (gross)"
-            )
-    if s := res.get("synth"):
-        out.append(f"== synthetic full from the full backup  (RSS {s['rss_MiB']:.0f} MiB)")
-        if "big_bytes" in s:
-            out.append(
-                f"  sparse full of {s['big_bytes'] / GiB:.0f} GiB disk with {g(s['big_data_bytes'])} data: {s['big_full_s']:.2f} s"
-            )
-        z = s["nochange_4g"]
-        out.append(
-            f"  1 block changed ({g(s['image_bytes'])} disk): {z['seconds'] * 1000:.1f} ms, {z['new_nodes']} nodes, {z['node_bytes']} B"
-        )
-        out.append(
-            "  change  disk     changed   seconds  data MB/s  nodes  node bytes  sqlite growth"
-        )
-        for c in s["cases"]:
-            for label in ("small", "big"):
-                if label not in c:
-                    continue
-                r = c[label]
-                name = (
-                    g(s["image_bytes"]) if label == "small" else f"{s['big_bytes'] / GiB:.0f} GiB"
-                )
-                out.append(
-                    f"  {c['pct']:5.1f}%  {name:>8} {g(r['changed_bytes']):>9} {r['seconds']:8.3f} "
-                    f"{r['changed_bytes'] / r['seconds'] / 1e6:9.0f} {r['new_nodes']:6d} {r['node_bytes']:11d} {r['sqlite_growth']:11d}"
-                )
-            if "ratio_time" in c:
-                out.append(
-                    f"         ratio sparse/small: time {c['ratio_time']:.2f}, node bytes {c['ratio_node_bytes']:.2f}"
-                )
-    if r := res.get("read"):
-        out += [
-            f"== sequential read, 1 MiB readinto  (RSS {r['rss_MiB']:.0f} MiB)",
-            f"  raw file (page cache) {r['raw_GBps']:6.2f} GB/s   ImageReader {r['image_GBps']:6.2f} GB/s   "
-            f"slower by {r['ratio_raw_vs_image']:.1f} x   (CPU {r['image_cpu_s']:.2f} s; load avg {r['load_avg']:.1f})",
-        ]
-    if r := res.get("random"):
-        out.append(
-            f"== random 4 KiB preads of data blocks  (RSS {r['rss_MiB']:.0f} MiB, load avg {r['load_avg']:.1f})"
-        )
-        for k in ("no_cache_cold", "no_cache_warm", "cache_64MiB_warm"):
-            out.append(f"  {k:16} {r[k]['reads_per_s']:9.0f} reads/s ({r[k]['reads']} reads)")
-        out.append("  (cold: the repository's files evicted from the page cache before every read)")
-    if b := res.get("blocksize"):
-        out.append(
-            f"== block size trade-off, {g(b['image_bytes'])} image  (RSS {b['rss_MiB']:.0f} MiB)"
-        )
-        out.append(
-            "  block    write GB/s  stored      map nodes  map bytes   0.1%-as-4KiB inc: blocks read  stored  node bytes"
-        )
-        for x in b["rows"]:
-            out.append(
-                f"  {x['block_size'] // KiB:5d}K {x['write_GBps']:10.2f}  {g(x['stored_bytes']):>10} {x['map_nodes']:9d} "
-                f"{x['map_node_bytes']:10d}   {x['inc_blocks']:6d} {g(x['inc_read_bytes']):>9} {g(x['inc_stored_bytes']):>9} {x['inc_node_bytes']:9d}"
-            )
-    return out
 
 
 def main() -> None:

@@ -99,6 +99,23 @@ def write_phase(db: Db, rnd: random.Random) -> dict[str, float]:
     conn = db.connect()
     schema(conn)
     ids = [rnd.randbytes(32) for _ in range(CHUNKS)]
+    out = chunk_figures(conn, ids, rnd)
+    conn.execute("BEGIN")
+    for b in range(1000):
+        conn.execute(
+            "INSERT INTO backup (uuid, vm, started, finished, state) VALUES (?, ?, ?, ?, ?)",
+            (f"u{b}", f"vm{b % 50}", b, b + 1, "complete"),
+        )
+    conn.execute("COMMIT")
+    out |= listing_figures(conn, rnd)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return out
+
+
+def chunk_figures(conn: Any, ids: list[bytes], rnd: random.Random) -> dict[str, float]:
+    """Insert ``ids`` as chunk rows in pack-sized transactions, then look half of them up
+    (the other half of the probes miss), as a backup's dedup does."""
     conn.execute("INSERT INTO pack VALUES (1, 'p', 0, 0, 'live')")
 
     def insert_chunks() -> None:
@@ -120,13 +137,11 @@ def write_phase(db: Db, rnd: random.Random) -> dict[str, float]:
             ]
         ),
     )
-    conn.execute("BEGIN")
-    for b in range(1000):
-        conn.execute(
-            "INSERT INTO backup (uuid, vm, started, finished, state) VALUES (?, ?, ?, ?, ?)",
-            (f"u{b}", f"vm{b % 50}", b, b + 1, "complete"),
-        )
-    conn.execute("COMMIT")
+    return out
+
+
+def listing_figures(conn: Any, rnd: random.Random) -> dict[str, float]:
+    """Store LISTINGS file-catalog listings of FILES entries, one transaction each."""
     stores = []
     for n in range(1, LISTINGS + 1):
         rows = listing(rnd, n)
@@ -146,10 +161,7 @@ def write_phase(db: Db, rnd: random.Random) -> dict[str, float]:
             conn.execute("COMMIT")
 
         stores.append(timed(store))
-    out |= figures("store a 100k-file listing", *stores)
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
-    return out
+    return figures("store a 100k-file listing", *stores)
 
 
 def read_phase(db: Db) -> dict[str, float]:
