@@ -25,7 +25,7 @@ from typing import Any, cast
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repository root, not bench/
 
-from vmaccel.catalog.schema import migrations  # noqa: E402
+from vmaccel.catalog.index.schema import migrations  # noqa: E402
 
 CHUNKS = 200_000
 PACK_BATCH = 2_000  # chunk rows committed per sealed pack

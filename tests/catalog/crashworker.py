@@ -34,7 +34,8 @@ from typing import Any
 from vmaccel.catalog import Repository
 from vmaccel.catalog.gc import collect_garbage
 from vmaccel.catalog.index import ImageRow, Index
-from vmaccel.catalog.packstore import LocalPackStore, _LocalSink
+from vmaccel.catalog.localstore import _LocalUpload
+from vmaccel.catalog.packstore import PackStore
 from vmaccel.catalog.prune import prune
 from vmaccel.catalog.retention import RetentionPolicy
 
@@ -45,8 +46,8 @@ DISK = "disk0"
 
 # hook name -> (owner, method, die before the call (else after it returns))
 HOOKS: dict[str, tuple[Any, str, bool]] = {
-    "seal-before-rename": (_LocalSink, "commit", True),  # sealed bytes only in packs/tmp
-    "seal-before-rows": (_LocalSink, "commit", False),  # pack in place, rows uncommitted
+    "seal-before-rename": (_LocalUpload, "commit", True),  # sealed bytes only in packs/tmp
+    "seal-before-rows": (_LocalUpload, "commit", False),  # pack in place, rows uncommitted
     "commit-txn": (Index, "finish_backup", False),  # inside the completing transaction
     "commit-before-manifest": (Repository, "write_manifest", True),  # complete, uncommitted
     "commit-manifest": (Repository, "write_manifest", False),  # manifest durable, no COMMIT
@@ -54,7 +55,7 @@ HOOKS: dict[str, tuple[Any, str, bool]] = {
     "remove-rows": (Index, "delete_backup", False),  # inside the row-deleting transaction
     "gc-mark-deleting": (Index, "set_pack_state", False),  # inside a sweep transaction
     "gc-move-chunks": (Index, "move_chunks", False),  # inside a repack transaction
-    "gc-delete-file": (LocalPackStore, "delete", True),  # pack row gone, file not yet
+    "gc-delete-file": (PackStore, "delete", True),  # pack row gone, file not yet
 }
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.catalog.index import ImageRow, Index
-from vmaccel.catalog.packstore import LocalPackStore, PackSink
+from vmaccel.catalog.objectstore import Upload
+from vmaccel.catalog.packstore import PackStore, pack_key
 from vmaccel.vocabulary.errors import ChunkCorrupt, ChunkMissing, DamageError
 
 BS = 4096
@@ -74,7 +75,7 @@ def test_rewrite_of_unchanged_data_asks_the_index_nothing(
     again = write_image(repo, data, parent=full)
 
     assert sum(asked) == 0  # equal to the parent's ids: known without any query
-    assert again.stats["new_chunks"] == 0 and again.stats["dedup_blocks"] == 96
+    assert again.stats.new_chunks == 0 and again.stats.dedup_blocks == 96
     assert again.root == full.root  # the same map: every node shared
     assert len(repo.index.packs()) == packs
     assert read_all(repo, again) == data
@@ -94,7 +95,7 @@ def test_rewrite_with_changes_stores_only_the_changed_blocks(
     child = write_image(repo, bytes(data), parent=full)
 
     assert sum(asked) == len(changed) + 1  # only blocks that differ from the parent
-    assert child.stats["new_chunks"] == len(changed)
+    assert child.stats.new_chunks == len(changed)
     assert read_all(repo, child) == bytes(data)
     assert read_all(repo, full) != bytes(data)
 
@@ -106,8 +107,8 @@ def test_background_seals_keep_chunks_known_and_readable(repo: Repository) -> No
     data = b"".join(block if i % 10 == 0 else rand(BS, 1000 + i) for i in range(300))
     img = write_image(repo, data)
     assert len(repo.index.packs()) > 10
-    assert img.stats["new_chunks"] == 300 - 30 + 1
-    assert repo.index.chunk_totals()[0] == img.stats["new_chunks"]
+    assert img.stats.new_chunks == 300 - 30 + 1
+    assert repo.index.chunk_totals()[0] == img.stats.new_chunks
     assert read_all(repo, img) == data
 
 
@@ -119,7 +120,7 @@ def test_load_many_coalesces_and_isolates_damage(repo: Repository) -> None:
     assert set(locs) == set(ids)
     bad = ids[5]
     loc = locs[bad]
-    with open(repo.packs.path(loc.pack), "r+b") as f:
+    with open(repo.path / pack_key(loc.pack), "r+b") as f:
         f.seek(loc.offset + 9)
         byte = f.read(1)
         f.seek(loc.offset + 9)
@@ -202,17 +203,17 @@ def test_failed_pack_write_fails_the_backup_and_commits_nothing(
 ) -> None:
     good = write_image(repo, rand(8 * BS, 9))
     packs, chunks = len(repo.index.packs()), repo.index.chunk_totals()[0]
-    real_create = LocalPackStore.create
+    real_create = PackStore.create
     created: list[str] = []
 
-    def create(self: LocalPackStore, name: str) -> PackSink:
+    def create(self: PackStore, name: str) -> Upload:
         sink = real_create(self, name)
         budget = 0 if len(created) == failing else 1 << 30
         sink.stream = _FailingStream(sink.stream, budget)  # type: ignore[misc,assignment]
         created.append(name)
         return sink
 
-    monkeypatch.setattr(LocalPackStore, "create", create)
+    monkeypatch.setattr(PackStore, "create", create)
     with pytest.raises(OSError, match="No space left"):
         write_image(repo, rand(200 * BS, 10))
     monkeypatch.undo()

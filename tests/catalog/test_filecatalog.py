@@ -49,13 +49,13 @@ def repo(tmp_path: Path) -> Repository:
 
 
 def test_listing_is_stored_once_per_content(repo: Repository) -> None:
-    with repo, repo.index.transaction():
+    with repo, repo.index.writing():
         a = store_listing(repo.index, [*BASE, NGINX_V1])
         b = store_listing(repo.index, list(reversed([*BASE, NGINX_V1])))
         c = store_listing(repo.index, [*BASE, NGINX_V2])
         assert a == b != c
-        rows = repo.index.query("SELECT COUNT(*) FROM file_entry")[0][0]
-        assert rows == 2 * (len(BASE) + 1)
+        assert repo.index.listing_ids() == {a, c}
+        assert repo.index.listing_size(a) == repo.index.listing_size(c) == len(BASE) + 1
 
 
 def test_find_names_every_restore_point_with_the_file(repo: Repository) -> None:
@@ -63,7 +63,7 @@ def test_find_names_every_restore_point_with_the_file(repo: Repository) -> None:
         first = _backup(repo, "web", b"\1" * 4096)
         second = _backup(repo, "web", b"\2" * 4096)
         other = _backup(repo, "db", b"\3" * 4096)
-        with repo.index.transaction():
+        with repo.index.writing():
             v1 = store_listing(repo.index, [*BASE, NGINX_V1])
             v2 = store_listing(repo.index, [*BASE, NGINX_V2])
             attach_listing(repo.index, _image_id(repo, first), "p1", "ext4", v1)
@@ -98,14 +98,12 @@ def test_prune_drops_listings_nobody_uses(repo: Repository) -> None:
     with repo:
         old = _backup(repo, "web", b"\1" * 4096)
         new = _backup(repo, "web", b"\2" * 4096)
-        with repo.index.transaction():
+        with repo.index.writing():
             v1 = store_listing(repo.index, [*BASE, NGINX_V1])
             v2 = store_listing(repo.index, [*BASE, NGINX_V2])
             attach_listing(repo.index, _image_id(repo, old), "p1", "ext4", v1)
             attach_listing(repo.index, _image_id(repo, new), "p1", "ext4", v2)
         prune(repo, RetentionPolicy(last=1))
         assert [h.backup_id for h in find_files(repo.index, "nginx.conf")] == [new]
-        listings = {r[0] for r in repo.index.query("SELECT id FROM listing")}
-        assert listings == {v2}
-        entries = repo.index.query("SELECT COUNT(*) FROM file_entry WHERE listing_id = ?", (v1,))
-        assert entries[0][0] == 0
+        assert repo.index.listing_ids() == {v2}
+        assert repo.index.listing_size(v1) == 0

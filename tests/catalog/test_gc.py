@@ -210,7 +210,7 @@ def test_a_damaged_map_stops_gc_before_it_deletes_anything(history: History) -> 
     assert root is not None
     files = pack_files(history.path)
     with history.open(write=True) as repo:
-        with repo.index.transaction():
+        with repo.index.writing():
             repo.index.delete_chunks([root])
         with pytest.raises(ChunkMissing, match=r"disk 'disk1' of backup 5 \(vm1\)"):
             collect_garbage(repo, grace_seconds=0)

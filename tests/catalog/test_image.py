@@ -14,6 +14,7 @@ import pytest
 
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.catalog.index import ImageRow
+from vmaccel.catalog.packstore import pack_key
 from vmaccel.vocabulary.errors import DamageError, UsageError
 
 BS = 4096
@@ -69,8 +70,8 @@ def test_round_trip_and_zeros_never_stored(repo: Repository) -> None:
     content[30 * BS : 31 * BS] = b"x" * BS
     imgs = backup(repo, {"d": (size, [("w", 0, bytes(content))])})
     stats = imgs["d"].stats
-    assert stats["zero_blocks"] == 37
-    assert stats["new_chunks"] == 3
+    assert stats.zero_blocks == 37
+    assert stats.new_chunks == 3
     assert data_chunks(repo) == 3
     assert read_all(repo, imgs["d"]) == content
 
@@ -86,15 +87,15 @@ def test_dedup_across_disks_and_backups(repo: Repository) -> None:
     payload = rand(8 * BS, 2)
     first = backup(repo, {"a": (8 * BS, [("w", 0, payload)]), "b": (16 * BS, [])})
     assert data_chunks(repo) == 8
-    assert first["a"].stats["new_chunks"] == 8
+    assert first["a"].stats.new_chunks == 8
     second = backup(
         repo,
         {"a": (8 * BS, [("w", 0, payload)]), "b": (16 * BS, [("w", 8 * BS, payload)])},
         vm="vm2",
     )
-    assert second["a"].stats["new_chunks"] == 0
-    assert second["a"].stats["dedup_blocks"] == 8
-    assert second["b"].stats["dedup_blocks"] == 8
+    assert second["a"].stats.new_chunks == 0
+    assert second["a"].stats.dedup_blocks == 8
+    assert second["b"].stats.dedup_blocks == 8
     assert data_chunks(repo) == 8
     assert read_all(repo, second["b"]) == bytes(8 * BS) + payload
 
@@ -185,7 +186,7 @@ def test_synthetic_full_shares_parent_and_grows(repo: Repository) -> None:
     parent = backup(repo, {"d": (20 * BS, [("w", 0, base)])})
     new = rand(BS, 10)
     child = backup(repo, {"d": (300 * BS, [("w", 250 * BS, new)])}, parents=parent)
-    assert child["d"].stats["new_chunks"] == 1
+    assert child["d"].stats.new_chunks == 1
     assert child["d"].depth == 3
     assert read_all(repo, child["d"]) == base + bytes(230 * BS) + new + bytes(49 * BS)
     shrunk = backup(repo, {"d": (7 * BS + 5, [])}, parents=child)
@@ -267,13 +268,13 @@ def test_damaged_chunk_is_an_error_never_data(repo: Repository) -> None:
     assert cid is not None
     loc = repo.index.chunk(cid)
     assert loc is not None
-    path = repo.packs.path(loc.pack)  # type: ignore[attr-defined]
+    path = repo.path / pack_key(loc.pack)
     with open(path, "r+b") as f:
         f.seek(loc.offset + 7)
         byte = f.read(1)
         f.seek(loc.offset + 7)
         f.write(bytes([byte[0] ^ 0xFF]))
-    repo.packs.close()  # type: ignore[attr-defined]
+    repo.store.close()  # the reads below open the pack again
     with repo.open_image(imgs["d"]) as r:
         assert r.pread(0, BS) == content[:BS]
         with pytest.raises(DamageError, match=cid.hex()[:16]):
@@ -284,5 +285,5 @@ def test_big_write_spans_many_tasks(repo: Repository) -> None:
     size = 1024 * BS  # 4 MiB: several TASK_BYTES pieces, more than one batch of inflight
     content = os.urandom(size // 2) + bytes(size // 2)
     imgs = backup(repo, {"d": (size, [("w", 0, content)])})
-    assert imgs["d"].stats["zero_blocks"] == 512
+    assert imgs["d"].stats.zero_blocks == 512
     assert read_all(repo, imgs["d"]) == content

@@ -221,10 +221,10 @@ def test_rebuild_exits_non_zero_naming_what_it_could_not_restore(repo: Repo, cli
 
 def test_assign_ids_keeps_the_first_claim_and_follows_parents() -> None:
     def backup(bid: int, started: float) -> BackupRow:
-        return BackupRow(bid, f"u{started}", "vm", started, started + 1, "complete", {})
+        return BackupRow(bid, f"u{started}", "vm", started, started + 1, "complete")
 
     def image(iid: int, bid: int, parent: int | None) -> ImageRow:
-        return ImageRow(iid, bid, "disk0", 1, 1, 1, 1, None, parent, None, {}, {})
+        return ImageRow(iid, bid, "disk0", 1, 1, 1, 1, None, parent, None)
 
     docs = [
         (backup(1, 10), [image(1, 1, None)]),

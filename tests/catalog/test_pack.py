@@ -72,11 +72,11 @@ def test_empty_pack_seals() -> None:
 
 def test_scan_entries_walks_inline_headers() -> None:
     data, items = _pack()
-    assert [e.id for e in scan_entries(io.BytesIO(data), len(data))] == [c for c, _ in items]
+    assert [e.id for e in scan_entries(_reader(data), len(data))] == [c for c, _ in items]
     # without the trailer (never sealed) the inline headers still give every entry
     index_off = int.from_bytes(data[-FOOTER_SIZE : -FOOTER_SIZE + 8], "little")
     unsealed = data[:index_off]
-    assert len(list(scan_entries(io.BytesIO(unsealed), len(unsealed)))) == len(items)
+    assert len(list(scan_entries(_reader(unsealed), len(unsealed)))) == len(items)
 
 
 def test_scan_entries_stops_at_damage() -> None:
@@ -84,7 +84,7 @@ def test_scan_entries_stops_at_damage() -> None:
     entries = read_index(_reader(data), len(data), "p")
     bad = bytearray(data)
     bad[entries[2].offset + 3] ^= 0xFF  # payload of the third entry
-    found = list(scan_entries(io.BytesIO(bytes(bad)), len(bad)))
+    found = list(scan_entries(_reader(bytes(bad)), len(bad)))
     assert [e.id for e in found] == [items[0][0], items[1][0]]
 
 
@@ -92,7 +92,7 @@ def test_scan_entries_stops_at_truncation() -> None:
     data, _ = _pack()
     entries = read_index(_reader(data), len(data), "p")
     cut = data[: entries[3].offset + 10]
-    assert len(list(scan_entries(io.BytesIO(cut), len(cut)))) == 3
+    assert len(list(scan_entries(_reader(cut), len(cut)))) == 3
 
 
 @pytest.mark.parametrize("cut", [1, FOOTER_SIZE, FOOTER_SIZE + 10])

@@ -66,7 +66,7 @@ def test_report_to_dict_is_json_and_names_reasons(history: History) -> None:
 def test_interrupted_removal_is_finished_by_the_next_prune(history: History) -> None:
     with history.open(write=True) as repo:
         victim = repo.backup(1)
-        with repo.index.transaction():  # a prune that died after its first step
+        with repo.index.writing():  # a prune that died after its first step
             repo.index.set_backup_state(victim.id, "deleting")
         assert [b.id for b in repo.backups()] == [2, 3, 4, 5]
         assert victim.uuid in repo.manifest_names()
@@ -81,7 +81,7 @@ def test_interrupted_removal_is_finished_by_the_next_prune(history: History) -> 
 def test_interrupted_after_manifest_deletion(history: History) -> None:
     with history.open(write=True) as repo:
         victim = repo.backup(2)
-        with repo.index.transaction():
+        with repo.index.writing():
             repo.index.set_backup_state(victim.id, "deleting")
         repo.delete_manifest(victim)
         assert [b.id for b in finish_deleting(repo)] == [2]

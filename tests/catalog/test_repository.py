@@ -113,7 +113,7 @@ def test_backups_images_and_lookups(tmp_path: Path) -> None:
         assert [b.id for b in repo.backups()] == [row.id]
         assert repo.backups(vm="other") == []
         assert repo.backup(row.uuid) == repo.backup(row.id) == row
-        assert row.meta == {"k": 1}
+        assert row.meta.to_json() == {"k": 1}
         img = repo.image(row, "disk0")
         assert img.change_id == "52 aa/1"
         with pytest.raises(ImageNotFound):
@@ -127,3 +127,27 @@ def test_backups_images_and_lookups(tmp_path: Path) -> None:
         assert row.uuid in repo.manifest_names()
         with pytest.raises(UsageError, match="read-only"):
             repo.begin_backup("vm1")
+
+
+def _backup(repo: Repository, vm: str, uuid: str, disks: dict[str, bytes]) -> int:
+    with repo.begin_backup(vm, meta={"instance_uuid": uuid}) as bw:
+        for disk, data in disks.items():
+            w = bw.image_writer(disk, len(data))
+            w.write(0, data)
+            bw.finish_image(disk, w)
+        return bw.commit().id
+
+
+def test_latest_images_are_the_newest_of_each_disk_of_that_vm(tmp_path: Path) -> None:
+    Repository.init(tmp_path / "r", RepositoryConfig(block_size=4096))
+    with Repository.open(tmp_path / "r", write=True) as repo:
+        first = _backup(repo, "vm1", "u1", {"a": b"1" * 4096, "b": b"2" * 4096})
+        second = _backup(repo, "vm1", "u1", {"a": b"3" * 4096})  # disk b left out
+        other = _backup(repo, "vm1", "u2", {"a": b"4" * 4096})  # a new VM of the same name
+        latest = repo.latest_images("vm1", "u1")
+        assert {d: img.backup_id for d, img in latest.items()} == {"a": second, "b": first}
+        assert {d: i.backup_id for d, i in repo.latest_images("vm1").items()} == {
+            "a": other,
+            "b": first,
+        }
+        assert repo.latest_images("vm2") == {}

@@ -18,7 +18,7 @@ HOUR, DAY = 3600.0, 86400.0
 
 
 def row(i: int, started: float, vm: str = "vm1") -> BackupRow:
-    return BackupRow(i, f"uuid-{i}", vm, started, started + 60, "complete", {})
+    return BackupRow(i, f"uuid-{i}", vm, started, started + 60, "complete")
 
 
 def ids(rows: tuple[BackupRow, ...] | list[BackupRow]) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vmaccel.catalog.index import ImageRow
+from vmaccel.catalog.packstore import pack_key
 from vmaccel.catalog.repository import Repository
 
 
@@ -31,7 +32,7 @@ def corrupt_block(
     assert cid is not None, f"block {block} is a hole"
     loc = repo.index.chunk(cid)
     assert loc is not None
-    path = repo.packs.path(loc.pack)
+    path = repo.path / pack_key(loc.pack)
     with open(path, "r+b") as f:
         f.seek(loc.offset + loc.stored_len // 2)
         byte = f.read(1)

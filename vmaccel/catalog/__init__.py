@@ -12,8 +12,10 @@ extent          a byte range (offset, length) on a disk
 changeId        vSphere's opaque CBT marker of a disk state, stored per image
 
 Modules: ``config`` (settings), ``key`` and ``codec`` (naming, compression, encryption),
-``pack`` and ``packstore`` (pack format and storage), ``index`` (all SQL), ``chunkstore`` (write
-order), ``blockmap`` (the shared map tree), ``imagewriter``/``imagereader``, ``backup``,
+``objectstore`` (the seam everything persisted goes through) and ``localstore`` (its
+directory implementation), ``pack`` and ``packstore`` (pack format, pack names), ``index`` (its
+protocols, records and all SQL), ``chunkstore`` (write order), ``blockmap`` (the shared map tree),
+``imagewriter``/``imagereader``, ``backup``,
 ``manifest``, ``repository``, ``lock``; maintenance verbs ``verify``, ``retention``/``prune``,
 ``gc``, ``stats``, ``rebuild``. ``catalog`` imports only ``vmaccel.vocabulary``.
 """

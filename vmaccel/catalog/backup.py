@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 from vmaccel.catalog.blockmap import BlockMap, empty_map
 from vmaccel.catalog.chunkstore import ChunkStore
 from vmaccel.catalog.imagewriter import ImageWriter, WriteStats
-from vmaccel.catalog.index import BackupRow, ImageRow
+from vmaccel.catalog.index import (
+    BackupMeta,
+    BackupRow,
+    ImageMeta,
+    ImageRow,
+    ImageStats,
+    NewImage,
+)
+from vmaccel.catalog.index.records import FAILED
 from vmaccel.vocabulary.errors import UsageError
 
 if TYPE_CHECKING:
@@ -43,12 +52,23 @@ class PendingImage:
     depth: int
     parent_id: int | None
     change_id: str | None
-    meta: dict[str, Any]
-    stats: dict[str, int]
+    meta: ImageMeta
+    stats: ImageStats
+
+
+def merged_meta(base: BackupMeta, update: BackupMeta | Mapping[str, Any] | None) -> BackupMeta:
+    """``base`` with the keys ``update`` sets (as a record: its fields that are not None)."""
+    if update is None:
+        return base
+    doc = update.to_json() if isinstance(update, BackupMeta) else dict(update)
+    return BackupMeta.from_json({**base.to_json(), **doc})
 
 
 class BackupWriter:
-    def __init__(self, repo: Repository, vm: str, meta: dict[str, Any]) -> None:
+    """One backup being written; see the module docstring. ``meta`` is stored at once and
+    completed by :meth:`commit`."""
+
+    def __init__(self, repo: Repository, vm: str, meta: BackupMeta) -> None:
         if not repo.writable:
             raise UsageError("the repository was opened read-only; backups need write=True")
         self.repo, self.vm, self.meta = repo, vm, meta
@@ -59,7 +79,7 @@ class BackupWriter:
         self.blockmap = BlockMap(self.chunks)
         self.uuid = str(uuid.uuid4())
         self.started = time.time()
-        with repo.index.transaction():
+        with repo.index.writing():
             self.id = repo.index.add_backup(self.uuid, vm, self.started, meta)
         self._images: dict[str, PendingImage] = {}
         self._open: dict[str, ImageWriter] = {}
@@ -89,9 +109,10 @@ class BackupWriter:
         writer: ImageWriter,
         parent: ImageRow | None = None,
         change_id: str | None = None,
-        meta: dict[str, Any] | None = None,
+        meta: ImageMeta | Mapping[str, Any] | None = None,
     ) -> PendingImage:
-        """Close ``writer`` and remember its image for :meth:`commit`."""
+        """Close ``writer`` and remember its image for :meth:`commit`. ``meta`` as a record
+        or as its JSON object (see :class:`~vmaccel.catalog.index.meta.ImageMeta`)."""
         if self._open.get(disk) is not writer:
             raise UsageError(f"no open image writer for disk {disk!r}")
         root = writer.finish()
@@ -104,29 +125,37 @@ class BackupWriter:
             root.depth,
             parent.id if parent else None,
             change_id,
-            dict(meta or {}),
-            {k: v for k, v in asdict(stats).items() if k != "extra"},
+            meta if isinstance(meta, ImageMeta) else ImageMeta.from_json(meta or {}),
+            ImageStats.from_json({k: v for k, v in asdict(stats).items() if k != "extra"}),
         )
         self._images[disk] = img
         return img
 
-    def commit(self, meta: dict[str, Any] | None = None) -> BackupRow:
-        """Make the backup durable and visible. Returns its index row."""
+    def commit(self, meta: BackupMeta | Mapping[str, Any] | None = None) -> BackupRow:
+        """Make the backup durable and visible, with ``meta`` merged into its metadata
+        (see :func:`merged_meta`). Returns its index row."""
         if self._open:
             raise UsageError(f"disks {sorted(self._open)} were not finished")
         repo, cfg = self.repo, self.repo.config
         self.chunks.flush()  # every chunk and map node durable and indexed first
         finished = time.time()
-        self.meta.update(meta or {})
-        with repo.index.transaction():
+        self.meta = merged_meta(self.meta, meta)
+        with repo.index.writing():
             for img in self._images.values():
                 repo.index.add_image(
                     self.id,
-                    {
-                        **asdict(img),
-                        "block_size": cfg.block_size,
-                        "fanout": cfg.map_fanout,
-                    },
+                    NewImage(
+                        img.disk,
+                        img.size,
+                        cfg.block_size,
+                        cfg.map_fanout,
+                        img.depth,
+                        img.root,
+                        img.parent_id,
+                        img.change_id,
+                        img.meta,
+                        img.stats,
+                    ),
                 )
             repo.index.finish_backup(self.id, finished, self.meta)
             # The manifest is made durable inside the transaction, just before COMMIT: a crash
@@ -146,8 +175,8 @@ class BackupWriter:
             w.abort()
         self._open.clear()
         self.chunks.abort()
-        with self.repo.index.transaction():
-            self.repo.index.set_backup_state(self.id, "failed")
+        with self.repo.index.writing():
+            self.repo.index.set_backup_state(self.id, FAILED)
         self._done = True
 
     def _resize_tail(self, writer: ImageWriter, parent: ImageRow, size: int) -> None:

@@ -1,9 +1,11 @@
 """Chunks: reading them back verified, and appending new ones to packs in write order.
 
 Write order (DESIGN invariant 1), enforced here: a chunk is appended to the open pack; when the
-pack passes its target size (or on :meth:`ChunkStore.flush`) it is sealed, fsynced and renamed
-into place, and only then are its chunk rows committed to the index. Until that commit a chunk
-is *pending*: known to this writer (so it is not stored twice) but invisible to everyone else.
+pack passes its target size (or on :meth:`ChunkStore.flush`) it is sealed and its upload
+committed to the object store (durable and in place when ``commit`` returns: fsync, link,
+directory fsync in the directory store), and only then are its chunk rows committed to the
+index. Until that commit a chunk is *pending*: known to this writer (so it is not stored
+twice) but invisible to everyone else.
 A pack's bytes are written, and a full pack is sealed, on a thread of the pack's own while
 appends go on into the next pack; one pack seals at a time, and :meth:`ChunkStore.flush` returns
 only when every pack is committed. A failed write or seal is raised by a later ``add`` or by
@@ -38,9 +40,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import BinaryIO, cast
 
 from vmaccel.catalog.codec import ChunkCodec, EncodedChunk
-from vmaccel.catalog.index import ChunkLocation, Index
+from vmaccel.catalog.index import ChunkIndex, ChunkLocation
+from vmaccel.catalog.objectstore import Upload
 from vmaccel.catalog.pack import KIND_DATA, KIND_NODE, PackWriter
-from vmaccel.catalog.packstore import PackSink, PackStore
+from vmaccel.catalog.packstore import PackStore
 from vmaccel.vocabulary.errors import ChunkCorrupt, ChunkMissing, DamageError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ class _PackIO:
     every later step: the pack is then aborted, never committed.
     """
 
-    def __init__(self, sink: PackSink) -> None:
+    def __init__(self, sink: Upload) -> None:
         self._sink = sink
         self._pool = ThreadPoolExecutor(1, "vmaccel-pack")
         self._queued: deque[Future[None]] = deque()
@@ -129,7 +132,7 @@ class _PackIO:
 
 class ChunkStore:
     def __init__(
-        self, index: Index, packs: PackStore, codec: ChunkCodec, repo_id: bytes, pack_size: int
+        self, index: ChunkIndex, packs: PackStore, codec: ChunkCodec, repo_id: bytes, pack_size: int
     ) -> None:
         self.index, self.packs, self.codec = index, packs, codec
         self._repo_id, self._pack_size = repo_id, pack_size
@@ -292,7 +295,7 @@ class ChunkStore:
 
     def _indexed(self, name: str, size: int, writer: PackWriter) -> None:
         """(I/O thread) The pack is durable: commit its rows, then forget it as pending."""
-        with self.index.transaction():
+        with self.index.writing():
             self.index.add_pack(name, size, time.time(), writer.entries)
         self.packs_written += 1
         with self._lock:

@@ -1,8 +1,8 @@
-"""Repository configuration: the ``config`` file at the top of a repository.
+"""Repository configuration: the ``config`` object of a repository (a file at its top).
 
-The file is JSON, written once by ``repo init`` and never rewritten in place (a format upgrade
-writes a new file and renames it over the old). It holds nothing secret: the wrapped key lives
-in ``key`` beside it.
+It is JSON, written once by ``repo init`` through the object store and never rewritten in place
+(a format upgrade would replace it atomically: ``put(replace=True)``). It holds nothing secret:
+the wrapped key is the ``key`` object beside it.
 
 Format version 1 fields:
 
@@ -22,7 +22,10 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from vmaccel.catalog.objectstore import ObjectStore
 from vmaccel.vocabulary.errors import RepositoryError, UnsupportedFormat, UsageError
+
+OBJECT = "config"  # the object key of the configuration
 
 FORMAT_VERSION = 1
 DEFAULT_BLOCK_SIZE = 64 * 1024
@@ -106,3 +109,14 @@ def parse_compression(spec: str) -> tuple[str, int]:
         except ValueError:
             raise UsageError(f"zstd level {level!r} is not a number") from None
     raise UsageError(f"unknown compression {spec!r}; use zstd[:LEVEL] or none")
+
+
+def save_config(store: ObjectStore, config: RepositoryConfig) -> None:
+    """Write the ``config`` object (durably; never over an existing one)."""
+    store.put(OBJECT, config.to_json().encode())
+
+
+def load_config(store: ObjectStore, source: str) -> RepositoryConfig:
+    """Read the ``config`` object (``source`` names it in errors). A missing one raises
+    :class:`~vmaccel.catalog.objectstore.ObjectMissing`."""
+    return RepositoryConfig.from_json(store.get(OBJECT).decode(errors="replace"), source)

@@ -6,54 +6,34 @@ of its volumes. A volume whose blocks did not change since the parent image keep
 listing without being walked again, so an incremental costs catalog work only for the volumes
 it touched. Listings are derived data: ``rebuild-index`` does not restore them.
 
-SQL here runs through :meth:`vmaccel.catalog.index.Index.query`; the tables are created by the
-``0002_file_catalog`` migration in ``catalog/index.py``.
+This module is the engine-neutral part (digests, glob patterns); the rows are kept behind
+:class:`~vmaccel.catalog.index.protocols.FileIndex` (SQLite: ``catalog/index/files.py``).
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import blake3
 
-from vmaccel.catalog.index import Index
+from vmaccel.catalog.index.protocols import FileIndex
+from vmaccel.catalog.index.records import FileHit, FileRecord
 
-_BATCH = 5000
-
-
-@dataclass(frozen=True, order=True)
-class FileRecord:
-    """One file of a listing. ``path`` is absolute within its filesystem ("/etc/passwd");
-    ``kind`` is file, dir, symlink or other; ``size`` in bytes; ``mtime_ns`` may be None."""
-
-    path: str
-    kind: str
-    size: int
-    mtime_ns: int | None
-
-
-@dataclass(frozen=True)
-class FileHit:
-    """A file found in a restore point. ``time`` is the backup's start (UNIX seconds)."""
-
-    backup_id: int
-    vm: str
-    time: float
-    disk: str
-    volume: str
-    path: str
-    kind: str
-    size: int
-    mtime_ns: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = [
+    "FileHit",
+    "FileRecord",
+    "attach_listing",
+    "find_files",
+    "glob_to_like",
+    "listing_digest",
+    "listing_of",
+    "store_listing",
+]
 
 
 def listing_digest(records: Sequence[FileRecord]) -> bytes:
+    """The BLAKE3 digest naming a listing: its records in order, each path NUL-terminated."""
     h = blake3.blake3()
     for r in records:
         h.update(r.path.encode("utf-8", "surrogateescape") + b"\0")
@@ -63,46 +43,25 @@ def listing_digest(records: Sequence[FileRecord]) -> bytes:
     return h.digest()
 
 
-def store_listing(index: Index, records: Iterable[FileRecord]) -> int:
-    """Store a listing (once per distinct content) and return its id. Run in a transaction."""
+def store_listing(index: FileIndex, records: Iterable[FileRecord]) -> int:
+    """Store a listing (once per distinct content) and return its id. Run in
+    ``index.writing()``."""
     rows = sorted(records)
     digest = listing_digest(rows)
-    found = index.query("SELECT id FROM listing WHERE digest = ?", (digest,))
-    if found:
-        return int(found[0][0])
-    cur = index.execute(
-        "INSERT INTO listing (digest, entries) VALUES (?, ?) RETURNING id", (digest, len(rows))
-    )
-    listing_id = int(cur.fetchone()[0])
-    for start in range(0, len(rows), _BATCH):
-        index.executemany(
-            "INSERT INTO file_entry (listing_id, path, kind, size, mtime_ns)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [
-                (listing_id, r.path, r.kind, r.size, r.mtime_ns)
-                for r in rows[start : start + _BATCH]
-            ],
-        )
-    return listing_id
+    found = index.listing_by_digest(digest)
+    return found if found is not None else index.add_listing(digest, rows)
 
 
 def attach_listing(
-    index: Index, image_id: int, volume: str, fstype: str | None, listing_id: int
+    index: FileIndex, image_id: int, volume: str, fstype: str | None, listing_id: int
 ) -> None:
     """Say that ``volume`` of image ``image_id`` holds listing ``listing_id``."""
-    index.execute(
-        "INSERT INTO image_volume (image_id, volume, fstype, listing_id) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (image_id, volume) DO UPDATE SET fstype = excluded.fstype,"
-        " listing_id = excluded.listing_id",
-        (image_id, volume, fstype, listing_id),
-    )
+    index.attach_listing(image_id, volume, fstype, listing_id)
 
 
-def listing_of(index: Index, image_id: int, volume: str) -> int | None:
-    rows = index.query(
-        "SELECT listing_id FROM image_volume WHERE image_id = ? AND volume = ?", (image_id, volume)
-    )
-    return int(rows[0][0]) if rows else None
+def listing_of(index: FileIndex, image_id: int, volume: str) -> int | None:
+    """The listing ``volume`` of image ``image_id`` holds, if catalogued."""
+    return index.listing_of(image_id, volume)
 
 
 def glob_to_like(pattern: str) -> str:
@@ -125,19 +84,8 @@ def glob_to_like(pattern: str) -> str:
 
 
 def find_files(
-    index: Index, pattern: str, vm: str | None = None, limit: int = 1000
+    index: FileIndex, pattern: str, vm: str | None = None, limit: int = 1000
 ) -> list[FileHit]:
-    """Every restore point holding a path matching ``pattern``, oldest backup first."""
-    sql = (
-        "SELECT b.id, b.vm, b.started, i.disk, v.volume, f.path, f.kind, f.size, f.mtime_ns"
-        " FROM file_entry f JOIN image_volume v ON v.listing_id = f.listing_id"
-        " JOIN image i ON i.id = v.image_id JOIN backup b ON b.id = i.backup_id"
-        " WHERE b.state = 'complete' AND f.path LIKE ? ESCAPE '\\'"
-    )
-    params: list[Any] = [glob_to_like(pattern)]
-    if vm is not None:
-        sql += " AND b.vm = ?"
-        params.append(vm)
-    sql += " ORDER BY b.started, b.id, i.disk, v.volume, f.path LIMIT ?"
-    params.append(limit)
-    return [FileHit(*row) for row in index.query(sql, params)]
+    """Every restore point holding a path matching the glob ``pattern``, oldest backup first
+    (at most ``limit``)."""
+    return index.search_files(glob_to_like(pattern), vm, limit)

@@ -36,8 +36,8 @@ is being written: whatever an unfinished backup left behind is garbage by constr
    The row goes before the file so that a crash in between leaves an orphan file (garbage,
    which the next gc deletes) rather than a row naming a missing file (which verify rightly
    calls damage). Orphan pack files (no row: also sealed by a writer killed before its rows
-   committed) and temporary files under ``packs/tmp`` older than the grace period are
-   deleted too.
+   committed) and temporary packs (uploads never committed: ``packs/tmp`` in a directory
+   store) older than the grace period are deleted too.
 4. **Pack files** (of ``deleting`` packs and orphans) are deleted only while gc holds
    ``readers.lock`` exclusively: a reader that looked a chunk up before its row moved may
    still be about to read the old file. If a reader is active they stay (the report names
@@ -73,6 +73,7 @@ from vmaccel.catalog.repack import (
     space_for,
 )
 from vmaccel.vocabulary.errors import ChunkMissing, DamageError, IndexCorrupt, UsageError
+from vmaccel.vocabulary.units import format_bytes
 
 if TYPE_CHECKING:
     from vmaccel.catalog.index import BackupRow
@@ -128,7 +129,7 @@ class GcReport:
             f"into {self.packs_written} new pack(s)",
             f"{self.orphans_deleted} orphan pack file(s) and {self.temporary_deleted} temporary "
             f"file(s) {would}deleted",
-            f"{_size(self.bytes_freed)} {would}freed" + self._net(),
+            f"{format_bytes(self.bytes_freed)} {would}freed" + self._net(),
         ]
         if self.packs_young:
             lines.append(
@@ -137,9 +138,9 @@ class GcReport:
             )
         if self.packs_pending:
             lines.append(
-                f"{len(self.packs_pending)} pack(s) ({_size(self.bytes_pending)}) not deleted yet "
-                "because a reader holds the repository; run gc again when no mount, restore or "
-                "verify is running"
+                f"{len(self.packs_pending)} pack(s) ({format_bytes(self.bytes_pending)}) not "
+                "deleted yet because a reader holds the repository; run gc again when no mount, "
+                "restore or verify is running"
             )
         if self.packs_not_repacked and not self.space_needed:
             lines.append(
@@ -149,7 +150,7 @@ class GcReport:
         if self.space_needed:
             lines.append(
                 f"{self.packs_not_repacked} pack(s) {would}not repacked: gc needs "
-                f"{self.space_needed} more free bytes ({_size(self.space_needed)}) on the "
+                f"{self.space_needed} more free bytes ({format_bytes(self.space_needed)}) on the "
                 "repository's filesystem; free that much and run gc again"
             )
         return lines
@@ -159,9 +160,13 @@ class GcReport:
             return ""
         net, take = self.bytes_freed - self.bytes_written, "would take" if self.dry_run else "take"
         change = (
-            f"{_size(net)} less" if net >= 0 else f"{_size(-net)} more until the held-back packs go"
+            f"{format_bytes(net)} less"
+            if net >= 0
+            else f"{format_bytes(-net)} more until the held-back packs go"
         )
-        return f", {_size(self.bytes_written)} written by repacking: the packs {take} {change}"
+        return (
+            f", {format_bytes(self.bytes_written)} written by repacking: the packs {take} {change}"
+        )
 
 
 def collect_garbage(
@@ -345,11 +350,10 @@ class _Sweep:
         try:
             for b in unfinished:
                 remove_backup(repo, b)
-            for name in repo.packs.temporary_names():
-                size, mtime = repo.packs.temporary_stat(name)
-                if mtime < self.older_than:
-                    repo.packs.delete_temporary(name)
-                    self.temps, self.freed = self.temps + 1, self.freed + size
+            for temp in repo.packs.temporary():
+                if temp.mtime < self.older_than:
+                    repo.packs.delete_temporary(temp.name)
+                    self.temps, self.freed = self.temps + 1, self.freed + temp.size
             self.delete_files()
             dead = self._doom(doomed)
             result = RepackResult(left=len(repack))
@@ -389,7 +393,7 @@ class _Sweep:
                     break
                 batch.append(p)
                 rows += len(p.dead)
-            with self.repo.index.transaction():
+            with self.repo.index.writing():
                 for p in batch:
                     self.repo.index.delete_chunks(c.id for c in p.dead)
                     self.repo.index.set_pack_state(p.pack.id, "deleting")
@@ -433,15 +437,14 @@ def _strays(
     """(orphan pack files, temporary files, their bytes), both older than ``older_than``."""
     known = {p.name for p in repo.index.packs()}
     orphans, temps, size = [], [], 0
-    for name in repo.packs.names():
-        if name not in known and repo.packs.mtime(name) < older_than:
-            orphans.append(name)
-            size += repo.packs.size(name)
-    for name in repo.packs.temporary_names() if temporary else ():
-        tsize, mtime = repo.packs.temporary_stat(name)
-        if mtime < older_than:
-            temps.append(name)
-            size += tsize
+    for pack in repo.packs.files():  # one listing: size and mtime without a request each
+        if pack.name not in known and pack.mtime < older_than:
+            orphans.append(pack.name)
+            size += pack.size
+    for temp in repo.packs.temporary() if temporary else ():
+        if temp.mtime < older_than:
+            temps.append(temp.name)
+            size += temp.size
     return orphans, temps, size
 
 
@@ -458,17 +461,8 @@ def _delete_doomed(repo: Repository, doomed: list[PackRow]) -> int:
             size = repo.packs.size(pack.name)
         except ChunkMissing:
             size = 0
-        with repo.index.transaction():
+        with repo.index.writing():
             repo.index.delete_pack(pack.id)
         repo.packs.delete(pack.name)
         freed += size
     return freed
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"

@@ -1,10 +1,11 @@
 """Key material of an encrypted (``repokey``) repository.
 
 A random :class:`MasterKey` is made at ``repo init``. It is stored in the repository's ``key``
-file wrapped (AES-256-GCM) by a key-encryption key derived from the passphrase with scrypt,
-with the repository id as associated data so a key file cannot be moved to another repository.
-The master key has two independent halves: ``enc_key`` encrypts chunks, ``id_key`` keys the
-content hash that names them, so chunk ids reveal nothing about content to someone without it.
+object (a file, mode 0600, in a local repository) wrapped (AES-256-GCM) by a key-encryption
+key derived from the passphrase with scrypt, with the repository id as associated data so a
+key file cannot be moved to another repository. The master key has two independent halves:
+``enc_key`` encrypts chunks, ``id_key`` keys the content hash that names them, so chunk ids
+reveal nothing about content to someone without it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from vmaccel.catalog.objectstore import ObjectStore
 from vmaccel.vocabulary.errors import PassphraseError, RepositoryError
+
+OBJECT = "key"  # the object key of the wrapped master key
 
 SCRYPT_N = 2**15
 SCRYPT_R = 8
@@ -81,3 +85,8 @@ def unwrap_key(data: bytes, passphrase: str, repo_id: bytes) -> MasterKey:
             "wrong passphrase for this repository (set VMACCEL_PASSPHRASE or type it again)"
         ) from None
     return MasterKey(raw[:32], raw[32:])
+
+
+def save_key(store: ObjectStore, key: MasterKey, passphrase: str, repo_id: bytes) -> None:
+    """Write the ``key`` object (durably; never over an existing one)."""
+    store.put(OBJECT, wrap_key(key, passphrase, repo_id))

@@ -1,4 +1,4 @@
-"""Backup manifests: ``<repo>/backups/<uuid>``, one small file per complete backup.
+"""Backup manifests: the objects ``backups/<uuid>``, one small one per complete backup.
 
 A manifest holds what the index knows of a backup and its images (VM, times, metadata, each
 image's size, block size and map root), so that ``rebuild-index`` can restore every backup
@@ -9,30 +9,30 @@ encrypted in ``repokey`` repositories) behind a small header::
 
 A manifest is written (durably) inside the backup's completing transaction, just before its
 commit (so every complete backup has one), and deleted *before* prune removes the backup's
-rows, so a manifest never resurrects a pruned backup.
+rows, so a manifest never resurrects a pruned backup. Manifests are never overwritten, except
+by rebuild-index renumbering a backup (``replace=True``: atomic, the old or the new document).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from vmaccel.catalog.codec import ChunkCodec
-from vmaccel.catalog.durable import fsync_dir, make_private_dir, write_file_durably
 from vmaccel.catalog.index import BackupRow, ImageRow
+from vmaccel.catalog.objectstore import ObjectStore
 from vmaccel.vocabulary.errors import ChunkCorrupt, DamageError
 
+PREFIX = "backups/"
 MAGIC = b"VMAMAN\x01\x00"
 _HEAD = struct.Struct("<8sBI32s")
 
 
 def encode_manifest(codec: ChunkCodec, backup: BackupRow, images: list[ImageRow]) -> bytes:
     doc = {
-        "backup": asdict(backup),
-        "images": [{**asdict(i), "root": i.root.hex() if i.root else None} for i in images],
+        "backup": backup.to_json(),
+        "images": [i.to_json() for i in images],
     }
     enc = codec.encode(json.dumps(doc, sort_keys=True).encode())
     return _HEAD.pack(MAGIC, enc.flags, enc.raw_len, enc.id) + enc.payload
@@ -53,12 +53,30 @@ def decode_manifest(codec: ChunkCodec, data: bytes, name: str) -> dict[str, Any]
 
 
 def write_manifest(
-    directory: Path, codec: ChunkCodec, backup: BackupRow, images: list[ImageRow]
+    store: ObjectStore,
+    codec: ChunkCodec,
+    backup: BackupRow,
+    images: list[ImageRow],
+    replace: bool = False,
 ) -> None:
-    make_private_dir(directory)
-    write_file_durably(directory / backup.uuid, encode_manifest(codec, backup, images))
+    """Store the manifest of ``backup``, durably when this returns. Without ``replace`` an
+    existing manifest raises :class:`~vmaccel.catalog.objectstore.ObjectExists`."""
+    data = encode_manifest(codec, backup, images)
+    store.put(PREFIX + backup.uuid, data, replace=replace)
 
 
-def delete_manifest(directory: Path, uuid: str) -> None:
-    (directory / uuid).unlink(missing_ok=True)
-    fsync_dir(directory)
+def read_manifest(store: ObjectStore, codec: ChunkCodec, uuid: str) -> dict[str, Any]:
+    """The manifest document of backup ``uuid``; a :class:`DamageError` when it is missing
+    (:class:`~vmaccel.catalog.objectstore.ObjectMissing`) or unreadable."""
+    return decode_manifest(codec, store.get(PREFIX + uuid), uuid)
+
+
+def delete_manifest(store: ObjectStore, uuid: str) -> None:
+    """Delete the manifest of backup ``uuid`` (durably; no error when it is gone)."""
+    store.delete(PREFIX + uuid)
+
+
+def manifest_names(store: ObjectStore) -> list[str]:
+    """The uuids of every stored manifest, sorted."""
+    names = (i.key[len(PREFIX) :] for i in store.list_prefix(PREFIX))
+    return [n for n in names if "/" not in n]

@@ -157,20 +157,19 @@ def read_index(read: ReadRange, size: int, name: str) -> list[PackEntry]:
     return entries
 
 
-def scan_entries(stream: BinaryIO, size: int) -> Iterator[PackEntry]:
-    """Walk the inline entry headers of a pack whose index is unusable.
+def scan_entries(read: ReadRange, size: int) -> Iterator[PackEntry]:
+    """Walk the inline entry headers of a pack of ``size`` bytes whose index is unusable,
+    reading through ``read(offset, length)`` (a ranged get: this works on any object store).
 
     Yields every entry whose header is plausible and whose payload crc matches, in order, and
     stops at the first one that is not: what follows a damaged header cannot be located.
     """
     pos = HEADER_SIZE
-    stream.seek(pos)
     while pos + ENTRY_HEADER_SIZE <= size:
-        raw = stream.read(ENTRY_HEADER_SIZE)
-        kind, flags, _, slen, rlen, crc, cid = _ENTRY.unpack(raw)
+        kind, flags, _, slen, rlen, crc, cid = _ENTRY.unpack(read(pos, ENTRY_HEADER_SIZE))
         if kind not in (KIND_DATA, KIND_NODE) or pos + ENTRY_HEADER_SIZE + slen > size:
             return
-        payload = stream.read(slen)
+        payload = read(pos + ENTRY_HEADER_SIZE, slen)
         if zlib.crc32(payload) != crc:
             return
         yield PackEntry(cid, kind, flags, pos + ENTRY_HEADER_SIZE, slen, rlen, crc)

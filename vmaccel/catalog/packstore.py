@@ -1,101 +1,56 @@
-"""Where pack files live. Nothing outside this module knows a pack's path.
+"""Where pack files live: pack names mapped onto the object store. Nothing outside this
+module knows a pack's key, and nothing outside the store knows its path.
 
-The :class:`PackStore` protocol is deliberately narrow (create, read a range, size, list,
-delete) so an object store can implement it later. :class:`LocalPackStore` keeps packs in
-``<repo>/packs/<first two hex digits>/<name>`` and builds new ones under ``packs/tmp/``; a pack
-appears under its final name only after its bytes and its directory entry are durable.
+A pack named ``<name>`` (32 hex digits) is the object ``packs/<name[:2]>/<name>``. New packs
+are built through an :class:`~vmaccel.catalog.objectstore.Upload` and appear under their key
+only when ``commit`` returns, durable (see :mod:`vmaccel.catalog.objectstore`); uploads never
+committed (a killed writer) are the *temporary* packs gc deletes after its grace period.
+
+Errors: a missing pack, or one shorter than a read needs, raises
+:class:`~vmaccel.vocabulary.errors.ChunkMissing` naming the pack.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from dataclasses import dataclass
 
-from vmaccel.catalog.durable import create_private_file, fsync_dir, make_private_dir
+from vmaccel.catalog.objectstore import ObjectMissing, ObjectStore, Upload
 from vmaccel.vocabulary.errors import ChunkMissing
 
-
-class PackSink(Protocol):
-    """A pack being written. ``commit`` makes it durable and visible; ``abort`` discards it."""
-
-    @property
-    def stream(self) -> BinaryIO: ...
-
-    def commit(self) -> None: ...
-
-    def abort(self) -> None: ...
+PREFIX = "packs/"
 
 
-class PackStore(Protocol):
-    def create(self, name: str) -> PackSink: ...
-
-    def read(self, name: str, offset: int, length: int) -> bytes: ...
-
-    def size(self, name: str) -> int: ...
-
-    def names(self) -> Iterator[str]: ...
-
-    def mtime(self, name: str) -> float: ...
-
-    def delete(self, name: str) -> None: ...
-
-    def open(self, name: str) -> BinaryIO: ...
+def pack_key(name: str) -> str:
+    """The object key of pack ``name``."""
+    return f"{PREFIX}{name[:2]}/{name}"
 
 
-def _private_opener(path: str, flags: int) -> int:
-    """``open()``'s opener for a new pack file: created 0600, never an existing one."""
-    return create_private_file(Path(path))
+@dataclass(frozen=True)
+class PackFile:
+    """A stored pack: ``size`` in bytes, ``mtime`` in UNIX seconds (when it was written)."""
+
+    name: str
+    size: int
+    mtime: float
 
 
-class _LocalSink:
-    def __init__(self, tmp: Path, final: Path) -> None:
-        self._tmp, self._final = tmp, final
-        # Mode 0600 whatever the umask (see catalog.durable); closed in commit/abort. Opened
-        # by path so that the stream's name, in the CLI's error messages, is the pack file.
-        self.stream: BinaryIO = open(tmp, "wb", opener=_private_opener)  # noqa: SIM115
+class PackStore:
+    """Packs in an object store. Thread safety is the store's (reads from any thread)."""
 
-    def commit(self) -> None:
-        self.stream.flush()
-        os.fsync(self.stream.fileno())
-        self.stream.close()
-        make_private_dir(self._final.parent)
-        self._tmp.replace(self._final)
-        fsync_dir(self._final.parent)
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
 
-    def abort(self) -> None:
-        self.stream.close()
-        self._tmp.unlink(missing_ok=True)
-
-
-class LocalPackStore:
-    """Packs in a local directory. Reads are thread safe (``pread`` on cached descriptors)."""
-
-    MAX_OPEN = 64
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._tmp = root / "tmp"
-        self._fds: OrderedDict[str, list[int]] = OrderedDict()  # name -> [fd, readers]
-        self._lock = threading.Lock()
-
-    def path(self, name: str) -> Path:
-        return self.root / name[:2] / name
-
-    def create(self, name: str) -> PackSink:
-        make_private_dir(self.root)
-        make_private_dir(self._tmp)
-        return _LocalSink(self._tmp / name, self.path(name))
+    def create(self, name: str) -> Upload:
+        """Begin pack ``name``; it is visible only after the upload's ``commit``."""
+        return self.store.stage(pack_key(name))
 
     def read(self, name: str, offset: int, length: int) -> bytes:
-        fd = self._acquire(name)
+        """``length`` bytes of pack ``name`` at ``offset`` (bytes), exactly."""
         try:
-            data = os.pread(fd, length, offset)
-        finally:
-            self._release(name)
+            data = self.store.get(pack_key(name), offset, length)
+        except ObjectMissing:
+            raise ChunkMissing(f"pack {name} is missing") from None
         if len(data) != length:
             raise ChunkMissing(
                 f"pack {name} is shorter than the index says "
@@ -103,81 +58,40 @@ class LocalPackStore:
             )
         return data
 
-    def size(self, name: str) -> int:
+    def stat(self, name: str) -> PackFile:
         try:
-            return self.path(name).stat().st_size
-        except FileNotFoundError:
+            info = self.store.stat(pack_key(name))
+        except ObjectMissing:
             raise ChunkMissing(f"pack {name} is missing") from None
+        return PackFile(name, info.size, info.mtime)
+
+    def size(self, name: str) -> int:
+        """Bytes of pack ``name``; :class:`ChunkMissing` when it is missing."""
+        return self.stat(name).size
 
     def mtime(self, name: str) -> float:
-        return self.path(name).stat().st_mtime
+        return self.stat(name).mtime
+
+    def files(self) -> Iterator[PackFile]:
+        """Every stored pack, sorted by name (one listing, no request per pack)."""
+        for info in self.store.list_prefix(PREFIX):
+            name = info.key.rpartition("/")[2]
+            if info.key == pack_key(name):  # anything else is no pack of ours
+                yield PackFile(name, info.size, info.mtime)
 
     def names(self) -> Iterator[str]:
-        for sub in sorted(self.root.glob("[0-9a-f][0-9a-f]")):
-            for p in sorted(sub.iterdir()):
-                if not p.name.startswith("."):
-                    yield p.name
-
-    def open(self, name: str) -> BinaryIO:
-        try:
-            return open(self.path(name), "rb")
-        except FileNotFoundError:
-            raise ChunkMissing(f"pack {name} is missing") from None
+        return (f.name for f in self.files())
 
     def delete(self, name: str) -> None:
-        self._forget(name)
-        self.path(name).unlink(missing_ok=True)
-        fsync_dir(self.path(name).parent)
+        """Delete pack ``name`` (durably when this returns; no error when it is gone)."""
+        self.store.delete(pack_key(name))
+
+    def temporary(self) -> list[PackFile]:
+        """Packs begun and never committed (garbage by construction), by name."""
+        return [PackFile(s.name, s.size, s.mtime) for s in self.store.staged()]
 
     def temporary_names(self) -> list[str]:
-        """Packs left half-written by an interrupted writer (garbage by construction)."""
-        return sorted(p.name for p in self._tmp.iterdir()) if self._tmp.is_dir() else []
+        return [t.name for t in self.temporary()]
 
     def delete_temporary(self, name: str) -> None:
-        (self._tmp / name).unlink(missing_ok=True)
-
-    def temporary_stat(self, name: str) -> tuple[int, float]:
-        """(size in bytes, modification time in UNIX seconds) of a temporary pack."""
-        st = (self._tmp / name).stat()
-        return st.st_size, st.st_mtime
-
-    def close(self) -> None:
-        with self._lock:
-            for fd, _ in self._fds.values():
-                os.close(fd)
-            self._fds.clear()
-
-    def _acquire(self, name: str) -> int:
-        """Return an open descriptor for ``name``, pinned until :meth:`_release`."""
-        with self._lock:
-            slot = self._fds.get(name)
-            if slot is None:
-                try:
-                    fd = os.open(self.path(name), os.O_RDONLY | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    raise ChunkMissing(f"pack {name} is missing") from None
-                slot = self._fds[name] = [fd, 0]
-                self._evict()
-            self._fds.move_to_end(name)
-            slot[1] += 1
-            return slot[0]
-
-    def _release(self, name: str) -> None:
-        with self._lock:
-            slot = self._fds.get(name)
-            if slot is not None:
-                slot[1] -= 1
-
-    def _evict(self) -> None:
-        # Only descriptors nobody is reading from are closed: a pread on a closed (and
-        # possibly reused) descriptor would read another file.
-        excess = len(self._fds) - self.MAX_OPEN
-        for victim in [n for n, (_, refs) in self._fds.items() if refs == 0][: max(excess, 0)]:
-            os.close(self._fds.pop(victim)[0])
-
-    def _forget(self, name: str) -> None:
-        with self._lock:
-            slot = self._fds.get(name)
-            if slot is not None and slot[1] == 0:
-                del self._fds[name]
-                os.close(slot[0])
+        self.store.discard_staged(name)

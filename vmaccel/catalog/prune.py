@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from vmaccel.catalog.index import BackupRow
 from vmaccel.catalog.retention import RetentionPolicy, select
 from vmaccel.vocabulary.errors import UsageError
+from vmaccel.vocabulary.units import format_time
 
 if TYPE_CHECKING:
     from vmaccel.catalog.repository import Repository
@@ -135,10 +135,10 @@ def prune(repo: Repository, policy: RetentionPolicy, dry_run: bool = False) -> P
 def remove_backup(repo: Repository, backup: BackupRow) -> None:
     """Remove one backup's metadata in the crash-safe order of the module docstring."""
     if backup.state != "deleting":
-        with repo.index.transaction():
+        with repo.index.writing():
             repo.index.set_backup_state(backup.id, "deleting")
     repo.delete_manifest(backup)
-    with repo.index.transaction():
+    with repo.index.writing():
         repo.index.delete_backup(backup.id)
     logger.debug("removed backup %s (%s) of %s", backup.id, backup.uuid, backup.vm)
 
@@ -158,5 +158,4 @@ def _backup_dict(b: BackupRow) -> dict[str, Any]:
 
 
 def _label(b: BackupRow) -> str:
-    when = datetime.fromtimestamp(b.started, UTC).strftime("%Y-%m-%d %H:%M:%S")
-    return f"#{b.id} {when}Z {b.uuid}"
+    return f"#{b.id} {format_time(b.started)} {b.uuid}"

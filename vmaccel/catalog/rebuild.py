@@ -36,12 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from vmaccel.catalog.blockmap import HOLE
-from vmaccel.catalog.config import RepositoryConfig
 from vmaccel.catalog.damage import attribute
 from vmaccel.catalog.durable import fsync_dir
 from vmaccel.catalog.index import BackupRow, ImageRow
+from vmaccel.catalog.localstore import LocalObjectStore
 from vmaccel.catalog.lock import FileLock
-from vmaccel.catalog.manifest import decode_manifest, write_manifest
+from vmaccel.catalog.manifest import write_manifest
 from vmaccel.catalog.pack import (
     HEADER_SIZE,
     PackEntry,
@@ -50,8 +50,8 @@ from vmaccel.catalog.pack import (
     read_index,
     scan_entries,
 )
-from vmaccel.catalog.repository import Passphrase, Repository, read_key
-from vmaccel.vocabulary.errors import DamageError, RepositoryNotFound
+from vmaccel.catalog.repository import Passphrase, Repository, read_config, read_key
+from vmaccel.vocabulary.errors import DamageError
 
 logger = logging.getLogger(__name__)
 
@@ -126,24 +126,23 @@ def rebuild_index(path: Path, passphrase: Passphrase, lock_wait: float = 0.0) ->
     ``lock_wait`` seconds), :class:`~vmaccel.vocabulary.errors.PassphraseError` for a wrong
     passphrase. When it returns, the new index is durable and in place.
     """
-    if not (path / "config").is_file():
-        raise RepositoryNotFound(f"no vmaccel repository at {path}")
-    config = RepositoryConfig.from_json((path / "config").read_text(), str(path / "config"))
-    key = read_key(path, config, passphrase)
+    store = LocalObjectStore(path)
+    config = read_config(store, path)
+    key = read_key(store, path, config, passphrase)
     lock = FileLock(path / "lock", exclusive=True, wait=lock_wait)
     lock.acquire()
     try:
         with FileLock(path / "readers.lock", exclusive=True, wait=lock_wait, what="reader"):
             _remove(path, _BUILDING)  # what an interrupted rebuild left: never user data
             repo = Repository(
-                path, config, key, lock, index_path=path / _BUILDING, create_index=True
+                path, config, key, lock, path / _BUILDING, create_index=True, store=store
             )
             try:
                 repo.index.migrate()
                 report = _rebuild(repo)
             finally:
                 # Not repo.close(): that would drop the writer lock before the switch below.
-                repo.packs.close()
+                repo.store.close()
                 repo.index.close()
             moved = _move_aside(path)
             _rename(path, _BUILDING, "index.db")
@@ -209,8 +208,7 @@ def _add_packs(repo: Repository, problems: list[str]) -> tuple[int, list[str]]:
         try:
             entries = read_index(read, size, name)
         except DamageError as exc:
-            with repo.packs.open(name) as stream:
-                entries = list(scan_entries(stream, size))
+            entries = list(scan_entries(read, size))
             problems.append(f"{exc}; recovered {len(entries)} chunks from its entry headers")
             deferred.append((name, size, entries))
             continue
@@ -230,7 +228,7 @@ def _reader(repo: Repository, name: str) -> ReadRange:
 
 
 def _add_pack(repo: Repository, name: str, size: int, entries: list[PackEntry]) -> None:
-    with repo.index.transaction():
+    with repo.index.writing():
         repo.index.add_pack(name, size, repo.packs.mtime(name), entries)
 
 
@@ -245,8 +243,7 @@ def _add_backups(repo: Repository, found: _Found) -> tuple[int, int]:
     docs: list[tuple[BackupRow, list[ImageRow]]] = []
     for name in repo.manifest_names():
         try:
-            data = (repo.path / "backups" / name).read_bytes()
-            docs.append(_parse_manifest(decode_manifest(repo.codec, data, name), name))
+            docs.append(_parse_manifest(repo.read_manifest(name), name))
         except DamageError as exc:
             found.lose(f"{exc}; that backup is not restored")
     docs.sort(key=lambda d: (d[0].started, d[0].id))
@@ -254,13 +251,13 @@ def _add_backups(repo: Repository, found: _Found) -> tuple[int, int]:
     nimages = 0
     for (old, old_images), (backup, images) in zip(docs, assign_ids(docs), strict=True):
         holders.setdefault(old.id, old.uuid)
-        with repo.index.transaction():
+        with repo.index.writing():
             repo.index.restore_backup(backup)
             for img in images:
                 repo.index.restore_image(img)
         nimages += len(images)
         if (backup, images) != (old, old_images):
-            write_manifest(repo.path / "backups", repo.codec, backup, images)
+            write_manifest(repo.store, repo.codec, backup, images, replace=True)
             why = (
                 f"its manifest claimed id {old.id}, which backup {holders[old.id]} holds"
                 if backup.id != old.id
@@ -313,11 +310,8 @@ def assign_ids(
 
 def _parse_manifest(doc: dict[str, Any], name: str) -> tuple[BackupRow, list[ImageRow]]:
     try:
-        backup = BackupRow(**doc["backup"])
-        images = [
-            ImageRow(**{**i, "root": bytes.fromhex(i["root"]) if i["root"] else None})
-            for i in doc["images"]
-        ]
+        backup = BackupRow.from_json(doc["backup"])
+        images = [ImageRow.from_json(i) for i in doc["images"]]
     except (KeyError, TypeError, ValueError) as exc:
         raise DamageError(f"manifest {name} is incomplete: {exc}") from exc
     if backup.uuid != name or any(i.backup_id != backup.id for i in images):
@@ -331,8 +325,8 @@ def _check_maps(repo: Repository, found: _Found) -> None:
     seen: set[bytes] = set()
     data: set[bytes] = set()
     images: list[tuple[BackupRow, ImageRow]] = []
-    for backup in repo.index.backups():
-        for img in repo.index.images(backup.id):
+    for backup in repo.backups():
+        for img in repo.images(backup):
             images.append((backup, img))
             where = f"backup {backup.id} ({backup.uuid}) {backup.vm}/{img.disk}"
             if img.root is not None and not repo.index.has_chunk(img.root):

@@ -9,9 +9,9 @@ WAL); when a group would not fit it seals what it has (retiring those sources fr
 space) and, when not even the smallest remaining source fits, stops and says how many more
 bytes it needs (``shortfall``). Write order per new pack:
 
-new pack durable (fsync, then renamed into place) -> one transaction adds its row, moves the
-live chunk rows to it, deletes the sources' dead chunk rows and marks the sources
-``deleting`` -> the caller deletes the sources' files (see catalog.gc).
+new pack durable (its upload committed: fsync, then linked into place) -> one transaction
+adds its row, moves the live chunk rows to it, deletes the sources' dead chunk rows and marks
+the sources ``deleting`` -> the caller deletes the sources' files (see catalog.gc).
 
 A full disk met anyway (ENOSPC while writing, SQLITE_FULL while committing) leaves the
 repository consistent: the partial or unindexed new pack is removed at once (no row names
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmaccel.catalog.index import ChunkLocation, PackRow
+from vmaccel.catalog.objectstore import Upload
 from vmaccel.catalog.pack import ENTRY_HEADER_SIZE, FOOTER_SIZE, HEADER_SIZE, PackWriter
-from vmaccel.catalog.packstore import PackSink
 from vmaccel.vocabulary.errors import ChunkCorrupt, NoSpaceLeft
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class Repacker:
     def __init__(self, repo: Repository, after_seal: Callable[[], bool]) -> None:
         self.repo = repo
         self._after_seal = after_seal
-        self._sink: PackSink | None = None
+        self._sink: Upload | None = None
         self._writer: PackWriter | None = None
         self._name = ""
         self._sources: list[PackPlan] = []
@@ -132,15 +132,10 @@ class Repacker:
 
     def _discard(self) -> None:
         """Remove the new pack being written, if any (it is garbage: no row names it)."""
-        sink, name = self._sink, self._name
+        sink = self._sink
         self._sink = self._writer = None
-        if sink is None:
-            return
-        try:
-            sink.abort()
-        except OSError:  # closing flushes what is buffered: may fail again on a full disk
-            logger.debug("discarding the partial pack %s failed; removing it", name)
-        self.repo.packs.delete_temporary(name)
+        if sink is not None:
+            sink.abort()  # removes the staged bytes even when flushing them fails (disk full)
 
     def _place(self, plan: PackPlan) -> bool:
         """Make room for ``plan`` in the current group or a new one; False to stop."""
@@ -196,7 +191,7 @@ class Repacker:
         self._writer = self._sink = None
         index = self.repo.index
         try:
-            with index.transaction():
+            with index.writing():
                 pack_id = index.add_pack(name, size, time.time(), writer.entries)
                 index.move_chunks(pack_id, writer.entries)
                 for old in self._sources:
@@ -221,7 +216,7 @@ class Repacker:
         """Turn ENOSPC/EDQUOT while writing a new pack into :class:`NoSpaceLeft`."""
         if exc.errno not in _NO_SPACE:
             raise exc
-        path = self.repo.packs.root / "tmp" / self._name
+        path = self._sink.path if self._sink is not None else self._name
         self._discard()  # the partial pack is garbage: remove it now, freeing its space
         group = [*self._sources, *([plan] if plan else [])]
         needed = space_for(

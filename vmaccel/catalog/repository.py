@@ -1,12 +1,15 @@
 """The repository: one directory holding the catalog index, the packs and the manifests.
 
-Layout::
+Layout (the objects -- config, key, packs, manifests -- are read and written only through
+the object store, catalog.objectstore, here the directory store of catalog.localstore; the
+index and the lock files are local files of their own)::
 
-    config          settings and format version (see catalog.config), written once
-    key             the wrapped master key (repokey repositories only), mode 0600
+    config          object: settings and format version (see catalog.config), written once
+    key             object: the wrapped master key (repokey repositories only), mode 0600
     index.db        the SQLite catalog (WAL mode)
-    packs/          pack files (see catalog.pack), behind catalog.packstore
-    backups/        one manifest per complete backup (see catalog.manifest)
+    packs/          objects: pack files (see catalog.pack), named by catalog.packstore;
+                    packs/tmp/ holds the store's staged uploads
+    backups/        objects: one manifest per complete backup (see catalog.manifest)
     lock            writers' exclusive flock;  readers.lock: readers' shared flock
     reserve         RESERVE_BYTES of space only gc may use: on a full disk gc releases it to
                     commit its first deletions (SQLite needs room for its WAL), and a writer
@@ -17,6 +20,7 @@ Open with :meth:`Repository.open` as a context manager; ``write=True`` takes the
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -29,20 +33,33 @@ from vmaccel.catalog.backup import BackupWriter
 from vmaccel.catalog.blockmap import BlockMap, MapRoot
 from vmaccel.catalog.chunkstore import ChunkStore
 from vmaccel.catalog.codec import ChunkCodec
-from vmaccel.catalog.config import RepositoryConfig
-from vmaccel.catalog.durable import (
-    PRIVATE_DIR,
-    create_private_file,
-    fsync_dir,
-    make_private_dir,
-    write_file_durably,
-)
+from vmaccel.catalog.config import OBJECT as CONFIG_OBJECT
+from vmaccel.catalog.config import RepositoryConfig, load_config, save_config
+from vmaccel.catalog.durable import create_private_file, fsync_dir
+from vmaccel.catalog.filecatalog import FileHit, find_files
 from vmaccel.catalog.imagereader import ImageReader
-from vmaccel.catalog.index import BackupRow, ImageRow, Index
-from vmaccel.catalog.key import MasterKey, unwrap_key, wrap_key
+from vmaccel.catalog.index import (
+    BackupMeta,
+    BackupRow,
+    CatalogIndex,
+    FileIndex,
+    ImageRow,
+    Index,
+)
+from vmaccel.catalog.key import OBJECT as KEY_OBJECT
+from vmaccel.catalog.key import MasterKey, save_key, unwrap_key
+from vmaccel.catalog.localstore import LocalObjectStore
 from vmaccel.catalog.lock import FileLock
-from vmaccel.catalog.manifest import delete_manifest, write_manifest
-from vmaccel.catalog.packstore import LocalPackStore
+from vmaccel.catalog.manifest import PREFIX as MANIFESTS
+from vmaccel.catalog.manifest import (
+    delete_manifest,
+    manifest_names,
+    read_manifest,
+    write_manifest,
+)
+from vmaccel.catalog.objectstore import ObjectMissing, ObjectStore
+from vmaccel.catalog.packstore import PREFIX as PACKS
+from vmaccel.catalog.packstore import PackStore
 from vmaccel.vocabulary.errors import (
     BackupNotFound,
     ImageNotFound,
@@ -68,13 +85,25 @@ def _passphrase(p: Passphrase) -> str:
     return value
 
 
-def read_key(path: Path, config: RepositoryConfig, passphrase: Passphrase) -> MasterKey | None:
+def read_config(store: ObjectStore, path: Path) -> RepositoryConfig:
+    """The configuration of the repository at ``path`` (whose objects ``store`` holds)."""
+    try:
+        return load_config(store, str(path / "config"))
+    except ObjectMissing:
+        raise RepositoryNotFound(
+            f"no vmaccel repository at {path} (run `vmaccel repo init`)"
+        ) from None
+
+
+def read_key(
+    store: ObjectStore, path: Path, config: RepositoryConfig, passphrase: Passphrase
+) -> MasterKey | None:
     """The master key of the repository at ``path`` (None when it is not encrypted)."""
     if not config.encrypted:
         return None
     try:
-        data = (path / "key").read_bytes()
-    except FileNotFoundError:
+        data = store.get(KEY_OBJECT)
+    except ObjectMissing:
         raise RepositoryError(
             f"{path}/key is missing: the repository cannot be decrypted"
         ) from None
@@ -95,6 +124,14 @@ def release_reserve(path: Path) -> int:
     return size
 
 
+def _holds(store: ObjectStore, key: str) -> bool:
+    try:
+        store.stat(key)
+    except ObjectMissing:
+        return False
+    return True
+
+
 class Repository:
     def __init__(
         self,
@@ -104,21 +141,24 @@ class Repository:
         lock: FileLock,
         index_path: Path | None = None,
         create_index: bool = False,
+        store: ObjectStore | None = None,
     ) -> None:
         """``index_path`` (default ``<path>/index.db``) lets rebuild-index build a new index
         beside the old one and switch them only when it is complete. Only rebuild-index
         passes ``create_index=True``; otherwise a missing or empty index raises
         :class:`~vmaccel.vocabulary.errors.IndexMissing` (see
-        :class:`~vmaccel.catalog.index.Index`)."""
+        :class:`~vmaccel.catalog.index.Index`). ``store`` holds the repository's objects
+        (default: the directory store at ``path``); the repository closes it."""
         self.path, self.config, self._lock = path, config, lock
+        self.store: ObjectStore = store if store is not None else LocalObjectStore(path)
         self.writable = lock.exclusive
         level = config.compression_level if config.compression == "zstd" else None
         self.codec = ChunkCodec(level, key)
         index_file = index_path or path / "index.db"
         if create_index and not index_file.exists():
             os.close(create_private_file(index_file))  # 0600; SQLite only opens it
-        self.index = Index(index_file, create=create_index)
-        self.packs = LocalPackStore(path / "packs")
+        self.index: CatalogIndex = Index(index_file, create=create_index)
+        self.packs = PackStore(self.store)
         self.chunks = ChunkStore(
             self.index, self.packs, self.codec, config.repo_id, config.pack_size
         )
@@ -131,7 +171,8 @@ class Repository:
         """Create an empty repository at ``path``: a new directory, or an existing empty one
         (anything in it, a repository or not, raises :class:`RepositoryExists` before anything
         is written). Every directory is made 0700 and every file 0600, whatever the umask."""
-        if (path / "config").exists():
+        store = LocalObjectStore(path)
+        if _holds(store, CONFIG_OBJECT):
             raise RepositoryExists(f"{path} already holds a vmaccel repository")
         if path.exists() and not path.is_dir():
             raise RepositoryExists(f"{path} exists and is not a directory; choose another path")
@@ -141,21 +182,17 @@ class Repository:
         # half-made directory that would block the next try.
         secret = _passphrase(passphrase) if config.encrypted else None
         path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
-        make_private_dir(path)
-        path.chmod(PRIVATE_DIR)  # also an empty directory that was there before
-        for sub in ("packs", "backups"):
-            make_private_dir(path / sub)
+        store.make_layout((PACKS, MANIFESTS))  # 0700, also a directory that was there before
         # The index and the lock files exist before SQLite or flock see them: they keep 0600.
         for name in ("index.db", "lock", "readers.lock"):
             os.close(create_private_file(path / name))
         if secret is not None:
-            key = MasterKey.generate()
-            write_file_durably(path / "key", wrap_key(key, secret, config.repo_id), 0o600)
+            save_key(store, MasterKey.generate(), secret, config.repo_id)
         index = Index(path / "index.db", create=True)
         index.migrate()
         index.close()
-        # The config file is written last: a directory without it is not a repository yet.
-        write_file_durably(path / "config", config.to_json().encode())
+        # The config object is written last: a directory without it is not a repository yet.
+        save_config(store, config)
         fsync_dir(path.parent)
 
     @classmethod
@@ -177,10 +214,9 @@ class Repository:
         :class:`~vmaccel.vocabulary.errors.IndexCorrupt` (both exit 6; ``repo rebuild-index``
         repairs them). A writer applies pending migrations only to an index that has its schema.
         """
-        if not (path / "config").is_file():
-            raise RepositoryNotFound(f"no vmaccel repository at {path} (run `vmaccel repo init`)")
-        config = RepositoryConfig.from_json((path / "config").read_text(), str(path / "config"))
-        key = read_key(path, config, passphrase)
+        store = LocalObjectStore(path)
+        config = read_config(store, path)
+        key = read_key(store, path, config, passphrase)
         # gc holds readers.lock exclusively only while it deletes pack files: readers wait.
         wait = lock_wait if write else max(lock_wait, READER_LOCK_WAIT)
         lock = FileLock(path / ("lock" if write else "readers.lock"), exclusive=write, wait=wait)
@@ -188,7 +224,7 @@ class Repository:
         try:
             if write and use_reserve:
                 release_reserve(path)
-            repo = cls(path, config, key, lock)
+            repo = cls(path, config, key, lock, store=store)
             if write:
                 repo.index.migrate()
                 if not use_reserve:
@@ -201,7 +237,7 @@ class Repository:
     def close(self) -> None:
         if self.writable:
             self.chunks.abort()
-        self.packs.close()
+        self.store.close()
         self.index.close()
         self._lock.release()
 
@@ -277,8 +313,46 @@ class Repository:
             raise BackupNotFound(f"no complete backup {ref!r} in {self.path}")
         return row
 
-    def images(self, backup: BackupRow) -> list[ImageRow]:
-        return self.index.images(backup.id)
+    def images(self, backup: BackupRow | int) -> list[ImageRow]:
+        """The images of ``backup`` (a row or its id), by disk name."""
+        return self.index.images(backup if isinstance(backup, int) else backup.id)
+
+    def image_by_id(self, image_id: int) -> ImageRow | None:
+        """The image ``image_id``, of a backup in any state (None when it is gone)."""
+        return self.index.image(image_id)
+
+    def same_blocks(self, a: ImageRow, b: ImageRow, first: int, count: int) -> bool:
+        """Whether ``count`` blocks from block ``first`` are the same chunks in both images
+        (compared by map node ids: no data read)."""
+        return self.blockmap.same_range(self.map_root(a), self.map_root(b), first, count)
+
+    def set_backup_meta(self, backup: BackupRow, meta: BackupMeta) -> BackupRow:
+        """Replace the meta of complete ``backup`` (needs the writer lock); returns the row."""
+        with self.index.writing():
+            self.index.set_backup_meta(backup.id, meta)
+        return dataclasses.replace(backup, meta=meta)
+
+    @property
+    def files(self) -> FileIndex:
+        """The file catalog of this repository (its part of the index seam)."""
+        return self.index
+
+    def find_files(self, pattern: str, vm: str | None = None, limit: int = 1000) -> list[FileHit]:
+        """Files of complete backups whose path matches the glob ``pattern`` (see
+        :func:`vmaccel.catalog.filecatalog.find_files`), oldest backup first."""
+        return find_files(self.index, pattern, vm, limit)
+
+    def latest_images(self, vm: str, instance_uuid: str | None = None) -> dict[str, ImageRow]:
+        """Disk name -> the image of the newest complete backup of ``vm`` that holds that disk
+        (the parents of the next backup). With ``instance_uuid``, backups of another VM that
+        had the same name are passed over (backups that recorded no instance uuid count)."""
+        latest: dict[str, ImageRow] = {}
+        for backup in reversed(self.backups(vm)):
+            if instance_uuid and backup.meta.instance_uuid not in (None, instance_uuid):
+                continue
+            for img in self.images(backup):
+                latest.setdefault(img.disk, img)
+        return latest
 
     def image(self, backup: BackupRow, disk: str) -> ImageRow:
         for img in self.images(backup):
@@ -302,16 +376,26 @@ class Repository:
         )
 
     def write_manifest(self, backup: BackupRow) -> None:
-        write_manifest(self.path / "backups", self.codec, backup, self.index.images(backup.id))
+        """Store the manifest of ``backup`` with its images as the index has them (durably;
+        :class:`~vmaccel.catalog.objectstore.ObjectExists` when it has one already)."""
+        write_manifest(self.store, self.codec, backup, self.index.images(backup.id))
+
+    def read_manifest(self, uuid: str) -> dict[str, Any]:
+        """The manifest document of backup ``uuid`` (a DamageError when missing/unreadable)."""
+        return read_manifest(self.store, self.codec, uuid)
 
     def delete_manifest(self, backup: BackupRow) -> None:
-        delete_manifest(self.path / "backups", backup.uuid)
+        delete_manifest(self.store, backup.uuid)
 
     def manifest_names(self) -> list[str]:
-        d = self.path / "backups"
-        return (
-            sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else []
-        )
+        """The uuids of every stored manifest, sorted."""
+        return manifest_names(self.store)
 
-    def begin_backup(self, vm: str, meta: Mapping[str, Any] | None = None) -> BackupWriter:
-        return BackupWriter(self, vm, dict(meta or {}))
+    def begin_backup(
+        self, vm: str, meta: BackupMeta | Mapping[str, Any] | None = None
+    ) -> BackupWriter:
+        """Start a backup of ``vm`` (needs the writer lock); ``meta`` as a record or as its
+        JSON object (see :class:`~vmaccel.catalog.index.meta.BackupMeta`)."""
+        if not isinstance(meta, BackupMeta):
+            meta = BackupMeta.from_json(meta or {})
+        return BackupWriter(self, vm, meta)

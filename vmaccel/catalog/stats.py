@@ -26,6 +26,7 @@ from vmaccel.catalog.blockmap import HOLE
 from vmaccel.catalog.index import ImageRow
 from vmaccel.catalog.pack import KIND_DATA, KIND_NODE
 from vmaccel.vocabulary.errors import DamageError
+from vmaccel.vocabulary.units import format_bytes
 
 if TYPE_CHECKING:
     from vmaccel.catalog.repository import Repository
@@ -59,11 +60,12 @@ class RepositoryStats:
     def summary(self) -> list[str]:
         lines = [
             f"backups: {self.backups} of {self.vms} VMs, {self.images} images",
-            f"logical: {_size(self.logical_bytes)} ({_size(self.mapped_bytes)} mapped to data)",
-            f"unique data: {_size(self.unique_bytes)} in {self.data_chunks} chunks; "
-            f"stored {_size(self.stored_bytes)} (+{_size(self.node_bytes)} in "
+            f"logical: {format_bytes(self.logical_bytes)} "
+            f"({format_bytes(self.mapped_bytes)} mapped to data)",
+            f"unique data: {format_bytes(self.unique_bytes)} in {self.data_chunks} chunks; "
+            f"stored {format_bytes(self.stored_bytes)} (+{format_bytes(self.node_bytes)} in "
             f"{self.node_chunks} map nodes)",
-            f"packs: {self.packs}, {_size(self.pack_bytes)} on disk",
+            f"packs: {self.packs}, {format_bytes(self.pack_bytes)} on disk",
             f"dedup ratio {self.dedup_ratio:.2f}, compression ratio {self.compression_ratio:.2f}",
         ]
         if self.unreadable_nodes:
@@ -72,15 +74,6 @@ class RepositoryStats:
                 "bound (run `vmaccel verify`)"
             )
         return lines
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def repository_stats(repo: Repository) -> RepositoryStats:
@@ -92,7 +85,7 @@ def repository_stats(repo: Repository) -> RepositoryStats:
     packs, pack_bytes = repo.index.pack_totals()
     counter = _MappedCounter(repo)
     mapped = sum(
-        counter.image_bytes(img) for b in repo.index.backups() for img in repo.index.images(b.id)
+        counter.image_bytes(img) for b in repo.backups() for img in repo.images(b)
     )
     return RepositoryStats(
         backups=backups,

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 from vmaccel.catalog.blockmap import HOLE
 from vmaccel.catalog.damage import AffectedImage, ByteRange, Dependent, attribute
 from vmaccel.catalog.index import BackupRow, ChunkLocation, ImageRow, PackRow
-from vmaccel.catalog.manifest import decode_manifest
 from vmaccel.catalog.pack import (
     ENTRY_HEADER_SIZE,
     HEADER_SIZE,
@@ -154,8 +153,8 @@ def verify(repo: Repository, full: bool = False, workers: int = 2) -> VerifyRepo
     packs = repo.index.packs()
     chunk_rows = sum(_check_pack(repo, p, found) for p in packs)
     _check_orphans(repo, packs, found)
-    backups = repo.index.backups()
-    images = [(b, img) for b in backups for img in repo.index.images(b.id)]
+    backups = repo.backups()
+    images = [(b, img) for b in backups for img in repo.images(b)]
     walker = _MapCheck(repo, found)
     for _, img in images:
         walker.image(img)
@@ -340,9 +339,8 @@ def _check_manifests(
             why = f"backup {b.id} of {b.vm} has no manifest: rebuild-index could not restore it"
             found.problems.append(Finding("manifest", b.uuid, why))
             continue
-        path = repo.path / "backups" / b.uuid
         try:
-            doc = decode_manifest(repo.codec, path.read_bytes(), b.uuid)
+            doc = repo.read_manifest(b.uuid)
         except DamageError as exc:
             found.problems.append(Finding("manifest", b.uuid, f"backup {b.id} of {b.vm}: {exc}"))
             continue

@@ -38,7 +38,7 @@ def _m0001(db: sqlite_utils.Database) -> None:
 
 @migrations(name="0002_file_catalog")
 def _m0002(db: sqlite_utils.Database) -> None:
-    # The file catalog (catalog/filecatalog.py): a listing is one filesystem's file tree,
+    # The file catalog (catalog/index/files.py): a listing is one filesystem's file tree,
     # stored once per distinct content; images point at the listings of their volumes.
     db.executescript(
         """

@@ -1,0 +1,154 @@
+"""The SQLite connection of the index: locking, transactions, read-only lookup connections.
+
+The index is kept in SQLite in WAL mode with ``synchronous=FULL`` so that a commit that
+returned is durable. Table modules (``chunks``, ``backups``, ``files``) build on
+:class:`Connection`; nothing outside this package sees a cursor or a statement.
+
+Thread safety: one connection guarded by a lock; every method may be called from any thread.
+Batched chunk lookups run on a small pool of read-only connections (:meth:`Connection._read`)
+so image writer workers and image readers never wait for a write transaction (WAL: readers
+see the last commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from vmaccel.catalog.index.opening import database_error, open_index
+from vmaccel.catalog.index.schema import migrations
+from vmaccel.vocabulary.errors import IndexCorrupt
+
+ID_BATCH = 500  # ids per IN (...) query: under every engine's bound-parameter limit
+
+
+def marks(n: int) -> str:
+    """``n`` bound-parameter marks for an ``IN (...)`` list."""
+    return ", ".join("?" * n)
+
+
+class Connection:
+    """The catalog database file of one repository.
+
+    ``create=False`` (every command but ``repo init`` and ``repo rebuild-index``) opens an
+    existing index and never creates one (see :func:`~vmaccel.catalog.index.opening.open_index`).
+    """
+
+    def __init__(self, path: Path, create: bool = False) -> None:
+        self.path = path
+        self._conn = open_index(path, create)
+        self._lock = threading.RLock()
+        self._readers: list[sqlite3.Connection] = []  # idle read-only connections (lookups)
+        self._readers_lock = threading.Lock()
+        self._closed = False
+
+    def migrate(self) -> None:
+        """Apply pending schema migrations (each in its own transaction)."""
+        with self._lock:
+            try:
+                migrations.apply(sqlite_utils.Database(self._conn))
+            except sqlite3.DatabaseError as exc:
+                raise database_error(self.path, exc, "cannot be migrated") from exc
+
+    def close(self) -> None:
+        # Readers first: the last connection to close checkpoints the WAL into the database.
+        with self._readers_lock:
+            self._closed = True
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._lock:
+            self._conn.close()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """One write transaction; commits (durably) on success, rolls back on any exception.
+
+        Holds the connection's lock for its whole length (other threads' statements wait).
+        A full disk (SQLite's SQLITE_FULL) becomes :class:`NoSpaceLeft`, with nothing committed.
+        """
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:  # SQLite may have rolled back already
+                        self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise database_error(self.path, exc, "cannot be written") from exc
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+
+    def _scan(self, sql: str) -> Iterator[Any]:
+        """The rows of ``sql`` one by one, under the lock (for scans too big for a list)."""
+        with self._lock:
+            try:
+                yield from self._conn.execute(sql)
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise database_error(self.path, exc, "cannot be written") from exc
+
+    def _insert(self, sql: str, params: Sequence[Any]) -> int:
+        """Run an ``INSERT ... RETURNING id``; returns the id."""
+        return int(self._execute(sql, params).fetchone()[0])
+
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with self._lock:
+            try:
+                self._conn.executemany(sql, rows)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise
+                raise database_error(self.path, exc, "cannot be written") from exc
+
+    def _read(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """Run one query on an idle read-only connection (opened on demand, kept for reuse).
+
+        WAL lets these readers run beside the writer; each statement sees the last commit,
+        never the writer's open transaction. At most one connection per concurrent caller.
+        """
+        with self._readers_lock:
+            conn = self._readers.pop() if self._readers else None
+        try:
+            if conn is None:
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30,
+                )
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+        finally:
+            if conn is not None:
+                with self._readers_lock:
+                    if self._closed:  # closed meanwhile: do not keep it
+                        conn.close()
+                    else:
+                        self._readers.append(conn)

@@ -1,0 +1,18 @@
+"""The SQLite catalog index: :class:`Index` implements
+:class:`~vmaccel.catalog.index.protocols.CatalogIndex` over one database file.
+
+The index is a cache of what the packs and backup manifests hold (``repo rebuild-index``
+recreates it from them). SQL is written portably (``ON CONFLICT``, ``RETURNING``, no
+SQLite-only functions) so a PostgreSQL implementation can follow the same statements.
+"""
+
+from __future__ import annotations
+
+from vmaccel.catalog.index.backups import SqliteBackups
+from vmaccel.catalog.index.chunks import SqliteChunks
+from vmaccel.catalog.index.files import SqliteFiles
+
+
+class Index(SqliteChunks, SqliteBackups, SqliteFiles):
+    """The catalog database of one repository (see
+    :class:`~vmaccel.catalog.index.connection.Connection` for opening and thread safety)."""
