@@ -113,7 +113,7 @@ def test_vm_json_is_readable_json(view: FakeView) -> None:
     assert node.content is not None
     doc = json.loads(node.content)
     assert doc["vm"] == "web" and doc["backup"]["id"] == 1
-    assert doc["backup"]["started"].startswith("2026-05-28T20:26:40")
+    assert doc["backup"]["started"] == "2026-05-28T20:26:40Z"  # vocabulary.units.format_time
     assert doc["meta"] == {"config": {"numCPU": 2}}
     assert [d["disk"] for d in doc["disks"]] == ["disk0", "disk1"]
 

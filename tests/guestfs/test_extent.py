@@ -1,4 +1,5 @@
-"""Pure extent algebra and read planning, checked against a set-of-bytes model."""
+"""Pure extent algebra, checked against a set-of-bytes model. (Read planning, which builds on
+it, is checked in tests/plugin/test_plan.py against the planner that runs.)"""
 
 from __future__ import annotations
 
@@ -7,10 +8,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vmaccel.guestfs.allocation import AllocationMap
 from vmaccel.guestfs.extent import Extent, clip, complement, from_bitmap, intersect, merge
-from vmaccel.guestfs.partition import PartitionTable
-from vmaccel.guestfs.readplan import free_blocks, plan_reads
 
 SIZE = 600
 extents = st.lists(
@@ -28,8 +26,11 @@ def normalized(exts: tuple[Extent, ...] | list[Extent]) -> bool:
     )
 
 
-def amap(used: list[Extent], size: int = SIZE + 100) -> AllocationMap:
-    return AllocationMap(size, clip(used, size), (), PartitionTable("none", 512, ()))
+@given(extents, st.integers(0, SIZE))
+def test_clip_cuts_to_the_disk(exts: list[Extent], size: int) -> None:
+    clipped = clip(exts, size)
+    assert normalized(clipped)
+    assert bytes_of(clipped) == {b for b in bytes_of(exts) if b < size}
 
 
 @given(extents)
@@ -57,35 +58,3 @@ def test_from_bitmap_matches_bits(bitmap: bytes, unit: int, base: int) -> None:
         i for i in want if i == 0 or i - 1 not in want
     ]
     assert sum(e.length for e in got) == len(want) * unit
-
-
-@given(extents, extents, st.sampled_from([1, 7, 64, 512]))
-def test_plan_reads_properties(changed: list[Extent], used: list[Extent], block: int) -> None:
-    allocated = amap(used)
-    plan = plan_reads(changed, allocated, block)
-    assert normalized(plan)
-    covered = bytes_of(plan)
-    # every changed byte in use is read
-    assert bytes_of(changed) & bytes_of(allocated.used) <= covered
-    # block aligned (or ending at the disk's end), never outside changed rounded out
-    rounded = {
-        b for e in changed for b in range(e.offset - e.offset % block, -(-e.end // block) * block)
-    }
-    for e in plan:
-        assert e.offset % block == 0
-        assert e.end % block == 0 or e.end == allocated.disk_size
-    assert covered <= rounded
-
-
-@given(extents, st.sampled_from([1, 8, 64, 512]))
-def test_free_blocks_hold_no_used_byte(used: list[Extent], block: int) -> None:
-    allocated = amap(used)
-    free = free_blocks(allocated, block)
-    used_bytes = bytes_of(allocated.used)
-    assert not bytes_of(free) & used_bytes
-    size = allocated.disk_size
-    for start in range(0, size, block):
-        blk = set(range(start, min(start + block, size)))
-        if not blk & used_bytes:
-            assert blk <= bytes_of(free)  # every wholly free block is reported
-    assert all(e.offset % block == 0 for e in free)

@@ -12,7 +12,7 @@ from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from vmaccel.cli.output import console, emit, say, warn
 from vmaccel.cli.progress import byte_progress
 from vmaccel.cli.settings import context
-from vmaccel.plugin.job.report import RunReport, human_bytes
+from vmaccel.plugin.engine.report import RunReport
 from vmaccel.service.runs import (
     BackupRequest,
     RunOptions,
@@ -21,6 +21,7 @@ from vmaccel.service.runs import (
     run_backup,
 )
 from vmaccel.vocabulary.errors import Interrupted
+from vmaccel.vocabulary.units import format_bytes, format_duration
 
 FAILED_EXIT = 1
 
@@ -36,7 +37,8 @@ _TagOpt = Annotated[
 ]
 _ExcludeVmOpt = Annotated[_Many, typer.Option("--exclude-vm", help="Name pattern to leave out.")]
 _ExcludeDiskOpt = Annotated[
-    _Many, typer.Option("--exclude-disk", help="VM:DISK (label, key or disk-KEY).")
+    _Many,
+    typer.Option("--exclude-disk", help="VM:DISK (name, key, disk-KEY, label or unit: scsi0:1)."),
 ]
 _TransportOpt = Annotated[str, typer.Option("--transport", help="auto, nbd, http or file.")]
 _DatastorePathOpt = Annotated[
@@ -127,17 +129,18 @@ def render(report: RunReport) -> None:
                 vm.vm,
                 d.disk,
                 d.mode,
-                f"{human_bytes(d.bytes_read)} / {human_bytes(d.size)} ({d.read_fraction:.1%})",
-                human_bytes(d.stored_bytes),
-                f"{d.duration:.1f} s",
+                f"{format_bytes(d.bytes_read)} / {format_bytes(d.size)} ({d.read_fraction:.1%})",
+                format_bytes(d.stored_bytes),
+                format_duration(d.duration),
             )
         if not vm.disks:
-            table.add_row(vm.vm, "-", "failed", "-", "-", f"{vm.duration:.1f} s")
+            table.add_row(vm.vm, "-", "failed", "-", "-", format_duration(vm.duration))
     console.print(table)
     for vm in report.vms:
         state = f"backup {vm.backup_id}, {vm.consistency}" if vm.ok else "FAILED"
-        catalog = f", file catalog {vm.catalog_seconds:.1f} s" if vm.catalog_seconds >= 0.05 else ""
-        say(f"{vm.vm}: {state} ({vm.duration:.1f} s{catalog})")
+        seconds = vm.catalog_seconds
+        catalog = f", file catalog {format_duration(seconds)}" if seconds >= 0.05 else ""
+        say(f"{vm.vm}: {state} ({format_duration(vm.duration)}{catalog})")
         for d in vm.disks:
             say(f"  {d.disk}: {d.mode}: {d.reason}")
             for w in d.warnings:

@@ -10,8 +10,8 @@ from rich.table import Table
 from vmaccel.cli.options import BackupArg, JsonOpt, RepoOpt
 from vmaccel.cli.output import console, print_json, say
 from vmaccel.cli.settings import context
-from vmaccel.plugin.job.report import human_bytes
 from vmaccel.service import backups
+from vmaccel.vocabulary.units import format_bytes
 
 app = typer.Typer(help="List and inspect backups.", no_args_is_help=True)
 
@@ -35,8 +35,8 @@ def list_backups(
             row.vm,
             b.time,
             str(len(b.images)),
-            human_bytes(b.size),
-            human_bytes(b.stored_bytes),
+            format_bytes(b.size),
+            format_bytes(b.stored_bytes),
         )
     console.print(table)
 
@@ -51,6 +51,6 @@ def show(backup: BackupArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> N
     say(f"backup {b.backup.id} of {b.backup.vm} at {b.time} ({b.backup.uuid})")
     for img in b.images:
         say(
-            f"  {img.disk}: {human_bytes(img.size)}, {img.meta.get('mode', '?')}, "
+            f"  {img.disk}: {format_bytes(img.size)}, {img.meta.mode or '?'}, "
             f"changeId {img.change_id or '-'}"
         )

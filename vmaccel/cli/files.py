@@ -10,9 +10,9 @@ from rich.table import Table
 from vmaccel.cli.options import JsonOpt, RepoOpt
 from vmaccel.cli.output import console, print_json, say
 from vmaccel.cli.settings import context
-from vmaccel.plugin.job.report import human_bytes
 from vmaccel.service import browse
 from vmaccel.vocabulary.backupref import dir_time
+from vmaccel.vocabulary.units import format_bytes
 
 app = typer.Typer(help="Search the file catalog of every backup.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def find(
     table = Table("backup", "vm", "time (UTC)", "disk", "volume", "path", "size", "mtime (UTC)")
     for h in hits:
         mtime = dir_time(h.mtime_ns / 1e9) if h.mtime_ns is not None else "-"
-        size = human_bytes(h.size) if h.kind == "file" else h.kind
+        size = format_bytes(h.size) if h.kind == "file" else h.kind
         table.add_row(
             str(h.backup_id), h.vm, dir_time(h.time), h.disk, h.volume, h.path, size, mtime
         )

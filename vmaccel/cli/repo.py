@@ -11,21 +11,10 @@ from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from vmaccel.cli.output import emit, say
 from vmaccel.cli.settings import context
 from vmaccel.service import repository
-from vmaccel.vocabulary.errors import DamageError, UsageError
+from vmaccel.vocabulary.errors import DamageError
+from vmaccel.vocabulary.units import parse_size
 
 app = typer.Typer(help="Create and inspect repositories.", no_args_is_help=True)
-
-_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def parse_size(text: str) -> int:
-    """``65536``, ``64K``, ``64KiB``, ``1M`` -> bytes."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    unit = t[-1:] if t[-1:] in _UNITS else ""
-    try:
-        return int(t[: len(t) - len(unit)]) * _UNITS[unit]
-    except ValueError:
-        raise UsageError(f"{text!r} is not a size (examples: 65536, 64K, 1M)") from None
 
 
 @app.command("init")

@@ -60,6 +60,7 @@ from vmaccel.fusemount.source import CatalogView
 from vmaccel.guestfs.errors import GuestFsError
 from vmaccel.guestfs.filesystem import FileStat
 from vmaccel.vocabulary.errors import NotFound, RestoreError, UsageError, VmaccelError
+from vmaccel.vocabulary.units import format_bytes, format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -124,8 +125,8 @@ class FileRestoreReport:
 
     def summary(self) -> list[str]:
         lines = [
-            f"restored {self.files} files ({self.bytes} bytes), {self.dirs} directories and "
-            f"{self.symlinks} symlinks to {self.target} in {self.seconds:.1f} s"
+            f"restored {self.files} files ({format_bytes(self.bytes)}), {self.dirs} directories "
+            f"and {self.symlinks} symlinks to {self.target} in {format_duration(self.seconds)}"
         ]
         if self.hardlink_copies:
             lines.append(f"{self.hardlink_copies} hard links restored as separate copies")

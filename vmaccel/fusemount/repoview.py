@@ -30,18 +30,18 @@ class RepositoryView:
         return [backup_info(row) for row in self.repo.backups()]
 
     def disks(self, backup_id: int) -> list[DiskInfo]:
-        return [disk_info(img) for img in self.repo.index.images(backup_id)]
+        return [disk_info(img) for img in self.repo.images(backup_id)]
 
     def open_image(self, image_id: int) -> ImageReader:
-        row = self.repo.index.image(image_id)
+        row = self.repo.image_by_id(image_id)
         if row is None:
             raise ImageNotFound(f"image {image_id} is gone from {self.repo.path} (pruned?)")
         return self.repo.open_image(row, **self._reader_options)
 
 
 def backup_info(row: BackupRow) -> BackupInfo:
-    return BackupInfo(row.id, row.uuid, row.vm, row.started, row.finished, dict(row.meta))
+    return BackupInfo(row.id, row.uuid, row.vm, row.started, row.finished, row.meta.to_json())
 
 
 def disk_info(img: ImageRow) -> DiskInfo:
-    return DiskInfo(img.id, img.disk, img.size, img.change_id, dict(img.meta))
+    return DiskInfo(img.id, img.disk, img.size, img.change_id, img.meta.to_json())

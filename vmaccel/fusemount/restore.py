@@ -35,6 +35,7 @@ from typing import Any
 
 from vmaccel.fusemount.source import ImageStream
 from vmaccel.vocabulary.errors import RestoreError
+from vmaccel.vocabulary.units import format_bytes, format_duration
 
 logger = logging.getLogger(__name__)
 
@@ -67,13 +68,12 @@ class DiskRestoreReport:
         return self.size / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> list[str]:
-        mib = 1024 * 1024
         kind = "device" if self.device else "sparse file"
         return [
             f"restored {self.source} to {kind} {self.target}",
-            f"{self.size / mib:.1f} MiB image: {self.data_bytes / mib:.1f} MiB data, "
-            f"{self.hole_bytes / mib:.1f} MiB holes, in {self.seconds:.1f} s "
-            f"({self.rate / mib:.0f} MiB/s)",
+            f"{format_bytes(self.size)} image: {format_bytes(self.data_bytes)} data, "
+            f"{format_bytes(self.hole_bytes)} holes, in {format_duration(self.seconds)} "
+            f"({format_bytes(self.rate)}/s)",
         ]
 
 

@@ -5,6 +5,7 @@ Layout (every name is a directory entry; ``<time>`` is the backup's start, ISO 8
     /<vm>/                          one directory per VM that has complete backups
     /<vm>/latest -> <time>          symlink to the newest backup (relative target)
     /<vm>/<time>/vm.json            the backup's record and saved configuration, pretty JSON
+                                    (its times are ``YYYY-MM-DDTHH:MM:SSZ``, UTC)
     /<vm>/<time>/<disk>.vmdk        a createType="vmfs" descriptor naming <disk>-flat.vmdk
     /<vm>/<time>/<disk>-flat.vmdk   the image bytes
     /<vm>/<time>/<disk>.raw         the same image bytes
@@ -32,7 +33,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -41,6 +41,7 @@ from vmaccel.fusemount.source import BackupInfo, CatalogView, DiskInfo
 from vmaccel.fusemount.vmdk import descriptor
 from vmaccel.vocabulary.backupref import LATEST, dir_names
 from vmaccel.vocabulary.errors import NotFound
+from vmaccel.vocabulary.units import format_time
 
 VM_JSON = "vm.json"
 FILES = "files"
@@ -125,7 +126,8 @@ def vm_json(backup: BackupInfo, disks: list[DiskInfo]) -> bytes:
 
 
 def _iso_or_none(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+    """A time in ``vm.json``: ISO 8601 UTC to the second (``2026-05-01T10:00:00Z``), or null."""
+    return None if ts is None else format_time(ts)
 
 
 def backup_entries(backup: BackupInfo, disks: list[DiskInfo]) -> dict[str, Node]:

@@ -3,8 +3,8 @@
 Vocabulary: a *disk* holds a *partition table* (MBR, GPT or none) whose *partitions*, and the
 *logical volumes* of LVM physical volumes on them, are *volumes*; a volume's bytes live on the
 disk as *segments*. The *allocation map* is the normalized set of disk *extents* the guest
-uses; `plan_reads` intersects it with changed extents. A volume's *file tree* is a
-`FileSystem` (stat/listdir/open/readlink by POSIX path, symlinks never followed);
+uses (the backup engine's read planner intersects it with changed extents). A volume's *file
+tree* is a `FileSystem` (stat/listdir/open/readlink by POSIX path, symlinks never followed);
 `browse_disk` opens every volume's. guestfs imports nothing else of ours.
 """
 
@@ -33,7 +33,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
         PathNotFoundError,
     )
     from vmaccel.guestfs.partition import Partition, PartitionTable
-    from vmaccel.guestfs.readplan import free_blocks, plan_reads
     from vmaccel.guestfs.usage import FsState
     from vmaccel.guestfs.volume import Segment, Volume, VolumeKind, VolumeView
 
@@ -59,9 +58,7 @@ _EXPORTS = {
     "VolumeView": "vmaccel.guestfs.volume",
     "browse_disk": "vmaccel.guestfs.browse",
     "build_allocation_map": "vmaccel.guestfs.allocation",
-    "free_blocks": "vmaccel.guestfs.readplan",
     "open_filesystem": "vmaccel.guestfs.browse",
-    "plan_reads": "vmaccel.guestfs.readplan",
     "read_layout": "vmaccel.guestfs.allocation",
     "volume_name": "vmaccel.guestfs.browse",
 }
@@ -96,9 +93,7 @@ __all__ = [
     "VolumeView",
     "browse_disk",
     "build_allocation_map",
-    "free_blocks",
     "open_filesystem",
-    "plan_reads",
     "read_layout",
     "volume_name",
 ]

@@ -88,24 +88,12 @@ def read_geometry(view: VolumeView) -> FatGeometry:
     if not fat_sectors or total <= data_sector or total * bps > view.volume.size:
         raise GuestFsError(f"fat: implausible sizes (total {total}, data starts at {data_sector})")
     clusters = (total - data_sector) // spc
-    bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
-    if bits * (clusters + 2) > fat_sectors * bps * 8:
-        raise GuestFsError(f"fat: FAT ({fat_sectors} sectors) too small for {clusters} clusters")
-    if (bits == 32) != (root_entries == 0) or (bits == 32 and fat16_size):
-        raise GuestFsError(
-            f"fat: {root_entries} root entries and a 16-bit FAT size of {fat16_size} do not "
-            f"fit FAT{bits} ({clusters} clusters)"
-        )
+    bits = _fat_bits(clusters, fat_sectors, bps, root_entries, fat16_size)
     fats = [(reserved + i * fat_sectors) * bps for i in range(nfats)]
     root_cluster = 0
     if bits == 32:
         _check_backup_boot_sector(view, boot, reserved, bps)
-        ext_flags, root_cluster = struct.unpack_from("<HxxI", boot, 0x28)
-        if ext_flags & 0x80:  # mirroring off: only the active FAT is maintained
-            active = ext_flags & 0x0F
-            if active >= nfats:
-                raise GuestFsError(f"fat: active FAT {active} of {nfats} does not exist")
-            fats = [fats[active]]
+        fats, root_cluster = _fat32_tables(boot, fats)
     return FatGeometry(
         bits,
         bps,
@@ -120,6 +108,33 @@ def read_geometry(view: VolumeView) -> FatGeometry:
         root_cluster,
         (data_sector - root_sectors) * bps,
     )
+
+
+def _fat_bits(clusters: int, fat_sectors: int, bps: int, root_entries: int, fat16_size: int) -> int:
+    """The FAT type (12, 16 or 32 bits per entry) that ``clusters`` makes it (the spec's
+    rule); raises `GuestFsError` when the FAT cannot hold them or the BPB contradicts it
+    (a fixed root directory and a 16-bit FAT size exist on FAT12/16 only)."""
+    bits = 12 if clusters < 4085 else 16 if clusters < 65525 else 32
+    if bits * (clusters + 2) > fat_sectors * bps * 8:
+        raise GuestFsError(f"fat: FAT ({fat_sectors} sectors) too small for {clusters} clusters")
+    if (bits == 32) != (root_entries == 0) or (bits == 32 and fat16_size):
+        raise GuestFsError(
+            f"fat: {root_entries} root entries and a 16-bit FAT size of {fat16_size} do not "
+            f"fit FAT{bits} ({clusters} clusters)"
+        )
+    return bits
+
+
+def _fat32_tables(boot: bytes, fats: list[int]) -> tuple[list[int], int]:
+    """(byte offsets of the FATs in use, root directory cluster) of a FAT32 volume whose FAT
+    copies start at ``fats``: with mirroring off (BPB 0x28 bit 7), only the active FAT."""
+    ext_flags, root_cluster = struct.unpack_from("<HxxI", boot, 0x28)
+    if ext_flags & 0x80:  # mirroring off: only the active FAT is maintained
+        active = ext_flags & 0x0F
+        if active >= len(fats):
+            raise GuestFsError(f"fat: active FAT {active} of {len(fats)} does not exist")
+        fats = [fats[active]]
+    return fats, root_cluster
 
 
 def _check_backup_boot_sector(view: VolumeView, boot: bytes, reserved: int, bps: int) -> None:

@@ -6,9 +6,10 @@ of :mod:`vmaccel.vocabulary.backupref`; every one that takes a disk calls :func:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
+from vmaccel.catalog.disks import find_image
 from vmaccel.catalog.index import BackupRow, ImageRow
 from vmaccel.catalog.repository import Repository
 from vmaccel.service.context import Context
@@ -39,13 +40,13 @@ class BackupDetail:
     @property
     def stored_bytes(self) -> int:
         """Bytes this backup added to the repository (after dedup and compression)."""
-        return sum(int(i.stats.get("stored_bytes", 0)) for i in self.images)
+        return sum(i.stats.stored_bytes for i in self.images)
 
     def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self.backup)
+        doc = self.backup.to_json()
         doc["time"] = self.time
         doc["images"] = [
-            {k: v for k, v in asdict(i).items() if k not in _INTERNAL} for i in self.images
+            {k: v for k, v in i.to_json().items() if k not in _INTERNAL} for i in self.images
         ]
         return doc
 
@@ -67,8 +68,10 @@ def resolve_backup(repo: Repository, ref: str) -> BackupRow:
 
 
 def resolve_disk(repo: Repository, backup: BackupRow, disk: str) -> ImageRow:
-    """The image of ``backup`` that ``disk`` names; raises :class:`ImageNotFound`."""
-    return repo.image(backup, disk)
+    """The image of ``backup`` that ``disk`` names in any form of
+    :mod:`vmaccel.vocabulary.disknames` (name, key, ``disk-KEY``, label, unit); raises
+    :class:`ImageNotFound` listing the choices, :class:`UsageError` when it names two."""
+    return find_image(repo.images(backup), disk, f"backup {backup.id} of {backup.vm}")
 
 
 def list_backups(ctx: Context, vm: str | None = None) -> list[BackupDetail]:

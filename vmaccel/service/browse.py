@@ -54,10 +54,8 @@ def find_files(
     ctx: Context, pattern: str, vm: str | None = None, limit: int = 1000
 ) -> list[FileHit]:
     """Every restore point holding a path matching the glob ``pattern`` (at most ``limit``)."""
-    from vmaccel.catalog.filecatalog import find_files as search
-
     with ctx.open() as r:
-        return search(r.index, pattern, vm, limit)
+        return r.find_files(pattern, vm, limit)
 
 
 def mount(ctx: Context, request: MountRequest, foreground: bool = False) -> Mounted:

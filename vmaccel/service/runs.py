@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmaccel.catalog.repository import Repository
-from vmaccel.plugin.job.report import RunReport, VmReport
-from vmaccel.plugin.job.selection import Selection, missing_names, select
+from vmaccel.plugin.engine.report import RunReport, VmReport
+from vmaccel.plugin.engine.selection import Selection, missing_names, select
 from vmaccel.plugin.registry import Registry
 from vmaccel.service.cancel import Cancel
 from vmaccel.service.context import Context
@@ -21,7 +21,7 @@ from vmaccel.service.limits import DatastoreSlots
 from vmaccel.vocabulary.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
-    from vmaccel.plugin.job.vmjob import VmBackupOptions
+    from vmaccel.plugin.engine.vmjob import VmBackupOptions
     from vmaccel.plugin.vcenter.models import Endpoint
 
 Tracker = Callable[[str, int], Callable[[int], None]]
@@ -112,7 +112,7 @@ def run_backup(
 def _standalone(
     r: Repository, source: str, name: str | None, opts: RunOptions, track: Tracker
 ) -> VmReport:
-    from vmaccel.plugin.job.standalone import (
+    from vmaccel.plugin.engine.standalone import (
         back_up_source,
         default_name,
         open_source,
@@ -132,8 +132,8 @@ def _standalone(
 
 
 def _job_options(opts: RunOptions, cancel: Cancel, slots: DatastoreSlots) -> VmBackupOptions:
-    from vmaccel.plugin.job.transports import TransportConfig
-    from vmaccel.plugin.job.vmjob import VmBackupOptions
+    from vmaccel.plugin.engine.transports import TransportConfig
+    from vmaccel.plugin.engine.vmjob import VmBackupOptions
 
     return VmBackupOptions(
         transport=TransportConfig(opts.transport, dict(opts.datastore_paths), opts.nbd_command),
@@ -171,7 +171,7 @@ def _vcenter_run(
     notice: Notice,
     cancel: Cancel,
 ) -> RunReport:
-    from vmaccel.plugin.job.vmjob import run_backups
+    from vmaccel.plugin.engine.vmjob import run_backups
     from vmaccel.plugin.vcenter.connection import VCenter
     from vmaccel.plugin.vcenter.inventory import list_vms
 

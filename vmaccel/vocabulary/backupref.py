@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 from vmaccel.vocabulary.errors import BackupNotFound, UsageError
+from vmaccel.vocabulary.units import format_time
 
 LATEST = "latest"
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
@@ -111,9 +112,8 @@ class BackupRef:
 
 
 def dir_time(ts: float) -> str:
-    """UNIX seconds -> ``YYYY-MM-DDTHH:MM:SSZ`` (UTC, truncated to the second): the name of a
-    backup's directory in the mount, and how every time is printed."""
-    return datetime.fromtimestamp(int(ts), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The name of a backup's directory in the mount: :func:`format_time` of its start."""
+    return format_time(ts)
 
 
 def dir_names(backups: Sequence[S]) -> dict[str, S]:
