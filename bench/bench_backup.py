@@ -91,7 +91,7 @@ def du(path: Path) -> int:
 # vmaccel's wall time is the figure: nothing is subtracted from it.
 CHILD = """
 import atexit, json, os, sys, time
-from vmaccel.plugin.job import vmjob
+from vmaccel.plugin.engine import vmjob
 from vmaccel.plugin.vcenter import cbt, snapshots
 spent = {}
 def timer(mod, name, key):

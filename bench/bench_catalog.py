@@ -49,7 +49,7 @@ from workload import (
 )
 
 from vmaccel.catalog import Repository, RepositoryConfig
-from vmaccel.catalog.index import ImageRow
+from vmaccel.catalog.index import ImageRow, ImageStats
 from vmaccel.catalog.pack import KIND_NODE
 
 PHASES = ("write", "rewrite", "synth", "read", "random", "blocksize")
@@ -114,10 +114,10 @@ def phase_write(a: argparse.Namespace) -> dict[str, Any]:
         "ratio_write_vs_baseline2": (par_s - gen_s) / (write_s - gen_s),
         "baseline_cpu_s": base_cpu,
         "write_cpu_s": write_cpu,
-        "stored_bytes": img.stats["stored_bytes"],
+        "stored_bytes": img.stats.stored_bytes,
         "baseline_stored_bytes": base_stored,
-        "zero_blocks": img.stats["zero_blocks"],
-        "new_chunks": img.stats["new_chunks"],
+        "zero_blocks": img.stats.zero_blocks,
+        "new_chunks": img.stats.new_chunks,
         "map_nodes": nodes[0],
         "map_node_bytes": nodes[1],
         "packs_bytes": sum(
@@ -145,7 +145,7 @@ def phase_rewrite(a: argparse.Namespace) -> dict[str, Any]:
         parent = repo.image(repo.backups(vm="vm")[0], "disk0")
         n0 = node_bytes(repo)
 
-        def rewrite() -> dict[str, int]:
+        def rewrite() -> ImageStats:
             with repo.begin_backup("vm") as bw:
                 w = bw.image_writer("disk0", content.size, parent=parent)
                 for off, data in content.chunks():
@@ -168,8 +168,8 @@ def phase_rewrite(a: argparse.Namespace) -> dict[str, Any]:
         "rewrite_cpu_s": cpu,
         "rewrite_gross_GBps": size / secs / 1e9,
         "ratio_rewrite_vs_baseline": base_s / secs,
-        "new_chunks": stats["new_chunks"],
-        "stored_bytes": stats["stored_bytes"],
+        "new_chunks": stats.new_chunks,
+        "stored_bytes": stats.stored_bytes,
         "new_nodes": n1[0] - n0[0],
         "rss_MiB": rss_mib(),
     }
@@ -186,14 +186,14 @@ def _incremental(repo_path: Path, parent_id: int, changed_bytes: int, seed: int)
     """
     db0 = db_size(repo_path)
     with Repository.open(repo_path, write=True) as repo:
-        parent = repo.index.image(parent_id)
+        parent = repo.image_by_id(parent_id)
         assert parent is not None
         bs = parent.block_size
         changed = _changed_blocks(parent.size // bs, max(changed_bytes // bs, 1), seed)
         src = Content(bs * 4, seed=seed)  # content for the changed blocks, all new
         n0 = node_bytes(repo)
 
-        def run() -> dict[str, int]:
+        def run() -> ImageStats:
             with repo.begin_backup("vm") as bw:
                 w = bw.image_writer(parent.disk, parent.size, parent=parent)
                 for b in changed:
@@ -212,7 +212,7 @@ def _incremental(repo_path: Path, parent_id: int, changed_bytes: int, seed: int)
         "node_bytes": n1[1] - n0[1],
         "node_stored": n1[2] - n0[2],
         "sqlite_growth": db_size(repo_path) - db0,
-        "stored_bytes": stats["stored_bytes"],
+        "stored_bytes": stats.stored_bytes,
     }
 
 
@@ -303,6 +303,19 @@ def phase_read(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def preads(reader: Any, offsets: list[int], evict: list[int] | None = None) -> dict[str, Any]:
+    """Time 4 KiB preads at ``offsets``; with ``evict`` (descriptors of the repository's
+    files) the page cache drops them before every read, which is timed alone."""
+    secs = 0.0
+    for o in offsets:
+        if evict is not None:
+            pagecache.evict(evict)
+        t = time.perf_counter()
+        reader.pread(o, 4096)
+        secs += time.perf_counter() - t
+    return {"reads": len(offsets), "seconds": secs, "reads_per_s": len(offsets) / secs}
+
+
 def phase_random(a: argparse.Namespace) -> dict[str, Any]:
     """4 KiB preads at random 4 KiB-aligned offsets of the image's data extents, one thread:
     ``no_cache_cold`` evicts every repository file from the page cache before each read (each
@@ -326,28 +339,11 @@ def phase_random(a: argparse.Namespace) -> dict[str, Any]:
                 ]
 
             with repo.open_image(img, cache_bytes=0, readahead_bytes=0) as r:
-                secs = 0.0
-                for o in offsets(a.random_reads // 10):
-                    pagecache.evict(fds)
-                    t = time.perf_counter()
-                    r.pread(o, 4096)
-                    secs += time.perf_counter() - t
-                reads = a.random_reads // 10
-                out["no_cache_cold"] = {
-                    "reads": reads,
-                    "seconds": secs,
-                    "reads_per_s": reads / secs,
-                }
+                out["no_cache_cold"] = preads(r, offsets(a.random_reads // 10), fds)
             pagecache.warm(files)
             for label, cache in (("no_cache_warm", 0), ("cache_64MiB_warm", 64 * MiB)):
                 with repo.open_image(img, cache_bytes=cache, readahead_bytes=0) as r:
-                    offs = offsets(a.random_reads)
-                    secs, _ = timed(lambda r=r, offs=offs: [r.pread(o, 4096) for o in offs])
-                    out[label] = {
-                        "reads": len(offs),
-                        "seconds": secs,
-                        "reads_per_s": len(offs) / secs,
-                    }
+                    out[label] = preads(r, offsets(a.random_reads))
     finally:
         for fd in fds:
             os.close(fd)
@@ -366,7 +362,7 @@ def phase_blocksize(a: argparse.Namespace) -> dict[str, Any]:
             secs, img = timed(lambda: full_backup(repo, content, "disk0"))
             nodes = node_bytes(repo)
             base_id = img.id
-            stored = img.stats["stored_bytes"]
+            stored = img.stats.stored_bytes
         # a "guest" change: 0.1 % of the disk as scattered 4 KiB writes, whole blocks re-read
         writes = max(content.size // 1000 // 4096, 1)
         blocks = sorted(
@@ -394,7 +390,7 @@ def _incremental_blocks(
     repo_path: Path, parent_id: int, blocks: list[int], bs: int, content: Content
 ) -> dict[str, Any]:
     with Repository.open(repo_path, write=True) as repo:
-        parent = repo.index.image(parent_id)
+        parent = repo.image_by_id(parent_id)
         assert parent is not None
         n0 = node_bytes(repo)
         with repo.begin_backup("vm") as bw:
@@ -410,7 +406,7 @@ def _incremental_blocks(
         n1 = node_bytes(repo)
     return {
         "inc_read_bytes": len(blocks) * bs,
-        "inc_stored_bytes": stats["stored_bytes"],
+        "inc_stored_bytes": stats.stored_bytes,
         "inc_node_bytes": n1[1] - n0[1],
     }
 

@@ -34,7 +34,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "cbt_enable": ("vmaccel.plugin.vcenter.cbt:enable",),
     "snapshot": ("vmaccel.plugin.vcenter.snapshots:create",),
     "cbt_query": ("vmaccel.plugin.vcenter.cbt:changed_areas",),
-    "allocation": ("vmaccel.plugin.job.disk:allocation_of",),
+    "allocation": ("vmaccel.plugin.engine.disk:allocation_of",),
     "read": (
         "vmaccel.plugin.transport.http:HttpSource.read",
         "vmaccel.plugin.transport.file:FileSource.read",
@@ -46,7 +46,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "commit": ("vmaccel.catalog.backup:BackupWriter.commit",),
     "manifest": ("vmaccel.catalog.repository:Repository.write_manifest",),
     "snapshot_remove": ("vmaccel.plugin.vcenter.snapshots:remove",),
-    "file_catalog": ("vmaccel.plugin.job.fileindex:index_image",),
+    "file_catalog": ("vmaccel.plugin.engine.fileindex:index_image",),
 }
 
 

@@ -1,4 +1,4 @@
-"""The CBT audit of a rescan (plugin/job/audit.py) on a small real repository."""
+"""The CBT audit of a rescan (plugin/engine/audit.py) on a small real repository."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.catalog.blockmap import MapRoot
 from vmaccel.guestfs.extent import Extent
-from vmaccel.plugin.job.audit import unannounced
+from vmaccel.plugin.engine.audit import unannounced
 
 BS = 4096
 BLOCKS = 40  # with fanout 16 the map has several levels

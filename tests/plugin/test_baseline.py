@@ -1,4 +1,4 @@
-"""The per-disk full/incremental decision (plugin/job/baseline.py), one test per branch."""
+"""The per-disk full/incremental decision (plugin/engine/baseline.py), one test per branch."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from vmaccel.plugin.job.baseline import Baseline, decide, split_change_id
-from vmaccel.plugin.job.plan import FULL, INCREMENTAL
+from vmaccel.catalog.index import ImageMeta
+from vmaccel.plugin.engine.baseline import Baseline, decide, split_change_id
+from vmaccel.plugin.engine.plan import FULL, INCREMENTAL
 
 CID = "52 ab cd ef 01 23 45 67-89 ab cd ef 01 23 45 67"
 PARENT = Baseline("inst-1", 2000, "6000c29a-disk", 1 << 30, f"{CID}/4")
@@ -53,8 +54,13 @@ def test_split_change_id() -> None:
 
 
 def test_meta_round_trip_and_damaged_meta() -> None:
-    assert Baseline.from_meta({"baseline": PARENT.to_meta()}) == PARENT
-    assert Baseline.from_meta({}) is None
-    assert Baseline.from_meta({"baseline": "x"}) is None
-    assert Baseline.from_meta({"baseline": {"instance_uuid": "i"}}) is None
-    assert Baseline.from_meta({"baseline": {**PARENT.to_meta(), "capacity": "big"}}) is None
+    def parsed(doc: dict[str, object]) -> Baseline | None:
+        return ImageMeta.from_json(doc).baseline
+
+    assert parsed({"baseline": PARENT.to_json()}) == PARENT
+    assert parsed({}) is None
+    assert parsed({"baseline": "x"}) is None
+    assert parsed({"baseline": {"instance_uuid": "i"}}) is None
+    assert parsed({"baseline": {**PARENT.to_json(), "capacity": "big"}}) is None
+    damaged = {"baseline": {"instance_uuid": "i"}}
+    assert ImageMeta.from_json(damaged).to_json() == damaged  # kept verbatim, not lost

@@ -4,6 +4,7 @@ VMs of a folder (and only those), `--exclude-vm` leaves matching VMs out and say
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,3 +72,16 @@ def test_folder_exclude_vm_and_exclude_disk(
     assert full.rc == 0, full.err
     assert sorted(full.vms) == sorted([kept.name, dropped.name])
     assert len(full.vms[kept.name]["disks"]) == 2
+
+    # New images store every name of their disk, and `restore disk` takes each of them.
+    image = images_of(repo, kept.name)[-1][f"disk-{second.key}"]
+    assert image.meta.key == second.key and image.meta.label and image.meta.unit
+    assert re.fullmatch(r"scsi\d+:\d+", image.meta.unit), image.meta.unit
+    forms = [str(second.key), image.meta.label.upper(), image.meta.unit]
+    for i, form in enumerate(forms):
+        out = tmp_path / f"restored-{i}.raw"
+        r = cli("restore", "disk", f"{kept.name}@latest", form, "--to", out, "--repo", repo)
+        assert r.rc == 0, r.err
+        assert out.read_bytes() == second.path.read_bytes()
+    r = cli("restore", "disk", f"{kept.name}@latest", "Hard disk 9", "--to", out, "--repo", repo)
+    assert r.rc == 7 and "no disk 'Hard disk 9'; choose " in r.err and image.meta.unit in r.err

@@ -13,7 +13,7 @@ import pytest
 
 from tests.guestfs.imaging import have
 from tests.guestfs.ntfsimage import Volume, mkfs_populated, restart_page, write_log
-from vmaccel.plugin.job.disk import DiskJob, allocation_of
+from vmaccel.plugin.engine.disk import DiskJob, allocation_of
 from vmaccel.plugin.transport.file import FileSource
 
 SIZE = 16 << 20

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,8 @@ import pytest
 from testbed.guestimages.guestday import GuestDay
 from testbed.guestimages.model import GuestImage
 from vmaccel.catalog import Repository, RepositoryConfig
-from vmaccel.catalog.filecatalog import find_files
 from vmaccel.cli.app import main
-from vmaccel.plugin.job.fileindex import index_image
+from vmaccel.plugin.engine.fileindex import index_image
 
 
 def _backup(repo: Path, image: Path) -> None:
@@ -36,12 +37,9 @@ def test_every_volume_is_cataloged_and_unchanged_volumes_are_reused(
         img = r.image(second, "disk0")
         parent = r.image(first, "disk0")
         assert img.parent_id == parent.id
-        volumes = {
-            row[0]
-            for row in r.index.query(
-                "SELECT volume FROM image_volume WHERE image_id = ?", (img.id,)
-            )
-        }
+        with closing(sqlite3.connect(repo / "index.db")) as db:  # the test reads the rows
+            sql = "SELECT volume FROM image_volume WHERE image_id = ?"
+            volumes = {row[0] for row in db.execute(sql, (img.id,))}
         # every filesystem of the disk: FAT32, ext4, NTFS and the ext4 logical volume
         assert len(volumes) == 4
     with Repository.open(repo, write=True) as r:
@@ -51,7 +49,7 @@ def test_every_volume_is_cataloged_and_unchanged_volumes_are_reused(
             for path, expect in vol.files.items():
                 if expect.kind != "file":
                     continue
-                hits = find_files(r.index, "/" + path.lstrip("/"), vm="g")
+                hits = r.find_files("/" + path.lstrip("/"), vm="g")
                 sizes = {(h.backup_id, h.size) for h in hits if h.path == "/" + path.lstrip("/")}
                 assert (second.id, expect.size) in sizes, path
 

@@ -1,4 +1,4 @@
-"""Read plans (plugin/job/plan.py), checked against a byte model of a disk.
+"""Read plans (plugin/engine/plan.py), checked against a byte model of a disk.
 
 The model: a parent disk whose image holds exactly its bytes, and a current disk that differs
 from it only inside CBT's ``changed`` extents. The transport's ``data`` extents cover every
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vmaccel.guestfs.extent import Extent, intersect, merge
-from vmaccel.plugin.job.plan import (
+from vmaccel.plugin.engine.plan import (
     FULL,
     INCREMENTAL,
     RESCAN,

@@ -106,7 +106,7 @@ def test_no_secret_in_any_output(
     )
 
     with Repository.open(repo, passphrase=PASSPHRASE) as r:
-        key = read_key(repo, r.config, PASSPHRASE)
+        key = read_key(r.store, repo, r.config, PASSPHRASE)
     assert key is not None
     secrets = {
         "vCenter password": forms(plugin_bed.password, user),

@@ -1,8 +1,8 @@
-"""Which VMs a run takes (plugin/job/selection.py)."""
+"""Which VMs a run takes (plugin/engine/selection.py)."""
 
 from __future__ import annotations
 
-from vmaccel.plugin.job.selection import Selection, missing_names, select
+from vmaccel.plugin.engine.selection import Selection, missing_names, select
 from vmaccel.plugin.vcenter.models import VmRef
 
 

@@ -17,7 +17,7 @@ from tests.plugin.imagecheck import (
     used_extents,
 )
 from vmaccel.guestfs.extent import intersect, total
-from vmaccel.plugin.job.plan import round_out
+from vmaccel.plugin.engine.plan import round_out
 
 BLOCK = 64 * 1024  # the repository's default block size
 
@@ -68,7 +68,7 @@ def test_file_source_full_then_incremental_after_a_guest_day(
         disk = backup(cli, repo, f"file:{path}", "kvm1-all", "--no-skip-free")
         assert disk["hole_bytes"] == 0 or disk["mode"] == "incremental"
     all_images = images_of(repo, "kvm1-all")
-    assert [i["disk0"].meta["mode"] for i in all_images] == ["full", "incremental"]
+    assert [i["disk0"].meta.mode for i in all_images] == ["full", "incremental"]
     for images, path in zip(all_images, versions, strict=True):
         assert_image_equals(repo, images["disk0"], path)
 
@@ -87,7 +87,7 @@ def test_nbd_source(
     # Block status kept the reads to the file's data.
     assert disk["bytes_read"] < path.stat().st_size * 0.5
     (images,) = images_of(repo, "mbr")
-    assert images["disk0"].meta["transport"] == "nbd"
+    assert images["disk0"].meta.transport == "nbd"
     assert_image_equals(repo, images["disk0"], path)
     again = backup(cli, repo, f"nbd:{uri}", "mbr")
     assert again["mode"] == "incremental" and again["new_bytes"] == 0

@@ -159,7 +159,7 @@ def test_full_then_five_incrementals_equal_the_disk(
         used = used_extents(disk.path)
         img_a = images_of(skipping, vm.name)[-1][name]
         img_b = images_of(whole, vm.name)[-1][name]
-        assert img_a.meta["transport"] == img_b.meta["transport"] == transport
+        assert img_a.meta.transport == img_b.meta.transport == transport
         assert_image_equals(skipping, img_a, disk.path, used)
         assert_image_equals(whole, img_b, disk.path)
         if round_:

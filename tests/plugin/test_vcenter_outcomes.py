@@ -215,7 +215,7 @@ def test_quiesce_failure_gives_a_crash_consistent_backup(
     report = ok_run(cli, repo, vcenter, [vm.name])[vm.name]
     assert report["consistency"] == "application-consistent"
     with Repository.open(repo) as r:
-        kinds = [b.meta["consistency"] for b in r.backups(vm.name)]
+        kinds = [b.meta.consistency for b in r.backups(vm.name)]
     assert kinds == ["crash-consistent", "application-consistent"]
     assert ours(bed, vm) == []
 

@@ -7,40 +7,10 @@ disk as the new snapshot shows it. Anything else is a full read, with the reason
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from vmaccel.catalog.index import Baseline
+from vmaccel.plugin.engine.plan import FULL, INCREMENTAL
 
-from vmaccel.plugin.job.plan import FULL, INCREMENTAL
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """What an image records about its disk so the next backup can trust CBT."""
-
-    instance_uuid: str
-    disk_key: int
-    backing_uuid: str | None
-    capacity: int
-    change_id: str | None
-
-    def to_meta(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Baseline | None:
-        raw = meta.get("baseline")
-        if not isinstance(raw, dict):
-            return None
-        try:
-            return cls(
-                str(raw["instance_uuid"]),
-                int(raw["disk_key"]),
-                raw.get("backing_uuid"),
-                int(raw["capacity"]),
-                raw.get("change_id"),
-            )
-        except (KeyError, TypeError, ValueError):
-            return None
+__all__ = ["Baseline", "decide", "split_change_id"]  # Baseline: the record images store
 
 
 def split_change_id(change_id: str) -> tuple[str, int] | None:

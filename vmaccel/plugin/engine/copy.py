@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from vmaccel.catalog.imagewriter import ImageWriter
 from vmaccel.guestfs.extent import Extent
-from vmaccel.plugin.job.plan import DiskPlan
+from vmaccel.plugin.engine.plan import DiskPlan
 from vmaccel.plugin.transport.source import DiskSource
 
 Progress = Callable[[int], None]

@@ -14,10 +14,10 @@ from vmaccel.catalog.index import ImageRow
 from vmaccel.guestfs.allocation import AllocationMap, build_allocation_map
 from vmaccel.guestfs.errors import GuestFsError
 from vmaccel.guestfs.extent import Extent
-from vmaccel.plugin.job.audit import unannounced
-from vmaccel.plugin.job.copy import Progress, copy_disk
-from vmaccel.plugin.job.plan import FULL, plan_disk
-from vmaccel.plugin.job.report import DiskReport
+from vmaccel.plugin.engine.audit import unannounced
+from vmaccel.plugin.engine.copy import Progress, copy_disk
+from vmaccel.plugin.engine.plan import FULL, plan_disk
+from vmaccel.plugin.engine.report import DiskReport
 from vmaccel.plugin.transport.source import DiskSource, SourceStream
 
 logger = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 def skipped_free(image: ImageRow) -> bool:
     """Whether ``image`` left the guest's free blocks out (holes where the disk may hold data).
     Images from before the ``skip_free`` flag tell by their allocation summary."""
-    return bool(image.meta.get("skip_free", bool(image.meta.get("allocation"))))
+    return image.meta.skips_free
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,15 @@ exception: :class:`NoSpaceLeft` is raised, its message saying that the backup is
 
 The catalog is written after the backup is complete, so a run killed in between leaves a
 restore point without its files. A backup whose catalog is done says so in its meta
-(``CATALOGUED``); cataloguing a backup first catches up the newest earlier backups of the
-same VM that lack it (at most ``CATCH_UP``).
+(``BackupMeta.file_catalog``); cataloguing a backup first catches up the newest earlier
+backups of the same VM that lack it (at most ``CATCH_UP``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import BinaryIO, cast
 
 from vmaccel.catalog.filecatalog import FileRecord, attach_listing, listing_of, store_listing
@@ -28,7 +29,6 @@ from vmaccel.vocabulary.errors import DamageError, NoSpaceLeft
 
 logger = logging.getLogger(__name__)
 
-CATALOGUED = "file_catalog"  # backup meta key: True once every image is catalogued
 CATCH_UP = 3  # earlier backups of the VM a run catalogues when a killed run left them without
 MAX_FILES = 5_000_000  # a guard against hostile filesystems with endless directory loops
 
@@ -60,10 +60,9 @@ def _unchanged(repo: Repository, img: ImageRow, parent: ImageRow, vol: BrowsedVo
     if parent.size != img.size or parent.block_size != img.block_size:
         return False
     bs = img.block_size
-    new, old = repo.map_root(img), repo.map_root(parent)
     for ext in vol.volume.disk_extents:
         first, last = ext.offset // bs, -(-ext.end // bs)
-        if not repo.blockmap.same_range(new, old, first, last - first):
+        if not repo.same_blocks(img, parent, first, last - first):
             return False
     return True
 
@@ -75,16 +74,16 @@ def index_image(repo: Repository, img: ImageRow, parent: ImageRow | None) -> tup
         for vol in browse_disk(cast(BinaryIO, reader), img.size):
             if vol.filesystem is None:
                 continue
-            prior = listing_of(repo.index, parent.id, vol.name) if parent else None
+            prior = listing_of(repo.files, parent.id, vol.name) if parent else None
             if prior is not None and parent is not None and _unchanged(repo, img, parent, vol):
                 listing, reused = prior, reused + 1
             else:
                 records = list(walk(vol.filesystem))
-                with repo.index.transaction():
-                    listing = store_listing(repo.index, records)
+                with repo.files.writing():
+                    listing = store_listing(repo.files, records)
                 walked += 1
-            with repo.index.transaction():
-                attach_listing(repo.index, img.id, vol.name, vol.fstype, listing)
+            with repo.files.writing():
+                attach_listing(repo.files, img.id, vol.name, vol.fstype, listing)
     return walked, reused
 
 
@@ -95,7 +94,7 @@ def index_backup(repo: Repository, backup: BackupRow) -> list[str]:
     earlier = [b for b in repo.backups(backup.vm) if b.id < backup.id][-CATCH_UP:]
     gaps = []
     for b in reversed(earlier):
-        if b.meta.get(CATALOGUED):
+        if b.meta.catalogued:
             break
         gaps.append(b)
     warnings = []
@@ -108,7 +107,7 @@ def _index_one(repo: Repository, backup: BackupRow) -> list[str]:
     """Catalog every image of ``backup``, then mark it catalogued."""
     warnings = []
     for img in repo.images(backup):
-        parent = repo.index.image(img.parent_id) if img.parent_id else None
+        parent = repo.image_by_id(img.parent_id) if img.parent_id else None
         try:
             walked, reused = index_image(repo, img, parent)
             logger.info(
@@ -122,6 +121,5 @@ def _index_one(repo: Repository, backup: BackupRow) -> list[str]:
                 f"{img.disk} could not be stored: no space left for the catalog index of "
                 f"{repo.path}; free some space there (the next backup catalogs the files)"
             ) from exc
-    with repo.index.transaction():
-        repo.index.set_backup_meta(backup.id, {**backup.meta, CATALOGUED: True})
+    repo.set_backup_meta(backup, replace(backup.meta, file_catalog=True))
     return warnings

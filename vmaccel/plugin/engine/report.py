@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+from vmaccel.vocabulary.units import format_bytes, format_duration
 
 
 @dataclass(frozen=True)
@@ -93,14 +87,15 @@ class RunReport:
         for vm in self.vms:
             state = "ok" if vm.ok else f"FAILED: {vm.error or 'see disks'}"
             lines.append(
-                f"{vm.vm}: backup {vm.backup_id} {state} ({vm.duration:.1f} s, {vm.consistency})"
+                f"{vm.vm}: backup {vm.backup_id} {state} "
+                f"({format_duration(vm.duration)}, {vm.consistency})"
             )
             for d in vm.disks:
                 lines.append(
-                    f"  {d.disk}: {d.mode} ({d.reason}); read {human_bytes(d.bytes_read)} of "
-                    f"{human_bytes(d.size)} ({d.read_fraction:.1%}), new {human_bytes(d.new_bytes)}"
-                    f", stored {human_bytes(d.stored_bytes)}, {d.duration:.1f} s"
-                    + (f"; ERROR {d.error}" if d.error else "")
+                    f"  {d.disk}: {d.mode} ({d.reason}); read {format_bytes(d.bytes_read)} of "
+                    f"{format_bytes(d.size)} ({d.read_fraction:.1%}), "
+                    f"new {format_bytes(d.new_bytes)}, stored {format_bytes(d.stored_bytes)}, "
+                    f"{format_duration(d.duration)}" + (f"; ERROR {d.error}" if d.error else "")
                 )
                 lines.extend(f"    warning: {w}" for w in d.warnings)
             lines.extend(f"  warning: {w}" for w in vm.warnings)

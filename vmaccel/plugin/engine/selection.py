@@ -1,12 +1,15 @@
-"""Which VMs a backup run takes. Pure: inventory and tag answers in, decisions out."""
+"""Which VMs a backup run takes, and which of their disks it leaves out. Pure: inventory and
+tag answers in, decisions out."""
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from vmaccel.plugin.vcenter.models import VmRef
+from vmaccel.plugin.vcenter.models import DiskRef, VmRef
+from vmaccel.vocabulary.disknames import match_disk
+from vmaccel.vocabulary.errors import NotFound
 
 
 @dataclass(frozen=True)
@@ -50,3 +53,26 @@ def select(vms: Sequence[VmRef], sel: Selection) -> tuple[list[VmRef], list[tupl
 def missing_names(vms: Sequence[VmRef], sel: Selection) -> list[str]:
     known = {vm.name for vm in vms}
     return [n for n in sel.names if n not in known]
+
+
+def excluded_disks(
+    specs: Iterable[str], vm: str, disks: Sequence[DiskRef]
+) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(names of the disks of ``vm`` that ``specs`` leave out, warnings).
+
+    A spec is ``VM:DISK`` with DISK in any form of :mod:`vmaccel.vocabulary.disknames`
+    (name, key, label, unit; a unit holds a colon too, so the VM part is matched as a prefix).
+    A spec for ``vm`` that names none of its disks is a warning listing the choices; one that
+    names two disks raises :class:`UsageError`.
+    """
+    names: set[str] = set()
+    warnings: list[str] = []
+    identities = [d.identity for d in disks]
+    for spec in sorted(specs):
+        if not spec.startswith(f"{vm}:"):
+            continue
+        try:
+            names.add(match_disk(spec[len(vm) + 1 :], identities, vm).name)
+        except NotFound as exc:
+            warnings.append(f"disk exclusion {spec!r} left nothing out: {exc}")
+    return frozenset(names), tuple(warnings)

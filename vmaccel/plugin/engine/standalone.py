@@ -10,19 +10,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vmaccel.catalog.index import ImageRow
 from vmaccel.catalog.repository import Repository
-from vmaccel.plugin.job.copy import Progress
-from vmaccel.plugin.job.disk import DiskJob, back_up_disk
-from vmaccel.plugin.job.fileindex import index_backup
-from vmaccel.plugin.job.plan import FULL, INCREMENTAL
-from vmaccel.plugin.job.report import VmReport
+from vmaccel.plugin.engine.copy import Progress
+from vmaccel.plugin.engine.disk import DiskJob, back_up_disk
+from vmaccel.plugin.engine.fileindex import index_backup
+from vmaccel.plugin.engine.plan import FULL, INCREMENTAL
+from vmaccel.plugin.engine.report import VmReport
 from vmaccel.plugin.transport.file import FileSource
 from vmaccel.plugin.transport.nbd import NbdSource
 from vmaccel.plugin.transport.source import DiskSource
+from vmaccel.vocabulary.disknames import STANDALONE
 from vmaccel.vocabulary.errors import UsageError, VmaccelError
 
-STANDALONE_DISK = "disk0"
+STANDALONE_DISK = STANDALONE  # the one disk of a source backup (vocabulary.disknames)
 
 
 def open_source(spec: str) -> DiskSource:
@@ -48,14 +48,6 @@ def default_name(spec: str) -> str:
     return Path(rest).stem if spec.startswith("file:") else rest
 
 
-def latest_image(repo: Repository, vm: str, disk: str) -> ImageRow | None:
-    for backup in reversed(repo.backups(vm)):
-        for img in repo.images(backup):
-            if img.disk == disk:
-                return img
-    return None
-
-
 def back_up_source(
     repo: Repository,
     source: DiskSource,
@@ -68,7 +60,7 @@ def back_up_source(
     """Back up ``source`` as disk ``disk0`` of ``vm``. Failures abort the backup and are
     reported (nothing half-done becomes visible)."""
     started = time.monotonic()
-    parent = latest_image(repo, vm, STANDALONE_DISK)
+    parent = repo.latest_images(vm).get(STANDALONE_DISK)
     mode, reason = (
         (INCREMENTAL, "no CBT: allocated blocks read and compared by content")
         if parent is not None

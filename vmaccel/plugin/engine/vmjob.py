@@ -16,20 +16,24 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmaccel.catalog.backup import BackupWriter
 from vmaccel.catalog.index import BackupRow, ImageRow
 from vmaccel.catalog.repository import Repository
-from vmaccel.plugin.job.baseline import Baseline, decide
-from vmaccel.plugin.job.copy import Progress
-from vmaccel.plugin.job.disk import DiskJob, back_up_disk, skipped_free
-from vmaccel.plugin.job.plan import FULL, INCREMENTAL, RESCAN
-from vmaccel.plugin.job.report import DiskReport, RunReport, VmReport
-from vmaccel.plugin.job.transports import TransportConfig, open_disk
+from vmaccel.guestfs.extent import Extent
+from vmaccel.plugin.engine.baseline import Baseline, decide
+from vmaccel.plugin.engine.copy import Progress
+from vmaccel.plugin.engine.disk import DiskJob, back_up_disk, skipped_free
+from vmaccel.plugin.engine.plan import FULL, INCREMENTAL, RESCAN
+from vmaccel.plugin.engine.report import DiskReport, RunReport, VmReport
+from vmaccel.plugin.engine.selection import excluded_disks
+from vmaccel.plugin.engine.transports import TransportConfig, open_disk
 from vmaccel.plugin.vcenter import cbt, snapshots
 from vmaccel.plugin.vcenter.connection import VCenter
 from vmaccel.plugin.vcenter.datastore import datastore_types
 from vmaccel.plugin.vcenter.models import BackupSnapshot, DiskRef, VmRef
+from vmaccel.vocabulary.disknames import META_KEY, META_LABEL, META_UNIT
 from vmaccel.vocabulary.errors import ChangeTrackingError, SourceChanged, VmaccelError
 
 logger = logging.getLogger(__name__)
@@ -42,7 +46,8 @@ class VmBackupOptions:
     quiesce: bool = True
     vray: bool = True
     rescan: bool = False
-    exclude_disks: frozenset[str] = frozenset()  # "VM:DISK" with DISK a label, key or disk-KEY
+    # "VM:DISK" with DISK in any form of vmaccel.vocabulary.disknames (name, key, label, unit)
+    exclude_disks: frozenset[str] = frozenset()
     parallel: int = 1
     file_index: bool = True
     # Called before each VM starts; raises (e.g. Interrupted) to stop the run there. Disks
@@ -55,25 +60,39 @@ class VmBackupOptions:
     )
 
 
-def previous_images(repo: Repository, vm: VmRef) -> dict[str, ImageRow]:
-    """disk name -> image of the newest complete backup of this VM (matched by instance uuid)."""
-    for backup in reversed(repo.backups(vm.name)):
-        if backup.meta.get("instance_uuid") in (None, vm.instance_uuid):
-            return {img.disk: img for img in repo.images(backup)}
-    return {}
-
-
 def index_backup(repo: Repository, backup: BackupRow) -> list[str]:
-    """The file catalog of ``backup``: :func:`vmaccel.plugin.job.fileindex.index_backup`, imported
-    on first use (its guest file-system readers take ~0.1 s to import)."""
-    from vmaccel.plugin.job.fileindex import index_backup as index
+    """The file catalog of ``backup``: :func:`vmaccel.plugin.engine.fileindex.index_backup`,
+    imported on first use (its guest file-system readers take ~0.1 s to import)."""
+    from vmaccel.plugin.engine.fileindex import index_backup as index
 
     return index(repo, backup)
 
 
-def excluded(opts: VmBackupOptions, vm: VmRef, disk: DiskRef) -> bool:
-    names = {disk.label, str(disk.key), disk.name}
-    return any(f"{vm.name}:{n}" in opts.exclude_disks for n in names)
+def image_meta(disk: DiskRef, baseline: Baseline, transport: str) -> dict[str, Any]:
+    """What an image records about its vCenter disk: the invariant-3 baseline, the names a
+    user may give the disk later (label, key, unit: :mod:`vmaccel.vocabulary.disknames`),
+    the disk file and how it was read."""
+    meta: dict[str, Any] = {
+        "baseline": baseline.to_json(),
+        META_LABEL: disk.label,
+        META_KEY: disk.key,
+        "file_name": disk.file_name,
+        "transport": transport,
+    }
+    if disk.unit is not None:
+        meta[META_UNIT] = disk.unit
+    return meta
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """How one disk is read: ``changed`` extents (None: every allocated block), ``audit``:
+    CBT's announced extents that a rescan checks."""
+
+    mode: str
+    reason: str
+    changed: Sequence[Extent] | None = None
+    audit: Sequence[Extent] | None = None
 
 
 class VmRun:
@@ -148,7 +167,7 @@ class VmRun:
     ) -> tuple[int | None, tuple[DiskReport, ...], str | None, int]:
         """(backup id, disk reports, error, its exit code). A disk that fails is reported
         failed and aborts the backup: nothing of this run is recorded."""
-        parents = previous_images(self.repo, vm)
+        parents = self.repo.latest_images(vm.name, vm.instance_uuid)
         meta = {
             "instance_uuid": vm.instance_uuid,
             "moref": vm.moref,
@@ -158,9 +177,11 @@ class VmRun:
         }
         reports: list[DiskReport] = []
         try:
+            excluded, notes = excluded_disks(self.opts.exclude_disks, vm.name, snap.disks)
+            warnings.extend(notes)
             with self.repo.begin_backup(vm.name, meta) as bw:
                 for disk in snap.disks:
-                    skip = self._skip_reason(vm, disk)
+                    skip = self._skip_reason(disk, excluded)
                     if skip:
                         warnings.append(f"{disk.label} skipped: {skip}")
                         continue
@@ -184,8 +205,8 @@ class VmRun:
             return None, tuple(reports), f"{where}{exc}; the backup was not recorded", exc.exit_code
         return row.id, tuple(reports), None, 0
 
-    def _skip_reason(self, vm: VmRef, disk: DiskRef) -> str | None:
-        if excluded(self.opts, vm, disk):
+    def _skip_reason(self, disk: DiskRef, excluded: frozenset[str]) -> str | None:
+        if disk.name in excluded:
             return "excluded by --exclude-disk"
         if disk.independent:
             return f"independent disk ({disk.disk_mode}): snapshots do not freeze it"
@@ -202,23 +223,7 @@ class VmRun:
         parent: ImageRow | None,
     ) -> DiskReport:
         current = Baseline(vm.instance_uuid, disk.key, disk.uuid, disk.capacity, disk.change_id)
-        base = Baseline.from_meta(parent.meta) if parent else None
-        mode, reason = decide(current, base)
-        if mode != FULL and not self.opts.vray and parent is not None and skipped_free(parent):
-            # Free blocks are holes in the parent and CBT will not name them: only a full
-            # read gives the byte-for-byte image --no-skip-free promises.
-            mode, reason = FULL, "the earlier image left free blocks out (--no-skip-free)"
-        changed = None
-        if base is not None and base.change_id and (mode == INCREMENTAL or self.opts.rescan):
-            try:
-                changed = cbt.changed_areas(
-                    self.vc, vm.moref, snap.snapshot.moref, disk.key, disk.capacity, base.change_id
-                )
-            except ChangeTrackingError as exc:
-                mode, reason, changed = FULL, f"CBT query failed ({exc})", None
-        audit = None
-        if self.opts.rescan and parent is not None and mode != FULL:
-            mode, reason, audit, changed = RESCAN, "forced rescan with CBT audit", changed, None
+        how = self._decide(vm, snap, disk, current, parent)
         transport, source = open_disk(
             self.opts.transport, self.vc, vm, snap.snapshot, disk, self.ds_types
         )
@@ -232,23 +237,45 @@ class VmRun:
                 disk.name,
                 source,
                 parent,
-                mode,
-                reason,
-                changed,
+                how.mode,
+                how.reason,
+                how.changed,
                 disk.change_id,
                 self.opts.vray,
-                {
-                    "baseline": current.to_meta(),
-                    "label": disk.label,
-                    "file_name": disk.file_name,
-                    "transport": transport,
-                },
-                audit,
+                image_meta(disk, current, transport),
+                how.audit,
                 quiesced=snap.quiesced,
             )
             return back_up_disk(bw, job, self.track(f"{vm.name} {disk.label}", disk.capacity))
         finally:
             source.close()
+
+    def _decide(
+        self,
+        vm: VmRef,
+        snap: BackupSnapshot,
+        disk: DiskRef,
+        current: Baseline,
+        parent: ImageRow | None,
+    ) -> _Decision:
+        """Full, incremental or rescan for one disk (DESIGN invariant 3), with CBT's areas."""
+        base = parent.meta.baseline if parent else None
+        mode, reason = decide(current, base)
+        if mode != FULL and not self.opts.vray and parent is not None and skipped_free(parent):
+            # Free blocks are holes in the parent and CBT will not name them: only a full
+            # read gives the byte-for-byte image --no-skip-free promises.
+            mode, reason = FULL, "the earlier image left free blocks out (--no-skip-free)"
+        changed = None
+        if base is not None and base.change_id and (mode == INCREMENTAL or self.opts.rescan):
+            try:
+                changed = cbt.changed_areas(
+                    self.vc, vm.moref, snap.snapshot.moref, disk.key, disk.capacity, base.change_id
+                )
+            except ChangeTrackingError as exc:
+                mode, reason, changed = FULL, f"CBT query failed ({exc})", None
+        if self.opts.rescan and parent is not None and mode != FULL:
+            return _Decision(RESCAN, "forced rescan with CBT audit", None, changed)
+        return _Decision(mode, reason, changed)
 
 
 def _failed(disk: DiskRef, exc: VmaccelError) -> DiskReport:

@@ -9,6 +9,7 @@ from pyVmomi import vim, vmodl
 
 from vmaccel.plugin.vcenter.connection import VCenter
 from vmaccel.plugin.vcenter.models import DiskRef, SnapshotRef, VmRef
+from vmaccel.vocabulary.disknames import unit_name
 
 # keep(moref, name, folder path): whether list_vms reads a VM's full properties.
 Keep = Callable[[str, str, str], bool]
@@ -25,12 +26,43 @@ VM_PATHS = (
 )
 
 
+# Controller classes -> the prefix of their units ("scsi0:1"); subclasses (LSI Logic,
+# ParaVirtual, AHCI, ...) are found through isinstance.
+_CONTROLLERS = (
+    (vim.vm.device.VirtualSCSIController, "scsi"),
+    (vim.vm.device.VirtualIDEController, "ide"),
+    (vim.vm.device.VirtualSATAController, "sata"),
+    (vim.vm.device.VirtualNVMEController, "nvme"),
+)
+
+
 def disk_refs(devices: Iterable[Any]) -> tuple[DiskRef, ...]:
-    """DiskRefs of the VirtualDisks among ``devices`` (from a VM's or a snapshot's config)."""
-    return tuple(disk_ref(d) for d in devices or () if isinstance(d, vim.vm.device.VirtualDisk))
+    """DiskRefs of the VirtualDisks among ``devices`` (from a VM's or a snapshot's config),
+    each with its controller unit when its controller is among ``devices`` too."""
+    devices = list(devices or ())
+    units = controller_prefixes(devices)
+    return tuple(disk_ref(d, units) for d in devices if isinstance(d, vim.vm.device.VirtualDisk))
 
 
-def disk_ref(d: Any) -> DiskRef:
+def controller_prefixes(devices: Iterable[Any]) -> dict[int, tuple[str, int]]:
+    """controller device key -> (unit prefix such as "scsi", bus number)."""
+    out: dict[int, tuple[str, int]] = {}
+    for dev in devices:
+        for cls, prefix in _CONTROLLERS:
+            if isinstance(dev, cls):
+                out[int(dev.key)] = (prefix, int(dev.busNumber or 0))
+                break
+    return out
+
+
+def _unit(d: Any, controllers: dict[int, tuple[str, int]]) -> str | None:
+    known = controllers.get(int(d.controllerKey)) if d.controllerKey is not None else None
+    if known is None or d.unitNumber is None:
+        return None
+    return unit_name(known[0], known[1], int(d.unitNumber))
+
+
+def disk_ref(d: Any, controllers: dict[int, tuple[str, int]] | None = None) -> DiskRef:
     b = d.backing
     if isinstance(b, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo):
         kind = "rdm-physical" if b.compatibilityMode == "physicalMode" else "rdm-virtual"
@@ -52,6 +84,7 @@ def disk_ref(d: Any) -> DiskRef:
         disk_mode=getattr(b, "diskMode", "persistent") or "persistent",
         backing=kind,
         datastore=datastore,
+        unit=_unit(d, controllers or {}),
     )
 
 

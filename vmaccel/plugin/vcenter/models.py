@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vmaccel.vocabulary.disknames import DiskIdentity, name_for_key
+
 
 @dataclass(frozen=True)
 class TlsTrust:
@@ -61,6 +63,7 @@ class DiskRef:
     disk_mode: str
     backing: str
     datastore: str
+    unit: str | None = None  # controller unit, e.g. "scsi0:1" (None: controller not seen)
 
     @property
     def independent(self) -> bool:
@@ -73,7 +76,12 @@ class DiskRef:
     @property
     def name(self) -> str:
         """A stable, file-system-safe name for the disk within its VM (from its key)."""
-        return f"disk-{self.key}"
+        return name_for_key(self.key)
+
+    @property
+    def identity(self) -> DiskIdentity:
+        """Every name this disk answers to (see :mod:`vmaccel.vocabulary.disknames`)."""
+        return DiskIdentity(self.name, self.key, self.label, self.unit)
 
 
 @dataclass(frozen=True)
