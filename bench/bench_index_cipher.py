@@ -151,7 +151,11 @@ def listing_figures(conn: Any, rnd: random.Random) -> dict[str, float]:
             conn.execute(
                 "INSERT INTO listing (digest, entries) VALUES (?, ?)", (rnd.randbytes(32), FILES)
             )
-            conn.executemany("INSERT INTO file_entry VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO file_entry (listing_id, path, kind, size, mtime_ns)"
+                " VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
             conn.execute(
                 "INSERT INTO image (backup_id, disk, size, block_size, fanout, depth)"
                 " VALUES (?, 'd', 1, 1, 1, 1)",

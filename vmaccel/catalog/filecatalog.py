@@ -33,14 +33,24 @@ __all__ = [
 
 
 def listing_digest(records: Sequence[FileRecord]) -> bytes:
-    """The BLAKE3 digest naming a listing: its records in order, each path NUL-terminated."""
+    """The BLAKE3 digest naming a listing: its records in order, each path NUL-terminated,
+    then kind, size and mtime; a record with an identity (inode or mode) adds a 0x01 byte
+    (no path starts with it) and both as signed 64-bit (-1 for None). Records without one
+    hash as before identities were kept, so such listings keep their digests; listings
+    with inodes never equal one stored without (their volumes are walked again)."""
     h = blake3.blake3()
     for r in records:
-        h.update(r.path.encode("utf-8", "surrogateescape") + b"\0")
+        h.update(r.path.encode("utf-8", "surrogatepass") + b"\0")
         h.update(
             r.kind.encode() + struct.pack("<qq", r.size, -1 if r.mtime_ns is None else r.mtime_ns)
         )
+        if r.inode is not None or r.mode is not None:
+            h.update(b"\x01" + struct.pack("<qq", _or_minus(r.inode), _or_minus(r.mode)))
     return h.digest()
+
+
+def _or_minus(value: int | None) -> int:
+    return -1 if value is None else value
 
 
 def store_listing(index: FileIndex, records: Iterable[FileRecord]) -> int:

@@ -31,10 +31,14 @@ logger = logging.getLogger(__name__)
 
 CATCH_UP = 3  # earlier backups of the VM a run catalogues when a killed run left them without
 MAX_FILES = 5_000_000  # a guard against hostile filesystems with endless directory loops
+UNSTABLE_INODES = frozenset({"vfat"})  # fstypes whose inode numbers do not follow a file
 
 
 def walk(fs: FileSystem) -> Iterator[FileRecord]:
-    """Every entry below the root (depth first); unreadable entries are skipped."""
+    """Every entry below the root (depth first); unreadable entries are skipped. Inodes are
+    kept where they identify a file across renames (not on FAT, whose numbers are directory
+    entry offsets: a renamed FAT file is a removed one plus an added one)."""
+    stable = fs.fstype not in UNSTABLE_INODES
     stack = ["/"]
     seen = 0
     while stack:
@@ -51,7 +55,8 @@ def walk(fs: FileSystem) -> Iterator[FileRecord]:
             seen += 1
             if seen > MAX_FILES:
                 raise GuestFsError(f"more than {MAX_FILES} files: refusing to index further")
-            yield FileRecord(path, st.kind, st.size, st.mtime_ns)
+            inode = st.inode if stable else None
+            yield FileRecord(path, st.kind, st.size, st.mtime_ns, inode, st.mode)
             if st.kind == "dir":
                 stack.append(path)
 
