@@ -64,9 +64,13 @@ def start(*args: str | Path) -> Racer:
 
 
 def lock_holders(path: Path) -> set[int]:
-    """Pids holding an ``flock`` on ``path`` (shared or exclusive), from ``/proc/locks``."""
-    ino = os.stat(path).st_ino
-    dev = os.stat(path).st_dev
+    """Pids holding an ``flock`` on ``path`` (shared or exclusive), from ``/proc/locks``
+    (none while ``path`` does not exist yet: lock files are made by their first holder)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return set()
+    ino, dev = st.st_ino, st.st_dev
     want = f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
     holders = set()
     with open("/proc/locks") as f:
@@ -183,7 +187,7 @@ class Ledger:
 @contextlib.contextmanager
 def slow_source(image: Path, delay: str = "600ms") -> Iterator[str]:
     """``image`` served over NBD by nbdkit, each read delayed by ``delay`` (the delay filter):
-    a backup of it holds the writer lock for seconds, long enough for a rival to meet it."""
+    a backup of it holds its locks for seconds, long enough for a rival to meet it."""
     if not shutil.which("nbdkit"):
         pytest.skip("needs nbdkit")
     where = Path(tempfile.mkdtemp(prefix="vmaccel-nbd-"))  # short: a socket path has 108 bytes

@@ -1,8 +1,9 @@
 """Concurrency: two writers, a writer and readers, racing on one repository.
 
 Real `vmaccel` processes race (tests/faults/contention.py): two backups of one name, a backup
-and gc in either order, `restore file` while gc repacks and deletes, and a real FUSE mount
-reading a backup's raw image while prune removes that backup and `gc --grace 0` runs. After
+and gc beside each other (either started first), `restore file` while gc repacks and
+deletes, and a real FUSE mount reading a backup's raw image while prune removes that backup
+and `gc --grace 0` runs. After
 every race: `verify --full` is clean and every committed backup restores byte-identical;
 readers get the right bytes or EIO, never other bytes. Each race counts as one
 ``concurrency`` event (tests/faults/tally.py); the long run repeats every race more times.
@@ -44,6 +45,7 @@ from tests.fusemount.conftest import (
     mount_repo,
     needs_fuse,
 )
+from vmaccel.catalog.lease import vm_lock
 from vmaccel.catalog.lock import FileLock
 from vmaccel.vocabulary.backupref import dir_time
 
@@ -98,13 +100,13 @@ def assert_refused(done: subprocess.CompletedProcess[str], what: str) -> None:
 
 
 def test_lock_wait_waits_then_proceeds_or_refuses_when_it_runs_out(tmp_path: Path) -> None:
-    """A writer lock held by someone else: ``--lock-wait 0`` refuses at once (exit 4, one line),
-    ``--lock-wait S`` polls until the holder lets go (then runs) or S seconds pass (then
-    refuses, after about S seconds)."""
+    """``writers.lock`` held exclusively (as rebuild-index holds it: no backup may write):
+    ``--lock-wait 0`` refuses at once (exit 4, one line), ``--lock-wait S`` polls until the
+    holder lets go (then runs) or S seconds pass (then refuses, after about S seconds)."""
     ledger = new_ledger(tmp_path)
     image = random_image(tmp_path / "a.raw", 2 * MiB, seed=1)
     args = ("backup", "--repo", ledger.repo, "--source", f"file:{image}", "--name", "a")
-    with FileLock(ledger.repo / "lock", exclusive=True):
+    with FileLock(ledger.repo / "writers.lock", exclusive=True):
         assert_refused(vmaccel(*args), "no wait")
         t0 = time.monotonic()
         assert_refused(vmaccel(*args, "--lock-wait", "1.5"), "short wait")
@@ -122,10 +124,10 @@ def test_lock_wait_waits_then_proceeds_or_refuses_when_it_runs_out(tmp_path: Pat
 
 
 def test_two_backups_of_one_name_at_once(tmp_path: Path, tally: Tally) -> None:
-    """A backup of "vm" over a slowed transport holds the writer lock for seconds; a second
-    backup of "vm" started meanwhile waits (``--lock-wait``) and then runs, or (no wait)
-    refuses with exit 4 and one line. Whatever happens, the two never write at once: the
-    committed backups' run times do not overlap."""
+    """A backup of "vm" over a slowed transport holds the VM's lock (``leases/vm-<sha256>``)
+    for seconds; a second backup of "vm" started meanwhile waits (``--lock-wait``) and then
+    runs, or (no wait) refuses with exit 4 and one line. Whatever happens, the two never
+    write at once: the committed backups' run times do not overlap."""
     ledger = new_ledger(tmp_path)
     slow_image = random_image(tmp_path / "slow.raw", 8 * MiB, seed=9)
     images = [random_image(tmp_path / f"v{i}.raw", 8 * MiB, seed=10 + i) for i in range(2)]
@@ -136,7 +138,7 @@ def test_two_backups_of_one_name_at_once(tmp_path: Path, tally: Tally) -> None:
             second = images[i % 2]
             a = start("backup", "--repo", ledger.repo, "--source", slow, "--name", "vm",
                       "--json")  # fmt: skip
-            held = wait_locked(ledger.repo / "lock", a)
+            held = wait_locked(vm_lock(ledger.repo, "vm", 0).path, a)
             b = start("backup", "--repo", ledger.repo, "--source", f"file:{second}",
                       "--name", "vm", "--json", "--lock-wait", wait)  # fmt: skip
             done_a, done_b = a.finish(), b.finish()
@@ -163,9 +165,10 @@ def test_two_backups_of_one_name_at_once(tmp_path: Path, tally: Tally) -> None:
 
 def test_backup_and_gc_in_either_order(tmp_path: Path, tally: Tally) -> None:
     """gc with ``--grace 0`` and a backup whose data is exactly what the last prune made
-    garbage: whichever starts first, the other waits for it; the backup's chunks are never
-    deleted (it either deduplicates before gc, which then sees them referenced, or stores
-    them again after gc deleted them)."""
+    garbage, started one after the other: neither waits for the other, both complete, and
+    the backup's chunks are never deleted (it deduplicates before gc condemned them, and gc
+    keeps them while its lease lives; or it finds them condemned or deleted and stores them
+    again, resurrecting condemned rows). The backup restores byte-identical."""
     ledger = new_ledger(tmp_path)
     for i in range(scale(2, 20)):
         doomed = random_image(tmp_path / "doomed.raw", 12 * MiB, seed=100 + i)
@@ -181,7 +184,7 @@ def test_backup_and_gc_in_either_order(tmp_path: Path, tally: Tally) -> None:
         gc_args = ("gc", "--repo", ledger.repo, "--grace", "0", "--json", "--lock-wait", "120")
         gc_first = i % 2 == 0
         a = start(*(gc_args if gc_first else backup_args))
-        wait_locked(ledger.repo / "lock", a)
+        wait_locked(ledger.repo / ("lock" if gc_first else "writers.lock"), a)
         b = start(*(backup_args if gc_first else gc_args))
         done_a, done_b = a.finish(), b.finish()
         done_gc, done_backup = (done_a, done_b) if gc_first else (done_b, done_a)

@@ -49,6 +49,20 @@ def check(doc: Any, schema: Any, where: str = "$") -> None:
         assert ok, f"{where}: {doc!r} is not {types}"
 
 
+def check_entries(doc: Any, where: str = "$") -> None:
+    """Every non-null ``old``, ``new`` and ``entry`` (the listing entries of ``files diff``
+    and ``files history``) has the entry shape."""
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            if key in ("old", "new", "entry") and isinstance(value, dict):
+                check(value, _ENTRY, f"{where}.{key}")
+            else:
+                check_entries(value, f"{where}.{key}")
+    elif isinstance(doc, list):
+        for i, item in enumerate(doc):
+            check_entries(item, f"{where}[{i}]")
+
+
 def internals(doc: Any, where: str = "$") -> list[str]:
     """Paths of storage-internal keys anywhere in ``doc``."""
     found: list[str] = []
@@ -66,6 +80,7 @@ def internals(doc: Any, where: str = "$") -> list[str]:
 def validate(name: str, doc: Any) -> None:
     """``doc`` has the documented shape of output ``name`` and no storage internals."""
     check(doc, SCHEMAS[name])
+    check_entries(doc)
     assert not internals(doc), f"{name}: storage internals in the output: {internals(doc)}"
 
 
@@ -120,6 +135,34 @@ _BACKUP = {
     "images": [_IMAGE],
 }
 _PRUNED = {"id": int, "uuid": str, "vm": str, "state": str, "started": NUM}
+_ENTRY = {
+    "kind": str,
+    "size": int,
+    "mtime_ns": (int, NONE),
+    "inode": (int, NONE),
+    "mode": (int, NONE),
+}
+_ENTRY_OR_NONE = (dict, NONE)  # an entry (checked by check_entries) or null
+_POINT = {"backup_id": int, "vm": str, "started": NUM}
+_CHANGE = {
+    "change": str,
+    "path": str,
+    "old_path": STR_OR_NONE,
+    "fields": [str],
+    "old": _ENTRY_OR_NONE,
+    "new": _ENTRY_OR_NONE,
+}
+_COUNTS = {k: int for k in ("added", "removed", "modified", "type_changed", "renamed")}
+_EVENT = {
+    "backup_id": int,
+    "vm": str,
+    "started": NUM,
+    "disk": str,
+    "volume": str,
+    "change": str,
+    "fields": [str],
+    "entry": _ENTRY_OR_NONE,
+}
 
 SCHEMAS: dict[str, Any] = {
     "backup": {"ok": bool, "exit_code": int, "vms": [_VM]},
@@ -192,6 +235,13 @@ SCHEMAS: dict[str, Any] = {
         "bytes_pending": int,
         "space_needed": int,
         "backups_removed": list,
+        "leases_live": int,
+        "leases_cleared": int,
+        "chunks_condemned": int,
+        "chunks_waiting": int,
+        "packs_held": int,
+        "backups_left": list,
+        "strays_left": int,
     },
     "files find": [
         {
@@ -206,6 +256,23 @@ SCHEMAS: dict[str, Any] = {
             "mtime_ns": (int, NONE),
         }
     ],
+    "files diff": {
+        "a": _POINT,
+        "b": _POINT,
+        "path": STR_OR_NONE,
+        "volumes": [
+            {
+                "disk": str,
+                "volume": str,
+                "fstype": STR_OR_NONE,
+                "status": str,
+                "reason": STR_OR_NONE,
+                "counts": _COUNTS,
+                "changes": [_CHANGE],
+            }
+        ],
+    },
+    "files history": {"path": str, "vm": STR_OR_NONE, "events": [_EVENT]},
     "restore disk": {
         "source": str,
         "target": str,

@@ -158,6 +158,8 @@ class BackupWriter:
                     ),
                 )
             repo.index.finish_backup(self.id, finished, self.meta)
+            if repo.lease is not None:  # complete backups reference no condemned chunk
+                repo.index.absolve_since(repo.lease.id)  # (catalog.condemn)
             # The manifest is made durable inside the transaction, just before COMMIT: a crash
             # after the commit must never leave a complete backup that rebuild-index cannot
             # restore. A crash before it leaves a manifest of an unfinished backup, which gc

@@ -1,19 +1,30 @@
 """``gc``: delete what no complete backup references (mark and sweep), and repack.
 
-Run under the writer lock (the caller opens the repository with ``write=True``), so no backup
-is being written: whatever an unfinished backup left behind is garbage by construction.
+Run under the maintenance lock (the caller opens the repository with ``write=True``), so no
+prune, rebuild-index or other gc runs; backups may (they hold writer leases, catalog.lease).
+gc never deletes a chunk a running or later backup will reference (DESIGN invariant 2): dead
+chunks are first *condemned*, hidden from dedup, and deleted only once no writer that could
+have looked them up before is running (catalog.condemn has the rule). Without leases, what one
+gc condemns it deletes in the same run, as if no leases existed.
 
 0. **Refuse on an incomplete index** (before anything changes): a manifest in ``backups/``
    with no backup row, or a chunk the maps of complete backups name with no chunk row, means
    the index lost what the packs still hold (deleted, emptied, replaced); deleting
    "unreferenced" packs then would delete backups. Run ``repo rebuild-index`` first.
-1. **Mark.** Every map node of every image of every complete backup, and every data chunk
-   named by their leaves, is live. Map walks share one ``seen`` set, so subtrees shared
-   between synthetic fulls are walked once. A damaged map stops gc before it deletes
-   anything (what lies below a damaged node is unknown, hence possibly live).
-2. **Unfinished backups.** Backups not ``complete`` (``in_progress``/``failed`` from a killed
+1. **Leases, then mark.** gc surveys the leases (clearing stale ones: writers killed with
+   their lease), recording M0 and L0, and only then marks: every map node of every image of
+   every complete backup, and every data chunk named by their leaves, is live. Map walks
+   share one ``seen`` set, so subtrees shared between synthetic fulls are walked once. A
+   damaged map stops gc before it deletes anything (what lies below a damaged node is
+   unknown, hence possibly live).
+2. **Condemn.** Dead chunks of packs older than the grace period are condemned; condemned
+   chunks found live again are absolved; condemned chunks the rule allows are deletable, the
+   others wait (their packs are left alone this run: neither deleted nor repacked).
+   **Unfinished backups.** Backups not ``complete`` (``in_progress``/``failed`` from a killed
    or aborted writer, ``deleting`` from an interrupted prune) are removed like prune removes
-   them (state ``deleting`` -> manifest -> rows).
+   them (state ``deleting`` -> manifest -> rows) -- but only while no lease is live: a
+   running backup's row is ``in_progress`` too. The leases are looked at again after the
+   rows are listed, so a backup that started during gc keeps its row and its files.
 3. **Sweep** (DESIGN invariant 2), in the order that needs the least free space, so that gc
    makes progress on a full disk: release the repository's space reserve (SQLite needs room
    for its WAL; see catalog.repository), delete temporary files, then packs left
@@ -27,23 +38,27 @@ is being written: whatever an unfinished backup left behind is garbage by constr
    rule alone lets dead space pile up to its share in every pack: a 60-day daily history
    took 1.18x its unique data with the 0.5 rule alone, 1.06x with 5 %). Write orders:
 
-   * delete: one transaction deletes the pack's chunk rows and marks it ``deleting``
-     (so no backup can deduplicate against it any more) -> pack row deleted -> file deleted;
+   * delete: one transaction deletes the pack's chunk rows (each only if still condemned and
+     still in that pack: a resurrection racing gc wins) and marks it ``deleting`` only if no
+     row names it any more -> pack row deleted -> file deleted;
    * repack: new pack durable (fsync) -> one transaction adds its row, moves the live chunk
-     rows to it, deletes the old pack's dead chunk rows and marks the old pack ``deleting``
+     rows to it (each only if still in its old pack), deletes the old pack's dead chunk rows
+     (conditionally, as above) and marks the old pack ``deleting`` if no row names it
      -> old pack row deleted -> old file deleted.
 
    The row goes before the file so that a crash in between leaves an orphan file (garbage,
    which the next gc deletes) rather than a row naming a missing file (which verify rightly
    calls damage). Orphan pack files (no row: also sealed by a writer killed before its rows
    committed) and temporary packs (uploads never committed: ``packs/tmp`` in a directory
-   store) older than the grace period are deleted too.
+   store) older than the grace period are deleted too, but only while no lease is live (a
+   running writer's sealed pack has no row until its transaction commits).
 4. **Pack files** (of ``deleting`` packs and orphans) are deleted only while gc holds
    ``readers.lock`` exclusively: a reader that looked a chunk up before its row moved may
-   still be about to read the old file. If a reader is active they stay (the report names
-   the pending packs and their bytes), gc does not repack (new packs could not replace the
-   old ones, the repository would only grow) and the next gc finishes the job. Temporary
-   files were never named anywhere and are deleted regardless.
+   still be about to read the old file. Backups share ``readers.lock`` too (they read their
+   parents' maps), so beside a backup these packs stay pending. If a reader is active they
+   stay (the report names the pending packs and their bytes), gc does not repack (new packs
+   could not replace the old ones, the repository would only grow) and the next gc finishes
+   the job. Temporary files were never named anywhere and are deleted when no writer runs.
 
 Every step is crash safe: a killed gc leaves at worst ``deleting`` rows, orphan files or
 temporary files, each of which the next gc finishes.
@@ -57,11 +72,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from vmaccel.catalog.blockmap import HOLE
-from vmaccel.catalog.index import PackRow
+from vmaccel.catalog.condemn import Verdict, judge
+from vmaccel.catalog.gcreport import GcReport
+from vmaccel.catalog.index import ChunkLocation, PackRow
+from vmaccel.catalog.lease import survey
 from vmaccel.catalog.prune import remove_backup
 from vmaccel.catalog.repack import (
     INDEX_BASE,
@@ -72,8 +89,8 @@ from vmaccel.catalog.repack import (
     repack_order,
     space_for,
 )
+from vmaccel.catalog.reserve import clear_reserve_temps
 from vmaccel.vocabulary.errors import ChunkMissing, DamageError, IndexCorrupt, UsageError
-from vmaccel.vocabulary.units import format_bytes
 
 if TYPE_CHECKING:
     from vmaccel.catalog.index import BackupRow
@@ -82,91 +99,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _REBUILD_FIRST = "run `vmaccel repo rebuild-index` first"
-
-
-@dataclass(frozen=True)
-class GcReport:
-    """The outcome of one gc. Byte counts are file bytes on the pack store.
-
-    ``bytes_freed`` is file bytes actually deleted (packs, orphans, temporary files);
-    ``bytes_written`` the bytes of the new packs repacking wrote, so the repository shrank
-    by their difference. ``packs_pending`` (``bytes_pending``) are packs left ``deleting``
-    because a reader held the repository; the next gc deletes them. ``space_needed`` is how
-    many more free bytes gc needed to repack the ``packs_not_repacked`` it could not (0 when
-    it did everything). With ``dry_run`` nothing changed and the counts say what would.
-    """
-
-    dry_run: bool
-    grace_seconds: float
-    backups_removed: tuple[str, ...] = ()
-    live_chunks: int = 0
-    chunks_deleted: int = 0
-    packs_deleted: int = 0
-    packs_repacked: int = 0
-    packs_written: int = 0
-    packs_young: int = 0
-    orphans_deleted: int = 0
-    temporary_deleted: int = 0
-    packs_pending: tuple[str, ...] = ()
-    bytes_freed: int = 0
-    bytes_written: int = 0
-    bytes_pending: int = 0
-    packs_not_repacked: int = 0
-    space_needed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["backups_removed"] = list(self.backups_removed)
-        d["packs_pending"] = list(self.packs_pending)
-        return d
-
-    def summary(self) -> list[str]:
-        would = "would be " if self.dry_run else ""
-        lines = [
-            f"{len(self.backups_removed)} unfinished backup(s) {would}removed",
-            f"{self.live_chunks} live chunk(s); {self.chunks_deleted} dead chunk(s) {would}deleted",
-            f"{self.packs_deleted} pack(s) {would}deleted, {self.packs_repacked} {would}repacked "
-            f"into {self.packs_written} new pack(s)",
-            f"{self.orphans_deleted} orphan pack file(s) and {self.temporary_deleted} temporary "
-            f"file(s) {would}deleted",
-            f"{format_bytes(self.bytes_freed)} {would}freed" + self._net(),
-        ]
-        if self.packs_young:
-            lines.append(
-                f"{self.packs_young} pack(s) younger than the grace period "
-                f"({self.grace_seconds:g} s) left alone"
-            )
-        if self.packs_pending:
-            lines.append(
-                f"{len(self.packs_pending)} pack(s) ({format_bytes(self.bytes_pending)}) not "
-                "deleted yet because a reader holds the repository; run gc again when no mount, "
-                "restore or verify is running"
-            )
-        if self.packs_not_repacked and not self.space_needed:
-            lines.append(
-                f"{self.packs_not_repacked} pack(s) {would}not repacked while a reader holds the "
-                "repository (new packs could not replace the old ones yet)"
-            )
-        if self.space_needed:
-            lines.append(
-                f"{self.packs_not_repacked} pack(s) {would}not repacked: gc needs "
-                f"{self.space_needed} more free bytes ({format_bytes(self.space_needed)}) on the "
-                "repository's filesystem; free that much and run gc again"
-            )
-        return lines
-
-    def _net(self) -> str:
-        if not self.bytes_written:
-            return ""
-        net, take = self.bytes_freed - self.bytes_written, "would take" if self.dry_run else "take"
-        change = (
-            f"{format_bytes(net)} less"
-            if net >= 0
-            else f"{format_bytes(-net)} more until the held-back packs go"
-        )
-        return (
-            f", {format_bytes(self.bytes_written)} written by repacking: the packs {take} {change}"
-        )
+__all__ = ["GcReport", "collect_garbage", "mark"]
 
 
 def collect_garbage(
@@ -187,24 +120,58 @@ def collect_garbage(
     :class:`~vmaccel.vocabulary.errors.NoSpaceLeft` when the disk filled up under a repack
     (consistent). Returns after everything reported as done is durable.
     """
-    if not repo.writable:
-        raise UsageError("gc needs the repository opened for writing")
+    if not repo.maintenance:
+        raise UsageError("gc needs the repository opened for writing (maintenance: write=True)")
     if grace_seconds < 0 or not 0 <= repack_threshold < 1 or not 0 <= max_unused < 1:
         raise UsageError("gc needs a grace period >= 0 and a repack threshold in [0, 1)")
     now = time.time()
     check_manifests_indexed(repo)
-    live = mark(repo)
+    start = survey(repo.index, repo.path)  # M0 and L0: before the mark begins
+    marked = repo.backups(state="complete")
+    live = mark(repo, marked)
     check_live_indexed(repo, live)
-    unfinished = [b for b in repo.backups(state=None) if b.state != "complete"]
     older_than = now - grace_seconds
-    doomed, repack, young = _plan(repo, live, older_than, repack_threshold, max_unused)
-    if dry_run:
-        counts = _estimate(repo, older_than, unfinished, doomed, repack)
-    else:
-        counts = _Sweep(repo, older_than).run(unfinished, doomed, repack)
-    report = GcReport(dry_run, grace_seconds, live_chunks=len(live), packs_young=young, **counts)
+    old, young, young_bytes = _old_packs(repo, older_than)
+    dead = (c.id for _, chunks in old for c in chunks if c.id not in live)
+
+    def late() -> set[bytes]:  # backups that completed while the mark ran
+        ids = {b.id for b in marked}
+        return mark(repo, [b for b in repo.backups(state="complete") if b.id not in ids])
+
+    verdict = judge(repo.index, live, dead, start, late, dry_run)
+    live |= verdict.late_live
+    doomed, repack, held = _plan(old, young_bytes, live, verdict, repack_threshold, max_unused)
+    counts = _sweep(repo, older_than, doomed, repack, bool(start.live), dry_run)
+    report = GcReport(
+        dry_run, grace_seconds, live_chunks=len(live), packs_young=young,
+        leases_live=len(start.live), leases_cleared=start.cleared,
+        chunks_condemned=verdict.condemned, packs_held=len(held),
+        chunks_waiting=sum(1 for _, cs in held for c in cs if c.id in verdict.waiting),
+        **counts,
+    )  # fmt: skip
     logger.info("gc: %s", "; ".join(report.summary()))
     return report
+
+
+def _sweep(
+    repo: Repository,
+    older_than: float,
+    doomed: list[PackPlan],
+    repack: list[PackPlan],
+    writers: bool,
+    dry_run: bool,
+) -> dict[str, Any]:
+    """Run (or with ``dry_run`` estimate) the sweep; ``writers``: a lease was live when the
+    mark began. The unfinished backups are listed before a second look at the leases: when
+    none is live then, every writer of those rows has ended; files younger than that look
+    may be a new writer's, so only older strays count."""
+    unfinished = [b for b in repo.backups(state=None) if b.state != "complete"]
+    quiet_since = time.time()
+    writers = writers or bool(survey(repo.index, repo.path).live)
+    strays_before = min(older_than, quiet_since)
+    if dry_run:
+        return _estimate(repo, strays_before, unfinished, doomed, repack, writers)
+    return _Sweep(repo, strays_before, writers).run(unfinished, doomed, repack)
 
 
 def check_manifests_indexed(repo: Repository) -> None:
@@ -233,14 +200,15 @@ def check_live_indexed(repo: Repository, live: set[bytes]) -> None:
         )
 
 
-def mark(repo: Repository) -> set[bytes]:
-    """Ids of every chunk (map nodes and data) reachable from a complete backup's images.
+def mark(repo: Repository, backups: list[BackupRow] | None = None) -> set[bytes]:
+    """Ids of every chunk (map nodes and data) reachable from the images of ``backups``
+    (default: every complete backup).
 
     Raises a :class:`DamageError` naming the image whose map cannot be walked.
     """
     nodes: set[bytes] = set()  # also the walk's seen set: shared subtrees are walked once
     data: set[bytes] = set()
-    for backup in repo.backups(state="complete"):
+    for backup in repo.backups(state="complete") if backups is None else backups:
         for img in repo.images(backup):
             try:
                 for node_id, level in repo.blockmap.iter_nodes(repo.map_root(img), nodes):
@@ -255,17 +223,40 @@ def mark(repo: Repository) -> set[bytes]:
     return nodes | data
 
 
-def _plan(
-    repo: Repository, live: set[bytes], young_after: float, threshold: float, max_unused: float
-) -> tuple[list[PackPlan], list[PackPlan], int]:
-    """Split live packs into (to delete, to repack, count left alone for their youth): see
-    ``repack_threshold`` and ``max_unused`` of :func:`collect_garbage`."""
-    doomed, repack, partly_dead, young, staying = [], [], [], 0, 0
+_Contents = list[tuple[PackRow, list[ChunkLocation]]]
+
+
+def _old_packs(repo: Repository, older_than: float) -> tuple[_Contents, int, int]:
+    """(live packs older than ``older_than`` with their chunk rows, how many younger ones,
+    the bytes of the younger ones)."""
+    old: _Contents = []
+    young = young_bytes = 0
     for pack in repo.index.packs(state="live"):
-        if pack.created > young_after:
-            young, staying = young + 1, staying + pack.size
+        if pack.created > older_than:
+            young, young_bytes = young + 1, young_bytes + pack.size
+        else:
+            old.append((pack, repo.index.chunks_in_pack(pack.id)))
+    return old, young, young_bytes
+
+
+def _plan(
+    old: _Contents,
+    young_bytes: int,
+    live: set[bytes],
+    verdict: Verdict,
+    threshold: float,
+    max_unused: float,
+) -> tuple[list[PackPlan], list[PackPlan], _Contents]:
+    """Split the old packs into (to delete, to repack, held): a pack holding a condemned
+    chunk that must wait is held (left alone this run); see ``repack_threshold`` and
+    ``max_unused`` of :func:`collect_garbage` for the rest."""
+    doomed, repack, partly_dead, held = [], [], [], []
+    staying = young_bytes
+    for pack, chunks in old:
+        if any(c.id in verdict.waiting for c in chunks if c.id not in live):
+            held.append((pack, chunks))
+            staying += pack.size
             continue
-        chunks = repo.index.chunks_in_pack(pack.id)
         plan = PackPlan(
             pack,
             tuple(c for c in chunks if c.id in live),
@@ -288,7 +279,7 @@ def _plan(
         repack.append(plan)
         dead_left -= plan.pack.size - plan.live_size
         staying -= plan.pack.size - plan.live_size
-    return doomed, repack, young
+    return doomed, repack, held
 
 
 def _estimate(
@@ -297,10 +288,17 @@ def _estimate(
     unfinished: list[BackupRow],
     doomed: list[PackPlan],
     repack: list[PackPlan],
+    writers: bool,
 ) -> dict[str, Any]:
     """What gc would do (nothing changes). The space check replays the real order per pack
-    (the real run groups packs into fewer new ones, so it needs a little less)."""
+    (the real run groups packs into fewer new ones, so it needs a little less). With
+    ``writers`` unfinished backups and stray files would be left alone."""
     orphans, temps, stray_bytes = _strays(repo, older_than)
+    left: dict[str, Any] = {}
+    if writers:
+        left = {"backups_left": tuple(b.uuid for b in unfinished),
+                "strays_left": len(orphans) + len(temps)}  # fmt: skip
+        orphans, temps, stray_bytes, unfinished = [], [], 0, []
     free = repo.free_bytes() + repo.reserve_bytes() + stray_bytes
     free += sum(p.pack.size for p in doomed)
     done: list[PackPlan] = []
@@ -314,6 +312,7 @@ def _estimate(
         free += plan.pack.size - plan.live_size
     pending = repo.index.packs(state="deleting")
     return {
+        **left,
         "backups_removed": tuple(b.uuid for b in unfinished),
         "chunks_deleted": sum(len(p.dead) for p in (*doomed, *done)),
         "packs_deleted": len(doomed),
@@ -334,28 +333,29 @@ class _Sweep:
     """The deleting half of gc, in the order that needs the least free space: the space
     reserve, unfinished backups, temporary files, packs left ``deleting`` and orphans, then
     whole dead packs in batches sized to the free space (each batch's rows, then its files),
-    and only then repacking, smallest-live first (see catalog.repack)."""
+    and only then repacking, smallest-live first (see catalog.repack). With ``writers``
+    (a lease was live when the mark began) unfinished backups, orphan pack files and
+    temporary files are left alone: they may be a running writer's."""
 
-    def __init__(self, repo: Repository, older_than: float) -> None:
-        self.repo, self.older_than = repo, older_than
+    def __init__(self, repo: Repository, older_than: float, writers: bool) -> None:
+        self.repo, self.older_than, self.writers = repo, older_than, writers
         self.freed = self.orphans = self.temps = 0
         self.blocked = False  # a reader held readers.lock at the last attempt
-        self.orphans_checked = False
+        self.orphans_checked = writers  # beside writers orphans are not looked for
 
     def run(
         self, unfinished: list[BackupRow], doomed: list[PackPlan], repack: list[PackPlan]
     ) -> dict[str, Any]:
         repo = self.repo
         repo.release_reserve()  # SQLite needs room for its WAL before anything can be freed
+        left: dict[str, Any] = {}
         try:
-            for b in unfinished:
-                remove_backup(repo, b)
-            for temp in repo.packs.temporary():
-                if temp.mtime < self.older_than:
-                    repo.packs.delete_temporary(temp.name)
-                    self.temps, self.freed = self.temps + 1, self.freed + temp.size
+            if self.writers:
+                left = self._left_alone(unfinished)
+            else:
+                self._clear_leftovers(unfinished)
             self.delete_files()
-            dead = self._doom(doomed)
+            dead, retired = self._doom(doomed)
             result = RepackResult(left=len(repack))
             if not self.blocked:
                 result = Repacker(repo, self.delete_files).run(repack)
@@ -363,9 +363,10 @@ class _Sweep:
             repo.ensure_reserve()
         pending = repo.index.packs(state="deleting")
         return {
-            "backups_removed": tuple(b.uuid for b in unfinished),
+            **left,
+            "backups_removed": () if self.writers else tuple(b.uuid for b in unfinished),
             "chunks_deleted": dead + result.dead_chunks,
-            "packs_deleted": len(doomed),
+            "packs_deleted": retired,
             "packs_repacked": result.retired,
             "packs_written": result.written,
             "orphans_deleted": self.orphans,
@@ -378,12 +379,33 @@ class _Sweep:
             "space_needed": result.shortfall,
         }
 
-    def _doom(self, doomed: list[PackPlan]) -> int:
+    def _left_alone(self, unfinished: list[BackupRow]) -> dict[str, Any]:
+        """What gc leaves beside running writers (report fields)."""
+        orphans, temps, _ = _strays(self.repo, self.older_than)
+        return {
+            "backups_left": tuple(b.uuid for b in unfinished),
+            "strays_left": len(orphans) + len(temps),
+        }
+
+    def _clear_leftovers(self, unfinished: list[BackupRow]) -> None:
+        """No writer is running: unfinished backups, temporary packs and temporary reserve
+        files older than the grace period are garbage."""
+        repo = self.repo
+        for b in unfinished:
+            remove_backup(repo, b)
+        for temp in repo.packs.temporary():
+            if temp.mtime < self.older_than:
+                repo.packs.delete_temporary(temp.name)
+                self.temps, self.freed = self.temps + 1, self.freed + temp.size
+        clear_reserve_temps(repo.path, self.older_than)
+
+    def _doom(self, doomed: list[PackPlan]) -> tuple[int, int]:
         """Retire whole dead packs, batch by batch, deleting each batch's files before the
         next: a batch's chunk rows fit the WAL space there is (a deleted row may dirty one
         page), so even on a full disk the first batch commits and frees room for the next.
-        Returns the dead chunk rows deleted."""
-        dead, i = 0, 0
+        Deletes are conditional (a chunk resurrected meanwhile stays, and so does a pack a
+        row still names). Returns (dead chunk rows deleted, packs marked ``deleting``)."""
+        dead = retired = i = 0
         while i < len(doomed):
             budget = max(64, (self.repo.free_bytes() - INDEX_BASE) // INDEX_PER_CHUNK)
             batch = [doomed[i]]
@@ -395,11 +417,11 @@ class _Sweep:
                 rows += len(p.dead)
             with self.repo.index.writing():
                 for p in batch:
-                    self.repo.index.delete_chunks(c.id for c in p.dead)
-                    self.repo.index.set_pack_state(p.pack.id, "deleting")
-            dead, i = dead + rows, i + len(batch)
+                    dead += self.repo.index.delete_condemned(p.pack.id, (c.id for c in p.dead))
+                    retired += self.repo.index.retire_pack(p.pack.id)
+            i += len(batch)
             self.delete_files()
-        return dead
+        return dead, retired
 
     def delete_files(self) -> bool:
         """Delete ``deleting`` packs (row, then file) and orphan pack files, under

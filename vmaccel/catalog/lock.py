@@ -1,13 +1,18 @@
-"""Repository locks: one writer at a time, any number of readers alongside it.
+"""Repository locks: ``flock`` on files of the repository.
 
-Writers (backup, prune, gc, rebuild-index) hold an exclusive ``flock`` on ``<repo>/lock`` for
-their whole run; a second writer gets :class:`RepositoryLocked` at once or after waiting
-``wait`` seconds. Readers (mount, restore, verify) hold a shared ``flock`` on
-``<repo>/readers.lock``; gc deletes pack files only while it can take that lock exclusively,
-so a reader never loses a pack under its feet. ``flock`` locks die with their process, so a
-killed writer never leaves a stale lock behind.
+* ``lock`` -- maintenance (gc, prune, rebuild-index, and ``Repository.open(write=True)``):
+  exclusive, one at a time; a second gets :class:`RepositoryLocked` at once or after waiting
+  ``wait`` seconds.
+* ``writers.lock`` -- backups share it for their whole run; rebuild-index takes it
+  exclusively (it replaces the index). A backup does not take ``lock``: it holds a writer
+  lease (catalog.lease) and runs beside other backups and beside gc and prune (gc relies
+  on condemned chunks and the leases, catalog.condemn, never on excluding backups).
+* ``leases/vm-<sha256>.lock`` -- one per VM: two backups of one VM never run at once.
+* ``readers.lock`` -- readers (mount, restore, verify) and backups share it; gc deletes pack
+  files only while it can take it exclusively, so a reader never loses a pack under its feet.
+
+``flock`` locks die with their process, so a killed holder never leaves a stale lock behind.
 """
-
 from __future__ import annotations
 
 import fcntl

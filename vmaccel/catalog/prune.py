@@ -11,7 +11,15 @@ Write order for each removed backup (crash safe at every step):
 3. one transaction deletes its image rows and its backup row.
 
 Backups a crash left in ``deleting`` are finished by the next ``prune`` (or ``gc``) before
-anything else. The repository must be open for writing (the writer lock).
+anything else. The repository must be open for maintenance (the exclusive ``lock``).
+
+Beside running backups (catalog.lease): prune removes complete backups only, never an
+``in_progress`` one, so it cannot remove a running backup. It may remove the parent a
+running backup of the same VM started from; that backup keeps reading the parent's map
+nodes and referencing its chunks, which stay: gc only condemns them (they are unreferenced
+once the parent is gone) and deletes them only after every lease that was live when they
+were condemned has ended, by which time the running backup is complete and its own map
+references them (catalog.condemn).
 """
 
 from __future__ import annotations
@@ -113,8 +121,8 @@ def prune(repo: Repository, policy: RetentionPolicy, dry_run: bool = False) -> P
 
     Returns after every removal is durable. ``dry_run`` decides and reports, changing nothing.
     """
-    if not repo.writable:
-        raise UsageError("prune needs the repository opened for writing")
+    if not repo.maintenance:
+        raise UsageError("prune needs the repository opened for writing (maintenance: write=True)")
     finished = () if dry_run else finish_deleting(repo)
     by_vm: dict[str, list[BackupRow]] = {}
     for b in repo.backups(state="complete"):

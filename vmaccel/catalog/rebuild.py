@@ -5,7 +5,8 @@ its chunks, and inline entry headers) and the manifests in ``<repo>/backups`` ho
 records about complete backups. A rebuild:
 
 1. reads the config and opens the key first (a wrong passphrase changes nothing), then takes
-   the writer lock and the readers' lock exclusively (nobody may read an index being replaced);
+   the maintenance lock, ``writers.lock`` (no backup may write under a lease) and the readers'
+   lock exclusively (nobody may read or write an index being replaced);
 2. builds a fresh index (migrations) as ``index.db.rebuilding``, beside the old one: every
    pack from its trailer, falling back to a scan of the inline entry headers when the trailer
    is damaged (reported; those packs are added last, so an intact copy of a chunk stored
@@ -132,7 +133,11 @@ def rebuild_index(path: Path, passphrase: Passphrase, lock_wait: float = 0.0) ->
     lock = FileLock(path / "lock", exclusive=True, wait=lock_wait)
     lock.acquire()
     try:
-        with FileLock(path / "readers.lock", exclusive=True, wait=lock_wait, what="reader"):
+        # writers.lock: no backup (lease holder) may run while the index is replaced.
+        with (
+            FileLock(path / "writers.lock", exclusive=True, wait=lock_wait),
+            FileLock(path / "readers.lock", exclusive=True, wait=lock_wait, what="reader"),
+        ):
             _remove(path, _BUILDING)  # what an interrupted rebuild left: never user data
             repo = Repository(
                 path, config, key, lock, path / _BUILDING, create_index=True, store=store

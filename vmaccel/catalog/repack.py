@@ -10,8 +10,11 @@ space) and, when not even the smallest remaining source fits, stops and says how
 bytes it needs (``shortfall``). Write order per new pack:
 
 new pack durable (its upload committed: fsync, then linked into place) -> one transaction
-adds its row, moves the live chunk rows to it, deletes the sources' dead chunk rows and marks
-the sources ``deleting`` -> the caller deletes the sources' files (see catalog.gc).
+adds its row, moves the live chunk rows to it (each only if still in its source pack),
+deletes the sources' dead chunk rows (each only if still condemned and in its source pack:
+a backup that resurrected one meanwhile wins) and marks each source ``deleting`` if no row
+names it any more -> the caller deletes the sources' files (see catalog.gc). Sources hold no
+condemned chunk that must wait (catalog.condemn): gc never plans those packs.
 
 A full disk met anyway (ENOSPC while writing, SQLITE_FULL while committing) leaves the
 repository consistent: the partial or unindexed new pack is removed at once (no row names
@@ -193,10 +196,12 @@ class Repacker:
         try:
             with index.writing():
                 pack_id = index.add_pack(name, size, time.time(), writer.entries)
-                index.move_chunks(pack_id, writer.entries)
+                sources = {c.id: old.pack.id for old in self._sources for c in old.live}
+                index.move_chunks(pack_id, writer.entries, sources)
+                dead = retired = 0
                 for old in self._sources:
-                    index.delete_chunks(c.id for c in old.dead)
-                    index.set_pack_state(old.pack.id, "deleting")
+                    dead += index.delete_condemned(old.pack.id, (c.id for c in old.dead))
+                    retired += index.retire_pack(old.pack.id)
         except NoSpaceLeft as exc:
             self.repo.packs.delete(name)  # no row names it: garbage, and space we need
             raise NoSpaceLeft(
@@ -205,8 +210,8 @@ class Repacker:
                 "gc again"
             ) from exc
         logger.debug("repacked %d pack(s) into %s", len(self._sources), name)
-        self.result.retired += len(self._sources)
-        self.result.dead_chunks += sum(len(p.dead) for p in self._sources)
+        self.result.retired += retired
+        self.result.dead_chunks += dead
         self._sources = []
         self.result.written += 1
         self.result.written_bytes += size

@@ -10,18 +10,22 @@ index and the lock files are local files of their own)::
     packs/          objects: pack files (see catalog.pack), named by catalog.packstore;
                     packs/tmp/ holds the store's staged uploads
     backups/        objects: one manifest per complete backup (see catalog.manifest)
-    lock            writers' exclusive flock;  readers.lock: readers' shared flock
+    lock            maintenance (gc, prune, rebuild-index, ...): exclusive flock
+    writers.lock    backups share it; rebuild-index takes it exclusively (it replaces the index)
+    readers.lock    readers and backups share it; gc takes it exclusively to delete pack files
+    leases/         one lock file per writer lease, and per-VM backup locks (catalog.lease)
     reserve         RESERVE_BYTES of space only gc may use: on a full disk gc releases it to
                     commit its first deletions (SQLite needs room for its WAL), and a writer
                     recreates it when there is room
 
-Open with :meth:`Repository.open` as a context manager; ``write=True`` takes the writer lock.
+Open with :meth:`Repository.open` as a context manager: read-only (the default),
+``write=True`` for maintenance (the exclusive ``lock``), or ``lease="backup"`` for a backup
+(a writer lease beside other backups and gc; see catalog.lease).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -48,6 +52,7 @@ from vmaccel.catalog.index import (
 )
 from vmaccel.catalog.key import OBJECT as KEY_OBJECT
 from vmaccel.catalog.key import MasterKey, save_key, unwrap_key
+from vmaccel.catalog.lease import Lease, vm_lock
 from vmaccel.catalog.localstore import LocalObjectStore
 from vmaccel.catalog.lock import FileLock
 from vmaccel.catalog.manifest import PREFIX as MANIFESTS
@@ -60,6 +65,8 @@ from vmaccel.catalog.manifest import (
 from vmaccel.catalog.objectstore import ObjectMissing, ObjectStore
 from vmaccel.catalog.packstore import PREFIX as PACKS
 from vmaccel.catalog.packstore import PackStore
+from vmaccel.catalog.reserve import RESERVE_BYTES as RESERVE_BYTES
+from vmaccel.catalog.reserve import ensure_reserve, release_reserve
 from vmaccel.vocabulary.errors import (
     BackupNotFound,
     ImageNotFound,
@@ -67,13 +74,13 @@ from vmaccel.vocabulary.errors import (
     RepositoryError,
     RepositoryExists,
     RepositoryNotFound,
+    UsageError,
 )
 
 logger = logging.getLogger(__name__)
 
 Passphrase = str | Callable[[], str] | None
 READER_LOCK_WAIT = 60.0  # seconds a reader waits for gc to finish deleting pack files
-RESERVE_BYTES = 4 * 1024 * 1024  # see ``reserve`` in the layout above
 
 
 def _passphrase(p: Passphrase) -> str:
@@ -110,20 +117,6 @@ def read_key(
     return unwrap_key(data, _passphrase(passphrase), config.repo_id)
 
 
-def release_reserve(path: Path) -> int:
-    """Delete the ``reserve`` file of the repository at ``path`` (under the writer lock);
-    returns the bytes it held on disk."""
-    target = path / "reserve"
-    try:
-        size = int(target.stat().st_blocks * 512)
-    except FileNotFoundError:
-        return 0
-    target.unlink()
-    fsync_dir(path)
-    logger.info("released the %d-byte space reserve of %s", size, path)
-    return size
-
-
 def _holds(store: ObjectStore, key: str) -> bool:
     try:
         store.stat(key)
@@ -142,16 +135,23 @@ class Repository:
         index_path: Path | None = None,
         create_index: bool = False,
         store: ObjectStore | None = None,
+        held: tuple[FileLock, ...] = (),
+        lock_wait: float = 0.0,
     ) -> None:
-        """``index_path`` (default ``<path>/index.db``) lets rebuild-index build a new index
+        """``lock`` is the repository lock this object holds (released by :meth:`close`, as
+        are the locks in ``held``); ``lock_wait`` the seconds :meth:`vm_lock` waits.
+        ``index_path`` (default ``<path>/index.db``) lets rebuild-index build a new index
         beside the old one and switch them only when it is complete. Only rebuild-index
         passes ``create_index=True``; otherwise a missing or empty index raises
         :class:`~vmaccel.vocabulary.errors.IndexMissing` (see
         :class:`~vmaccel.catalog.index.Index`). ``store`` holds the repository's objects
         (default: the directory store at ``path``); the repository closes it."""
-        self.path, self.config, self._lock = path, config, lock
+        self.path, self.config, self._locks = path, config, (*held, lock)
+        self._lock_wait = lock_wait
         self.store: ObjectStore = store if store is not None else LocalObjectStore(path)
-        self.writable = lock.exclusive
+        self.maintenance = lock.exclusive  # holds the exclusive maintenance lock
+        self.writable = lock.exclusive  # may write backups (maintenance, or a lease below)
+        self.lease: Lease | None = None
         level = config.compression_level if config.compression == "zstd" else None
         self.codec = ChunkCodec(level, key)
         index_file = index_path or path / "index.db"
@@ -184,7 +184,7 @@ class Repository:
         path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
         store.make_layout((PACKS, MANIFESTS))  # 0700, also a directory that was there before
         # The index and the lock files exist before SQLite or flock see them: they keep 0600.
-        for name in ("index.db", "lock", "readers.lock"):
+        for name in ("index.db", "lock", "writers.lock", "readers.lock"):
             os.close(create_private_file(path / name))
         if secret is not None:
             save_key(store, MasterKey.generate(), secret, config.repo_id)
@@ -203,8 +203,15 @@ class Repository:
         write: bool = False,
         lock_wait: float = 0,
         use_reserve: bool = False,
+        lease: str | None = None,
     ) -> Repository:
-        """Open the repository at ``path`` (``write=True``: under the writer lock).
+        """Open the repository at ``path``: read-only (sharing ``readers.lock``), or with
+        ``write=True`` for maintenance (the exclusive ``lock``: gc, prune, rebuild-index and
+        anything else that is not a backup), or with ``lease="backup"`` (what the lease is
+        for) as a backup writer: ``writers.lock`` and ``readers.lock`` shared and a writer
+        lease (catalog.lease), so backups run beside each other and beside gc and prune.
+        ``lock_wait``: seconds to wait for a conflicting holder
+        (:class:`~vmaccel.vocabulary.errors.RepositoryLocked` after that).
 
         ``use_reserve`` (gc only, with ``write``): delete the space reserve before opening the
         index, so that gc can start on a disk too full for SQLite to open its index.
@@ -214,9 +221,13 @@ class Repository:
         :class:`~vmaccel.vocabulary.errors.IndexCorrupt` (both exit 6; ``repo rebuild-index``
         repairs them). A writer applies pending migrations only to an index that has its schema.
         """
+        if write and lease:
+            raise UsageError("open a repository either for maintenance (write) or with a lease")
         store = LocalObjectStore(path)
         config = read_config(store, path)
         key = read_key(store, path, config, passphrase)
+        if lease:
+            return cls._open_leased(path, config, key, store, lease, lock_wait)
         # gc holds readers.lock exclusively only while it deletes pack files: readers wait.
         wait = lock_wait if write else max(lock_wait, READER_LOCK_WAIT)
         lock = FileLock(path / ("lock" if write else "readers.lock"), exclusive=write, wait=wait)
@@ -224,7 +235,7 @@ class Repository:
         try:
             if write and use_reserve:
                 release_reserve(path)
-            repo = cls(path, config, key, lock, store=store)
+            repo = cls(path, config, key, lock, store=store, lock_wait=lock_wait)
             if write:
                 repo.index.migrate()
                 if not use_reserve:
@@ -234,12 +245,71 @@ class Repository:
             raise
         return repo
 
+    @classmethod
+    def _open_leased(
+        cls,
+        path: Path,
+        config: RepositoryConfig,
+        key: MasterKey | None,
+        store: ObjectStore,
+        what: str,
+        lock_wait: float,
+    ) -> Repository:
+        """See :meth:`open` (``lease``). Order: ``writers.lock`` shared (rebuild-index holds
+        it exclusively), ``readers.lock`` shared (gc deletes pack files only without readers:
+        a backup reads its parents' map nodes), pending migrations under the maintenance lock,
+        then the lease."""
+        writers = FileLock(path / "writers.lock", exclusive=False, wait=lock_wait, what="writer")
+        readers = FileLock(
+            path / "readers.lock", exclusive=False, wait=max(lock_wait, READER_LOCK_WAIT)
+        )
+        writers.acquire()
+        try:
+            readers.acquire()
+        except BaseException:
+            writers.release()
+            raise
+        try:
+            repo = cls(path, config, key, readers, store=store, held=(writers,),
+                       lock_wait=lock_wait)  # fmt: skip
+        except BaseException:
+            readers.release()
+            writers.release()
+            raise
+        try:
+            if repo.index.pending_migrations():
+                # Migrations change the schema: one migrator at a time, never beside gc.
+                with FileLock(path / "lock", exclusive=True, wait=lock_wait):
+                    repo.index.migrate()
+            repo.lease = Lease(path, repo.index, what)
+            repo.lease.acquire()
+            repo.writable = True
+            repo.ensure_reserve()
+        except BaseException:
+            repo.close()
+            raise
+        return repo
+
     def close(self) -> None:
-        if self.writable:
-            self.chunks.abort()
-        self.store.close()
-        self.index.close()
-        self._lock.release()
+        """Drop the open pack (if writing), release the lease, close the index and the object
+        store, release the locks. The lease goes before the locks."""
+        try:
+            if self.writable:
+                self.chunks.abort()
+            if self.lease is not None:
+                self.lease.release()
+        finally:
+            self.store.close()
+            self.index.close()
+            for lock in reversed(self._locks):
+                lock.release()
+
+    def vm_lock(self, vm: str) -> FileLock:
+        """The lock (to take as a context manager) that a backup of VM ``vm`` holds from
+        choosing its parents until its backup and file-catalog work are committed: two
+        backups of one VM never run at once (the second waits the ``lock_wait`` of
+        :meth:`open`, then raises :class:`~vmaccel.vocabulary.errors.RepositoryLocked`)."""
+        return vm_lock(self.path, vm, self._lock_wait)
 
     def __enter__(self) -> Repository:
         return self
@@ -259,28 +329,9 @@ class Repository:
         return int(st.f_bavail * st.f_frsize)
 
     def ensure_reserve(self) -> bool:
-        """Create the ``reserve`` file when it is missing and there is room for it (and as
-        much again); returns whether it exists. Needs the writer lock."""
-        target = self.path / "reserve"
-        if target.exists():
-            return True
-        if self.free_bytes() < 2 * RESERVE_BYTES:
-            return False
-        tmp = self.path / ".reserve.tmp"
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, RESERVE_BYTES)
-            os.fsync(fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-            tmp.unlink()
-            return False
-        finally:
-            os.close(fd)
-        tmp.replace(target)
-        return True
+        """Create the ``reserve`` file when it is missing and there is room (see
+        :func:`vmaccel.catalog.reserve.ensure_reserve`); returns whether it exists."""
+        return ensure_reserve(self.path, self.free_bytes())
 
     def reserve_bytes(self) -> int:
         """Bytes the ``reserve`` file holds on disk (0 when there is none)."""

@@ -62,13 +62,18 @@ class Context:
             raise UsageError(f"no repository given: pass --repo PATH or set {ENV_REPO}")
         return self.repo
 
-    def open(self, write: bool = False, use_reserve: bool = False) -> Repository:
-        """The repository, for reading or (``write``) as its one writer, waiting
-        ``lock_wait`` seconds for another writer. Use as a context manager."""
+    def open(
+        self, write: bool = False, use_reserve: bool = False, lease: str | None = None
+    ) -> Repository:
+        """The repository, for reading, for maintenance (``write``: the one maintenance
+        writer) or as a backup writer under a lease (``lease="backup"``), waiting
+        ``lock_wait`` seconds for a conflicting holder (see
+        :meth:`~vmaccel.catalog.repository.Repository.open`). Use as a context manager."""
         return Repository.open(
             self.require_repo(),
             self.passphrase,
             write=write,
             lock_wait=self.lock_wait,
             use_reserve=use_reserve,
+            lease=lease,
         )

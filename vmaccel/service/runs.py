@@ -101,7 +101,7 @@ def run_backup(
         raise UsageError("give either --vcenter NAME with a VM selection, or --source")
     cancel = cancel or Cancel()
     track = cancel.guard(track)
-    with ctx.open(write=True) as r:
+    with ctx.open(lease="backup") as r:  # beside other backups, gc and prune
         if request.source is not None:
             vm = _standalone(r, request.source, request.name, request.options, track)
             return RunReport((vm,))
@@ -123,10 +123,12 @@ def _standalone(
     src = open_source(source)
     try:
         vm = name or default_name(source)
-        progress = track(vm, src.size)
-        return back_up_source(
-            r, src, vm, kind, vray=opts.skip_free, progress=progress, file_index=opts.file_index
-        )
+        with r.vm_lock(vm):  # one backup of a name at a time (RepositoryLocked otherwise)
+            progress = track(vm, src.size)
+            return back_up_source(
+                r, src, vm, kind, vray=opts.skip_free, progress=progress,
+                file_index=opts.file_index,
+            )  # fmt: skip
     finally:
         src.close()
 

@@ -1,13 +1,14 @@
 """The catalog index: every row vmaccel keeps about packs, chunks, backups, images and files.
 
 The seam is :mod:`~vmaccel.catalog.index.protocols` (``ChunkIndex``, ``BackupIndex``,
-``FileIndex``, and ``CatalogIndex`` over all three); the records it speaks are in
+``LeaseIndex``, ``FileIndex``, and ``CatalogIndex`` over them all); the records it speaks are in
 :mod:`~vmaccel.catalog.index.records` and :mod:`~vmaccel.catalog.index.meta`. SQLite is the
 one implementation (:class:`~vmaccel.catalog.index.sqlite.Index`: ``connection`` with
 ``opening`` and the ``schema`` migrations, then ``chunks``, ``backups``, ``files``). All SQL of
 vmaccel lives in this package; transactions are ``index.writing()``.
 """
 
+from vmaccel.catalog.index.leases import LeaseRow
 from vmaccel.catalog.index.meta import (
     BackupMeta,
     Baseline,
@@ -15,7 +16,13 @@ from vmaccel.catalog.index.meta import (
     ImageStats,
     VolumeAllocation,
 )
-from vmaccel.catalog.index.protocols import BackupIndex, CatalogIndex, ChunkIndex, FileIndex
+from vmaccel.catalog.index.protocols import (
+    BackupIndex,
+    CatalogIndex,
+    ChunkIndex,
+    FileIndex,
+    LeaseIndex,
+)
 from vmaccel.catalog.index.records import (
     BackupRow,
     ChunkLocation,
@@ -42,6 +49,8 @@ __all__ = [
     "ImageRow",
     "ImageStats",
     "Index",
+    "LeaseIndex",
+    "LeaseRow",
     "NewImage",
     "PackRow",
     "VolumeAllocation",

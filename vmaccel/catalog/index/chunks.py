@@ -1,9 +1,15 @@
 """SQLite implementation of :class:`~vmaccel.catalog.index.protocols.ChunkIndex`: the
-``pack`` and ``chunk`` tables (see docs/format.md)."""
+``pack`` and ``chunk`` tables (see docs/format.md).
+
+Condemned chunks (``chunk.condemned`` not NULL, set by gc) are hidden from the dedup lookups
+of writers (:meth:`SqliteChunks.has_chunk`, :meth:`SqliteChunks.existing_chunks`) but still
+seen by readers (:meth:`SqliteChunks.chunk`, :meth:`SqliteChunks.chunk_locations`); adding a
+pack that holds one again resurrects it. gc's deletes and moves of chunk rows are conditional
+(on ``pack_id`` and, for deletes, on ``condemned``), so a resurrection racing gc wins."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from vmaccel.catalog.index.connection import ID_BATCH, Connection, marks
 from vmaccel.catalog.index.records import ChunkLocation, PackRow
@@ -19,7 +25,9 @@ class SqliteChunks(Connection):
     ) -> int:
         """Record a sealed, durable pack and its chunks.
 
-        A chunk id already present keeps its first location (a duplicate copy is garbage).
+        A chunk id already present keeps its first location (a duplicate copy is garbage),
+        unless that row is condemned: then it is resurrected, pointed at this pack with
+        ``condemned`` cleared (a writer that could not see it stored it again).
         Must run inside :meth:`writing`.
         """
         pack_id = self._insert(
@@ -28,7 +36,11 @@ class SqliteChunks(Connection):
         )
         self._executemany(
             'INSERT INTO chunk (id, pack_id, "offset", stored_len, raw_len, kind, flags, crc)'
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+            ' pack_id = excluded.pack_id, "offset" = excluded."offset",'
+            " stored_len = excluded.stored_len, raw_len = excluded.raw_len,"
+            " kind = excluded.kind, flags = excluded.flags, crc = excluded.crc,"
+            " condemned = NULL WHERE chunk.condemned IS NOT NULL",
             [
                 (e.id, pack_id, e.offset, e.stored_len, e.raw_len, e.kind, e.flags, e.crc)
                 for e in entries
@@ -37,7 +49,10 @@ class SqliteChunks(Connection):
         return pack_id
 
     def has_chunk(self, chunk_id: bytes) -> bool:
-        return bool(self._query("SELECT 1 FROM chunk WHERE id = ?", (chunk_id,)))
+        """Whether a writer may deduplicate against ``chunk_id`` (a row, not condemned)."""
+        return bool(
+            self._query("SELECT 1 FROM chunk WHERE id = ? AND condemned IS NULL", (chunk_id,))
+        )
 
     def chunk(self, chunk_id: bytes) -> ChunkLocation | None:
         rows = self._query(f"{_CHUNK_FROM} WHERE c.id = ?", (chunk_id,))
@@ -55,13 +70,58 @@ class SqliteChunks(Connection):
         return [ChunkLocation(*r) for r in rows]
 
     def delete_chunks(self, ids: Iterable[bytes]) -> None:
+        """Delete chunk rows unconditionally (tests and repairs; gc uses
+        :meth:`delete_condemned`)."""
         self._executemany("DELETE FROM chunk WHERE id = ?", ((i,) for i in ids))
 
-    def move_chunks(self, pack_id: int, entries: Iterable[PackEntry]) -> None:
-        """Point existing chunk rows at their new copies in pack ``pack_id`` (repacking)."""
+    def delete_condemned(self, pack_id: int, ids: Iterable[bytes]) -> int:
+        """Delete those of ``ids`` that are still condemned and still in pack ``pack_id`` (a
+        resurrected row is neither); returns how many rows went."""
+        gone = 0
+        for i in ids:
+            cur = self._execute(
+                "DELETE FROM chunk WHERE id = ? AND condemned IS NOT NULL AND pack_id = ?",
+                (i, pack_id),
+            )
+            gone += cur.rowcount
+        return gone
+
+    def condemn_chunks(self, ids: Iterable[bytes], mark: int) -> int:
+        """Set ``condemned = mark`` on those of ``ids`` not condemned yet; returns how many.
+        Must run inside :meth:`writing` (gc passes :meth:`last_lease_id` read there)."""
+        n = 0
+        for i in ids:
+            n += self._execute(
+                "UPDATE chunk SET condemned = ? WHERE id = ? AND condemned IS NULL", (mark, i)
+            ).rowcount
+        return n
+
+    def absolve_chunks(self, ids: Iterable[bytes]) -> None:
+        """Clear ``condemned`` on ``ids`` (gc found them referenced again)."""
+        self._executemany("UPDATE chunk SET condemned = NULL WHERE id = ?", ((i,) for i in ids))
+
+    def absolve_since(self, lease_id: int) -> int:
+        """Clear ``condemned`` on every chunk condemned with a value >= ``lease_id`` (what a
+        backup of that lease may reference; absolving more is harmless: the next gc condemns
+        again). Returns how many. Must run inside :meth:`writing`."""
+        return self._execute(
+            "UPDATE chunk SET condemned = NULL WHERE condemned >= ?", (lease_id,)
+        ).rowcount
+
+    def condemned_chunks(self) -> dict[bytes, int]:
+        """id -> ``condemned`` value of every condemned chunk."""
+        rows = self._query("SELECT id, condemned FROM chunk WHERE condemned IS NOT NULL")
+        return {bytes(cid): int(m) for cid, m in rows}
+
+    def move_chunks(
+        self, pack_id: int, entries: Iterable[PackEntry], sources: Mapping[bytes, int]
+    ) -> None:
+        """Point chunk rows at their new copies in pack ``pack_id`` (repacking), each only if
+        it is still in its source pack ``sources[id]`` (a resurrected row stays where it is)."""
         self._executemany(
-            'UPDATE chunk SET pack_id = ?, "offset" = ?, stored_len = ?, crc = ? WHERE id = ?',
-            [(pack_id, e.offset, e.stored_len, e.crc, e.id) for e in entries],
+            'UPDATE chunk SET pack_id = ?, "offset" = ?, stored_len = ?, crc = ?'
+            " WHERE id = ? AND pack_id = ?",
+            [(pack_id, e.offset, e.stored_len, e.crc, e.id, sources[e.id]) for e in entries],
         )
 
     def packs(self, state: str | None = None) -> list[PackRow]:
@@ -74,6 +134,16 @@ class SqliteChunks(Connection):
 
     def set_pack_state(self, pack_id: int, state: str) -> None:
         self._execute("UPDATE pack SET state = ? WHERE id = ?", (state, pack_id))
+
+    def retire_pack(self, pack_id: int) -> bool:
+        """Mark pack ``pack_id`` ``deleting`` if no chunk row names it; returns whether it was.
+        Must run inside :meth:`writing`."""
+        cur = self._execute(
+            "UPDATE pack SET state = 'deleting' WHERE id = ?"
+            " AND NOT EXISTS (SELECT 1 FROM chunk WHERE pack_id = ?)",
+            (pack_id, pack_id),
+        )
+        return cur.rowcount > 0
 
     def delete_pack(self, pack_id: int) -> None:
         self._execute("DELETE FROM chunk WHERE pack_id = ?", (pack_id,))
@@ -125,14 +195,15 @@ class SqliteChunks(Connection):
         return found
 
     def existing_chunks(self, ids: Iterable[bytes]) -> set[bytes]:
-        """The subset of ``ids`` that has a committed chunk row. Batched (one query per
+        """The subset of ``ids`` a writer may deduplicate against: committed rows that are not
+        condemned (see the module docstring). Batched (one query per
         ``ID_BATCH`` ids) on a read-only connection of its own, so it neither takes nor waits
         for the main connection's lock (a writer committing with fsync does not stall it)."""
         wanted = list(dict.fromkeys(ids))
         found: set[bytes] = set()
         for start in range(0, len(wanted), ID_BATCH):
             batch = wanted[start : start + ID_BATCH]
-            sql = f"SELECT id FROM chunk WHERE id IN ({marks(len(batch))})"  # noqa: S608 - constant SQL only, values are bound
+            sql = f"SELECT id FROM chunk WHERE id IN ({marks(len(batch))}) AND condemned IS NULL"  # noqa: S608 - constant SQL only, values are bound
             found.update(bytes(r[0]) for r in self._read(sql, batch))
         return found
 

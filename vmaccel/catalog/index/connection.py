@@ -56,6 +56,14 @@ class Connection:
             except sqlite3.DatabaseError as exc:
                 raise database_error(self.path, exc, "cannot be migrated") from exc
 
+    def pending_migrations(self) -> bool:
+        """Whether schema migrations are waiting to be applied (read-only)."""
+        with self._lock:
+            try:
+                return bool(migrations.pending(sqlite_utils.Database(self._conn)))
+            except sqlite3.DatabaseError as exc:
+                raise database_error(self.path, exc, "cannot be read") from exc
+
     def close(self) -> None:
         # Readers first: the last connection to close checkpoints the WAL into the database.
         with self._readers_lock:

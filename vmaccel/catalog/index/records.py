@@ -139,13 +139,50 @@ class ImageRow:
 
 @dataclass(frozen=True, order=True)
 class FileRecord:
-    """One file of a listing. ``path`` is absolute within its filesystem ("/etc/passwd");
-    ``kind`` is file, dir, symlink or other; ``size`` in bytes; ``mtime_ns`` may be None."""
+    """One file of a listing. ``path`` is absolute within its filesystem ("/etc/passwd"),
+    undecodable bytes kept with ``surrogateescape``; ``kind`` is file, dir, symlink or other;
+    ``size`` in bytes; ``mtime_ns`` may be None. ``inode`` identifies the file within its
+    filesystem (ext4/XFS inode, NTFS MFT record number; None on FAT and in listings stored
+    before identities were kept); ``mode`` the permission bits (None where there are none)."""
 
     path: str
     kind: str
     size: int
     mtime_ns: int | None
+    inode: int | None = None
+    mode: int | None = None
+
+
+def path_order(path: str) -> tuple[int, bytes]:
+    """The order listings stream in (:meth:`FileIndex.listing_entries`): paths that are
+    valid UTF-8 by their UTF-8 bytes, then the others (undecodable names) by their
+    ``surrogatepass`` bytes, the way the catalog stores them."""
+    try:
+        return 0, path.encode("utf-8")
+    except UnicodeEncodeError:
+        return 1, path.encode("utf-8", "surrogatepass")
+
+
+@dataclass(frozen=True)
+class VolumeListing:
+    """A catalogued volume of an image: its name, filesystem type and listing id."""
+
+    volume: str
+    fstype: str | None
+    listing_id: int
+
+
+@dataclass(frozen=True)
+class PathVersion:
+    """One path in one catalogued volume of one complete backup: ``entry`` is None when the
+    volume does not hold the path. ``started`` is the backup's start (UNIX seconds)."""
+
+    backup_id: int
+    vm: str
+    started: float
+    disk: str
+    volume: str
+    entry: FileRecord | None
 
 
 @dataclass(frozen=True)

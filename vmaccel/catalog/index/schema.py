@@ -57,3 +57,37 @@ def _m0002(db: sqlite_utils.Database) -> None:
         CREATE INDEX image_volume_listing ON image_volume(listing_id);
         """
     )
+
+
+@migrations(name="0003_file_identity")
+def _m0003(db: sqlite_utils.Database) -> None:
+    # File identity for `files diff` (renames): the inode (ext4/XFS inode number, NTFS MFT
+    # record number; NULL on FAT and in listings stored before) and the permission bits.
+    # Listings are streamed in path order per listing: (listing_id, path) replaces the
+    # listing-only index.
+    db.executescript(
+        """
+        ALTER TABLE file_entry ADD COLUMN inode INTEGER;
+        ALTER TABLE file_entry ADD COLUMN mode INTEGER;
+        CREATE INDEX file_entry_listing_path ON file_entry(listing_id, path);
+        DROP INDEX file_entry_listing;
+        """
+    )
+
+
+@migrations(name="0004_leases")
+def _m0004(db: sqlite_utils.Database) -> None:
+    # Writer leases (catalog/lease.py): one row per running backup writer; the AUTOINCREMENT
+    # id is its place in a global order (ids are never reused). chunk.condemned: gc's mark
+    # that a chunk was unreferenced, holding the highest lease id issued when it was hidden
+    # from dedup lookups (NULL: not condemned). See docs/format.md for the deletion rule.
+    db.executescript(
+        """
+        CREATE TABLE lease (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+            started REAL NOT NULL, pid INTEGER NOT NULL, host TEXT NOT NULL,
+            what TEXT NOT NULL);
+        ALTER TABLE chunk ADD COLUMN condemned INTEGER;
+        CREATE INDEX chunk_condemned ON chunk(condemned) WHERE condemned IS NOT NULL;
+        """
+    )

@@ -11,8 +11,9 @@ from __future__ import annotations
 from vmaccel.catalog.index.backups import SqliteBackups
 from vmaccel.catalog.index.chunks import SqliteChunks
 from vmaccel.catalog.index.files import SqliteFiles
+from vmaccel.catalog.index.leases import SqliteLeases
 
 
-class Index(SqliteChunks, SqliteBackups, SqliteFiles):
+class Index(SqliteChunks, SqliteBackups, SqliteLeases, SqliteFiles):
     """The catalog database of one repository (see
     :class:`~vmaccel.catalog.index.connection.Connection` for opening and thread safety)."""

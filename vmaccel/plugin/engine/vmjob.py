@@ -293,8 +293,8 @@ def run_backups(
     def one(vm: VmRef) -> VmReport:
         try:
             opts.checkpoint()
-            with slots(sorted({d.datastore for d in vm.disks})):
-                return runner.run(vm)
+            with repo.vm_lock(vm.name), slots(sorted({d.datastore for d in vm.disks})):
+                return runner.run(vm)  # one backup of a VM at a time, then its slots
         except VmaccelError as exc:  # stopped while waiting, or failed outside its report
             return VmReport(vm.name, None, (), 0.0, error=str(exc), exit_code=exc.exit_code)
 
