@@ -81,6 +81,9 @@ def validate(name: str, doc: Any) -> None:
     """``doc`` has the documented shape of output ``name`` and no storage internals."""
     check(doc, SCHEMAS[name])
     check_entries(doc)
+    for i, b in enumerate(doc if isinstance(doc, list) else [doc]):
+        if isinstance(b, dict) and isinstance(b.get("verdict"), dict):
+            check(b["verdict"], _VERDICT, f"$[{i}].verdict")
     assert not internals(doc), f"{name}: storage internals in the output: {internals(doc)}"
 
 
@@ -133,6 +136,14 @@ _BACKUP = {
     "time": str,
     "meta": dict,
     "images": [_IMAGE],
+    "verdict": (dict, NONE),
+    "acked": STR_OR_NONE,
+}
+_VERDICT = {
+    "level": str,
+    "reasons": [str],
+    "learning": bool,
+    "disks": [{"disk": str, "level": str, "reasons": [str]}],
 }
 _PRUNED = {"id": int, "uuid": str, "vm": str, "state": str, "started": NUM}
 _ENTRY = {
@@ -168,6 +179,7 @@ SCHEMAS: dict[str, Any] = {
     "backup": {"ok": bool, "exit_code": int, "vms": [_VM]},
     "backups list": [_BACKUP],
     "backups show": _BACKUP,
+    "backups ack": _BACKUP,
     "repo stats": {
         "backups": int,
         "vms": int,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from vmaccel.catalog.blockmap import BlockMap, HoleRange, MapRoot
 from vmaccel.catalog.chunkstore import ChunkStore
 from vmaccel.catalog.codec import EncodedChunk
+from vmaccel.catalog.index.meta import INCOMPRESSIBLE
 from vmaccel.vocabulary.errors import UsageError
 
 TASK_BYTES = 1024 * 1024
@@ -50,6 +51,7 @@ class WriteStats:
     new_bytes: int = 0
     stored_bytes: int = 0
     holes_punched: int = 0
+    incompressible_blocks: int = 0  # new chunks stored at >= INCOMPRESSIBLE of their size
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -187,6 +189,8 @@ class ImageWriter:
                 self.stats.new_chunks += 1
                 self.stats.new_bytes += enc.raw_len
                 self.stats.stored_bytes += len(enc.payload)
+                if len(enc.payload) >= INCOMPRESSIBLE * enc.raw_len:
+                    self.stats.incompressible_blocks += 1
             else:
                 self.stats.dedup_blocks += 1
             self._points.append((first + i, cid))

@@ -10,7 +10,9 @@ Semantics (restic's, which borg shares for these rules), applied to each VM on i
   weeks are ISO weeks). Empty periods do not count, so a VM backed up weekly keeps
   ``daily=7`` backups spread over seven weeks;
 * the rules are independent: the keep set is the union of what every rule keeps, and a kept
-  backup lists every rule that keeps it (its ``reasons``).
+  backup lists every rule that keeps it (its ``reasons``);
+* a backup whose anomaly verdict is suspicious and not acknowledged (``BackupMeta.protected``)
+  is always kept, with reason :data:`PROTECTED`, and counts for the rules as any other.
 
 A policy that keeps nothing is refused (:class:`UsageError`) unless built with
 ``allow_empty=True``: deleting every backup must never happen by accident.
@@ -86,6 +88,9 @@ class RetentionDecision:
     remove: tuple[BackupRow, ...]
 
 
+PROTECTED = "suspicious, not acknowledged (vmaccel backups ack ID)"
+
+
 def newest_first(backups: Sequence[BackupRow]) -> list[BackupRow]:
     """Backups newest first by start time; ties by id (higher id is newer)."""
     return sorted(backups, key=lambda b: (b.started, b.id), reverse=True)
@@ -121,6 +126,8 @@ def _select_vm(
     """Add the reasons for keeping each of one VM's backups (``ordered`` newest first)."""
     judged = []
     for b in ordered:
+        if b.meta.protected:
+            reasons.setdefault(b.id, []).append(PROTECTED)
         if now is not None and b.started > now:
             reasons.setdefault(b.id, []).append("future")
         else:

@@ -1,4 +1,4 @@
-"""``vmaccel backups list|show``: the restore points in a repository."""
+"""``vmaccel backups list|show|ack``: the restore points in a repository and their verdicts."""
 
 from __future__ import annotations
 
@@ -20,14 +20,20 @@ app = typer.Typer(help="List and inspect backups.", no_args_is_help=True)
 def list_backups(
     repo: RepoOpt = None,
     vm: Annotated[str | None, typer.Option("--vm", help="Only this VM.")] = None,
+    clean: Annotated[
+        bool,
+        typer.Option(
+            "--clean", help="Only restore points before the first suspicious (unacked) one."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Complete backups, oldest first."""
-    found = backups.list_backups(context(repo), vm)
+    """Complete backups, oldest first, with their anomaly verdict."""
+    found = backups.list_backups(context(repo), vm, clean)
     if as_json:
         print_json([b.to_dict() for b in found])
         return
-    table = Table("id", "vm", "time (UTC)", "disks", "size", "new stored")
+    table = Table("id", "vm", "time (UTC)", "disks", "size", "new stored", "verdict")
     for b in found:
         row = b.backup
         table.add_row(
@@ -37,6 +43,7 @@ def list_backups(
             str(len(b.images)),
             format_bytes(b.size),
             format_bytes(b.stored_bytes),
+            _verdict(b),
         )
     console.print(table)
 
@@ -54,3 +61,26 @@ def show(backup: BackupArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> N
             f"  {img.disk}: {format_bytes(img.size)}, {img.meta.mode or '?'}, "
             f"changeId {img.change_id or '-'}"
         )
+    say(f"  verdict: {_verdict(b)}")
+    verdict = b.backup.meta.verdict
+    for reason in verdict.reasons if verdict is not None else ():
+        say(f"    {reason}")
+
+
+@app.command("ack")
+def ack(backup: BackupArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
+    """Acknowledge a suspicious verdict (a false alarm): prune may then remove the backup."""
+    b = backups.ack_backup(context(repo), backup)
+    if as_json:
+        print_json(b.to_dict())
+        return
+    say(f"backup {b.backup.id} of {b.backup.vm}: verdict {_verdict(b)}")
+
+
+def _verdict(b: backups.BackupDetail) -> str:
+    """The verdict as one word (``-`` for backups taken before verdicts existed)."""
+    meta = b.backup.meta
+    if meta.verdict is None:
+        return "-"
+    word = meta.verdict.level + (" (learning)" if meta.verdict.learning else "")
+    return f"{word}, acked {meta.acked}" if meta.acked else word

@@ -1,4 +1,9 @@
-"""Restore points: list and show them; resolve a backup reference and a disk name.
+"""Restore points: list, show and acknowledge them; resolve a backup reference and a disk name.
+
+Every backup carries the anomaly verdict computed when it was taken
+(:mod:`vmaccel.catalog.anomaly`). A *clean* restore point is one before the VM's first
+backup whose verdict is suspicious and not acknowledged; acknowledging (``ack``) says a
+suspicious verdict was a false alarm: the backup counts as clean and prune may remove it.
 
 Every use case that takes a backup calls :func:`resolve_backup`, so each accepts every form
 of :mod:`vmaccel.vocabulary.backupref`; every one that takes a disk calls :func:`resolve_disk`.
@@ -6,7 +11,8 @@ of :mod:`vmaccel.vocabulary.backupref`; every one that takes a disk calls :func:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from vmaccel.catalog.disks import find_image
@@ -45,6 +51,9 @@ class BackupDetail:
     def to_dict(self) -> dict[str, Any]:
         doc = self.backup.to_json()
         doc["time"] = self.time
+        verdict = self.backup.meta.verdict
+        doc["verdict"] = verdict.to_json() if verdict is not None else None
+        doc["acked"] = self.backup.meta.acked
         doc["images"] = [
             {k: v for k, v in i.to_json().items() if k not in _INTERNAL} for i in self.images
         ]
@@ -74,10 +83,39 @@ def resolve_disk(repo: Repository, backup: BackupRow, disk: str) -> ImageRow:
     return find_image(repo.images(backup), disk, f"backup {backup.id} of {backup.vm}")
 
 
-def list_backups(ctx: Context, vm: str | None = None) -> list[BackupDetail]:
-    """Complete backups (of ``vm``, or all), oldest first."""
+def list_backups(ctx: Context, vm: str | None = None, clean: bool = False) -> list[BackupDetail]:
+    """Complete backups (of ``vm``, or all), oldest first; with ``clean`` only each VM's
+    restore points before its first suspicious, unacknowledged backup."""
     with ctx.open() as r:
-        return [BackupDetail(b, tuple(r.images(b))) for b in r.backups(vm)]
+        found = r.backups(vm)
+        if clean:
+            found = clean_points(found)
+        return [BackupDetail(b, tuple(r.images(b))) for b in found]
+
+
+def clean_points(found: list[BackupRow]) -> list[BackupRow]:
+    """Of ``found`` (oldest first), each VM's backups before its first protected one
+    (suspicious and not acknowledged: ``BackupMeta.protected``)."""
+    tainted: set[str] = set()
+    out = []
+    for b in sorted(found, key=lambda b: (b.started, b.id)):
+        if b.meta.protected:
+            tainted.add(b.vm)
+        if b.vm not in tainted:
+            out.append(b)
+    return out
+
+
+def ack_backup(ctx: Context, ref: str) -> BackupDetail:
+    """Acknowledge the verdict of the backup ``ref`` names: record the time (UTC, ISO 8601)
+    in its meta, so prune no longer keeps it for being suspicious and ``--clean`` counts it
+    as clean. Acknowledging again keeps the first time."""
+    with ctx.open(lease="backup") as r:
+        b = resolve_backup(r, ref)
+        if not b.meta.acked:
+            now = datetime.now(UTC).isoformat(timespec="seconds")
+            b = r.set_backup_meta(b, replace(b.meta, acked=now))
+        return BackupDetail(b, tuple(r.images(b)))
 
 
 def show_backup(ctx: Context, ref: str) -> BackupDetail:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
+from vmaccel.catalog.anomaly import Verdict
+
 _T = TypeVar("_T")
 _Parser = Callable[[Any], Any]  # raises TypeError/ValueError/KeyError for a value it refuses
 
@@ -155,7 +157,9 @@ class BackupMeta:
     (``application-consistent`` or ``crash-consistent``), the saved configuration
     (``config_xml``) and the ``api_version`` it was read with. Standalone backups: ``kind``
     ``"standalone"`` and the ``source`` read. ``file_catalog`` is True once the file catalog
-    of every image is stored."""
+    of every image is stored. ``verdict`` is the anomaly verdict computed at the end of the
+    backup (:mod:`vmaccel.catalog.anomaly`); ``acked`` the UTC time (ISO 8601) someone
+    acknowledged a suspicious verdict (``backups ack``), after which prune may remove it."""
 
     instance_uuid: str | None = None
     moref: str | None = None
@@ -168,14 +172,21 @@ class BackupMeta:
     kind: str | None = None
     source: str | None = None
     file_catalog: bool | None = None
+    verdict: Verdict | None = None
+    acked: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    @property
+    def protected(self) -> bool:
+        """Whether prune must keep this backup: suspicious and not acknowledged."""
+        return self.verdict is not None and self.verdict.suspicious and not self.acked
 
     @property
     def catalogued(self) -> bool:
         return bool(self.file_catalog)
 
     def to_json(self) -> dict[str, Any]:
-        return _dump_fields(self, {})
+        return _dump_fields(self, {"verdict": lambda v: v.to_json()})
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BackupMeta:
@@ -184,9 +195,9 @@ class BackupMeta:
 
 
 _BACKUP_PARSERS: dict[str, _Parser] = {
-    f.name: (_bool if f.name == "file_catalog" else _str)
-    for f in fields(BackupMeta)
-    if f.name != "extra"
+    **{f.name: _str for f in fields(BackupMeta) if f.name != "extra"},
+    "file_catalog": _bool,
+    "verdict": Verdict.from_json,
 }
 
 
@@ -248,7 +259,10 @@ _IMAGE_PARSERS: dict[str, _Parser] = {
 @dataclass(frozen=True)
 class ImageStats:
     """What writing an image did. Byte counts are logical (before compression) unless named
-    ``stored``; ``stored_bytes`` is what the image added to the repository."""
+    ``stored``; ``stored_bytes`` is what the image added to the repository.
+    ``incompressible_blocks`` counts the new chunks whose stored payload is at least
+    ``INCOMPRESSIBLE`` of their raw size (the entropy proxy); None for images written before
+    it was counted (and then absent from the JSON)."""
 
     bytes_written: int = 0
     zero_blocks: int = 0
@@ -257,16 +271,25 @@ class ImageStats:
     new_bytes: int = 0
     stored_bytes: int = 0
     holes_punched: int = 0
+    incompressible_blocks: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.extra, **{k: getattr(self, k) for k in _STATS_KEYS}}
+        doc = {**self.extra, **{k: getattr(self, k) for k in _STATS_KEYS}}
+        if self.incompressible_blocks is not None:
+            doc["incompressible_blocks"] = self.incompressible_blocks
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> ImageStats:
-        """Missing counters are 0 (and written back as 0)."""
-        known, extra = _parse_fields(doc, dict.fromkeys(_STATS_KEYS, _int))
+        """Missing counters are 0 (and written back as 0); a missing
+        ``incompressible_blocks`` is None."""
+        parsers = dict.fromkeys((*_STATS_KEYS, "incompressible_blocks"), _int)
+        known, extra = _parse_fields(doc, parsers)
         return cls(**known, extra=extra)
 
 
-_STATS_KEYS = tuple(f.name for f in fields(ImageStats) if f.name != "extra")
+INCOMPRESSIBLE = 0.97  # stored / raw size at or above which a new chunk "did not compress"
+_STATS_KEYS = tuple(
+    f.name for f in fields(ImageStats) if f.name not in ("extra", "incompressible_blocks")
+)

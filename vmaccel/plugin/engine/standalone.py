@@ -16,6 +16,7 @@ from vmaccel.plugin.engine.disk import DiskJob, back_up_disk
 from vmaccel.plugin.engine.fileindex import index_backup
 from vmaccel.plugin.engine.plan import FULL, INCREMENTAL
 from vmaccel.plugin.engine.report import VmReport
+from vmaccel.plugin.engine.verdict import verdict_step
 from vmaccel.plugin.transport.file import FileSource
 from vmaccel.plugin.transport.nbd import NbdSource
 from vmaccel.plugin.transport.source import DiskSource
@@ -78,6 +79,7 @@ def back_up_source(
         return VmReport(vm, None, (), elapsed, error=str(exc), exit_code=exc.exit_code)
     catalog_started = time.monotonic()
     warnings = index_backup(repo, row) if file_index else []
+    warnings += verdict_step(repo, row.id)  # after the catalog: the file signals need it
     return VmReport(
         vm,
         row.id,

@@ -29,6 +29,7 @@ from vmaccel.plugin.engine.plan import FULL, INCREMENTAL, RESCAN
 from vmaccel.plugin.engine.report import DiskReport, RunReport, VmReport
 from vmaccel.plugin.engine.selection import excluded_disks
 from vmaccel.plugin.engine.transports import TransportConfig, open_disk
+from vmaccel.plugin.engine.verdict import verdict_step
 from vmaccel.plugin.vcenter import cbt, snapshots
 from vmaccel.plugin.vcenter.connection import VCenter
 from vmaccel.plugin.vcenter.datastore import datastore_types
@@ -139,6 +140,8 @@ class VmRun:
         if backup_id is not None and self.opts.file_index:
             # After the snapshot is gone: the catalog reads the stored image, not the VM.
             warnings.extend(index_backup(self.repo, self.repo.backup(backup_id)))
+        if backup_id is not None:
+            warnings.extend(verdict_step(self.repo, backup_id))
         return VmReport(
             vm.name,
             backup_id,
