@@ -151,3 +151,16 @@ def test_latest_images_are_the_newest_of_each_disk_of_that_vm(tmp_path: Path) ->
             "b": first,
         }
         assert repo.latest_images("vm2") == {}
+
+
+def test_latest_images_of_named_disks_stop_at_the_newest_backup_holding_them(
+    tmp_path: Path,
+) -> None:
+    Repository.init(tmp_path / "r", RepositoryConfig(block_size=4096))
+    with Repository.open(tmp_path / "r", write=True) as repo:
+        first = _backup(repo, "vm1", "u1", {"a": b"1" * 4096, "b": b"2" * 4096})
+        second = _backup(repo, "vm1", "u1", {"a": b"3" * 4096})
+        latest = repo.latest_images("vm1", "u1", disks=["a", "b"])
+        assert {d: img.backup_id for d, img in latest.items()} == {"a": second, "b": first}
+        assert list(repo.latest_images("vm1", disks=["a"])) == ["a"]
+        assert repo.latest_images("vm1", disks=["c"]) == {}

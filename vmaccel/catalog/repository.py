@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -393,16 +393,24 @@ class Repository:
         :func:`vmaccel.catalog.filecatalog.find_files`), oldest backup first."""
         return find_files(self.index, pattern, vm, limit)
 
-    def latest_images(self, vm: str, instance_uuid: str | None = None) -> dict[str, ImageRow]:
+    def latest_images(
+        self, vm: str, instance_uuid: str | None = None, disks: Iterable[str] | None = None
+    ) -> dict[str, ImageRow]:
         """Disk name -> the image of the newest complete backup of ``vm`` that holds that disk
         (the parents of the next backup). With ``instance_uuid``, backups of another VM that
-        had the same name are passed over (backups that recorded no instance uuid count)."""
+        had the same name are passed over (backups that recorded no instance uuid count).
+        With ``disks``, only those are looked for, and the walk back through the VM's
+        backups stops once each is found (usually at the newest backup)."""
+        wanted = None if disks is None else set(disks)
         latest: dict[str, ImageRow] = {}
         for backup in reversed(self.backups(vm)):
+            if wanted is not None and wanted <= latest.keys():
+                break
             if instance_uuid and backup.meta.instance_uuid not in (None, instance_uuid):
                 continue
             for img in self.images(backup):
-                latest.setdefault(img.disk, img)
+                if wanted is None or img.disk in wanted:
+                    latest.setdefault(img.disk, img)
         return latest
 
     def image(self, backup: BackupRow, disk: str) -> ImageRow:

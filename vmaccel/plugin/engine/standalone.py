@@ -61,7 +61,7 @@ def back_up_source(
     """Back up ``source`` as disk ``disk0`` of ``vm``. Failures abort the backup and are
     reported (nothing half-done becomes visible)."""
     started = time.monotonic()
-    parent = repo.latest_images(vm).get(STANDALONE_DISK)
+    parent = repo.latest_images(vm, disks=[STANDALONE_DISK]).get(STANDALONE_DISK)
     mode, reason = (
         (INCREMENTAL, "no CBT: allocated blocks read and compared by content")
         if parent is not None

@@ -170,7 +170,9 @@ class VmRun:
     ) -> tuple[int | None, tuple[DiskReport, ...], str | None, int]:
         """(backup id, disk reports, error, its exit code). A disk that fails is reported
         failed and aborts the backup: nothing of this run is recorded."""
-        parents = self.repo.latest_images(vm.name, vm.instance_uuid)
+        parents = self.repo.latest_images(
+            vm.name, vm.instance_uuid, [d.name for d in snap.disks]
+        )
         meta = {
             "instance_uuid": vm.instance_uuid,
             "moref": vm.moref,
