@@ -18,13 +18,13 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from vmaccel.catalog.blockmap import BlockMap, empty_map
 from vmaccel.catalog.chunkstore import ChunkStore
-from vmaccel.catalog.imagewriter import ImageWriter, WriteStats
+from vmaccel.catalog.imagewriter import ImageWriter
 from vmaccel.catalog.index import (
     BackupMeta,
     BackupRow,
@@ -117,7 +117,6 @@ class BackupWriter:
             raise UsageError(f"no open image writer for disk {disk!r}")
         root = writer.finish()
         del self._open[disk]
-        stats: WriteStats = writer.stats
         img = PendingImage(
             disk,
             writer.size,
@@ -126,7 +125,7 @@ class BackupWriter:
             parent.id if parent else None,
             change_id,
             meta if isinstance(meta, ImageMeta) else ImageMeta.from_json(meta or {}),
-            ImageStats.from_json({k: v for k, v in asdict(stats).items() if k != "extra"}),
+            writer.stats.record(),
         )
         self._images[disk] = img
         return img

@@ -24,12 +24,12 @@ from __future__ import annotations
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 from vmaccel.catalog.blockmap import BlockMap, HoleRange, MapRoot
 from vmaccel.catalog.chunkstore import ChunkStore
 from vmaccel.catalog.codec import EncodedChunk
-from vmaccel.catalog.index.meta import INCOMPRESSIBLE
+from vmaccel.catalog.index.meta import INCOMPRESSIBLE, ImageStats
 from vmaccel.vocabulary.errors import UsageError
 
 TASK_BYTES = 1024 * 1024
@@ -41,8 +41,8 @@ _Result = tuple[bytes | None, EncodedChunk | None]
 
 @dataclass
 class WriteStats:
-    """What an image writer did. Byte counts are logical (before compression) unless named
-    ``stored``."""
+    """What an image writer is doing, counted as it goes: the mutable side of
+    :class:`~vmaccel.catalog.index.meta.ImageStats` (same fields and units)."""
 
     bytes_written: int = 0
     zero_blocks: int = 0
@@ -52,7 +52,10 @@ class WriteStats:
     stored_bytes: int = 0
     holes_punched: int = 0
     incompressible_blocks: int = 0  # new chunks stored at >= INCOMPRESSIBLE of their size
-    extra: dict[str, int] = field(default_factory=dict)
+
+    def record(self) -> ImageStats:
+        """The counters as the image's stored record."""
+        return ImageStats(**asdict(self))
 
 
 class ImageWriter:

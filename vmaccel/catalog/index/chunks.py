@@ -77,24 +77,18 @@ class SqliteChunks(Connection):
     def delete_condemned(self, pack_id: int, ids: Iterable[bytes]) -> int:
         """Delete those of ``ids`` that are still condemned and still in pack ``pack_id`` (a
         resurrected row is neither); returns how many rows went."""
-        gone = 0
-        for i in ids:
-            cur = self._execute(
-                "DELETE FROM chunk WHERE id = ? AND condemned IS NOT NULL AND pack_id = ?",
-                (i, pack_id),
-            )
-            gone += cur.rowcount
-        return gone
+        return self._executemany(
+            "DELETE FROM chunk WHERE id = ? AND condemned IS NOT NULL AND pack_id = ?",
+            ((i, pack_id) for i in ids),
+        ).rowcount
 
     def condemn_chunks(self, ids: Iterable[bytes], mark: int) -> int:
         """Set ``condemned = mark`` on those of ``ids`` not condemned yet; returns how many.
         Must run inside :meth:`writing` (gc passes :meth:`last_lease_id` read there)."""
-        n = 0
-        for i in ids:
-            n += self._execute(
-                "UPDATE chunk SET condemned = ? WHERE id = ? AND condemned IS NULL", (mark, i)
-            ).rowcount
-        return n
+        return self._executemany(
+            "UPDATE chunk SET condemned = ? WHERE id = ? AND condemned IS NULL",
+            ((mark, i) for i in ids),
+        ).rowcount
 
     def absolve_chunks(self, ids: Iterable[bytes]) -> None:
         """Clear ``condemned`` on ``ids`` (gc found them referenced again)."""

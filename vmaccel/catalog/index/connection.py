@@ -124,10 +124,11 @@ class Connection:
         """Run an ``INSERT ... RETURNING id``; returns the id."""
         return int(self._execute(sql, params).fetchone()[0])
 
-    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        """``rowcount`` of the cursor is the sum over every row."""
         with self._lock:
             try:
-                self._conn.executemany(sql, rows)
+                return self._conn.executemany(sql, rows)
             except sqlite3.OperationalError as exc:
                 if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                     raise
