@@ -1,0 +1,1 @@
+"""The daemon of ``vmaccel serve``: runs due policies, retries, maintenance and notifications."""
