@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import requests
 
+from testbed.vsphere.bedrecords import Upload, VmConfig, VmEvent
+
 SOURCE_DIR = Path(__file__).resolve().parent / "vcsim"
 GOPATH = "/usr/share/gocode"
 GOVMOMI_PACKAGE = "golang-github-vmware-govmomi-dev"
@@ -235,6 +237,24 @@ class BedControl:
 
     def set_power(self, vm: str, state: PowerState) -> None:
         self._call("POST", "power", {"vm": vm, "state": state})
+
+    def vm_config(self, vm: str) -> VmConfig:
+        """The VM's configuration as the bed holds it (devices, disks, NICs, extraConfig)."""
+        return VmConfig.from_json(self._call("GET", "vm-config", params={"vm": vm}))
+
+    def vm_events(self, since: int = 0) -> list[VmEvent]:
+        """VMs created, destroyed or unregistered, oldest first, those after seq `since`."""
+        events = self._call("GET", "vm-events", params={"since": since})
+        return [VmEvent.from_json(e) for e in events]
+
+    def set_lease_timeout(self, seconds: float) -> None:
+        """NFC import leases opened from now on expire after `seconds` without progress or
+        upload activity (the bed then removes the half-made VM); 300 s at start."""
+        self._call("POST", "lease-timeout", {"seconds": seconds})
+
+    def uploads(self, since: int = 0) -> list[Upload]:
+        """Datastore /folder and NFC uploads received, oldest first, those after seq `since`."""
+        return [Upload.from_json(u) for u in self._call("GET", "uploads", params={"since": since})]
 
 
 @dataclass

@@ -16,8 +16,8 @@ from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
 @pytest.fixture(scope="session")
 def vsphere_bed() -> Iterator[VsphereBed]:
     """A running vcsim bed (built on first use, cached in ~/.cache/vmaccel)."""
-    # 8 VMs per host and cluster: one fresh VM for each test that needs one.
-    with start_bed(qcda_window=1 << 20, machines=8) as bed:
+    # 12 VMs per host and cluster: one fresh VM for each test that needs one.
+    with start_bed(qcda_window=1 << 20, machines=12) as bed:
         yield bed
 
 

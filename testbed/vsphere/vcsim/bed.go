@@ -16,10 +16,8 @@ import (
 	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
@@ -59,6 +57,12 @@ type bed struct {
 	faults     faultQueue
 	hooks      map[string]soapHook
 	vapi       *vapiBridge
+
+	events      eventLog                    // VM creations and removals (vmlife.go)
+	uploads     uploadLog                   // /folder and NFC uploads (upload.go, nfc.go)
+	leases      leases                      // NFC import leases (nfc.go)
+	extraRoutes map[string]controlFunc      // control routes of extensions (extensions.go)
+	paths       map[string]http.HandlerFunc // URL path prefixes handled by extensions
 }
 
 func newBed(svc *simulator.Service, next http.Handler, window, block int64, maxExtents int) *bed {
@@ -79,17 +83,20 @@ func newBed(svc *simulator.Service, next http.Handler, window, block int64, maxE
 		"CreateSnapshot_Task":          b.createSnapshot,
 		"RemoveSnapshot_Task":          b.afterSuccess(b.dropVanishedSnapshots),
 		"RemoveAllSnapshots_Task":      b.afterSuccess(b.dropVanishedSnapshots),
-		"Destroy_Task":                 b.afterSuccess(b.dropVanishedSnapshots),
 		"RevertToSnapshot_Task":        b.revertToSnapshot,
 		"RevertToCurrentSnapshot_Task": b.revertToSnapshot,
-		"ReconfigVM_Task":              b.afterSuccess(b.syncAllTracking),
 		"QueryChangedDiskAreas":        b.queryChangedDiskAreas,
 	}
 	b.vapi = newVapiBridge(next, svc.Listen.User)
+	b.installExtensions()
 	return b
 }
 
 func (b *bed) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h := b.pathHandler(r); h != nil {
+		h(w, r)
+		return
+	}
 	switch {
 	case strings.HasPrefix(r.URL.Path, controlPrefix):
 		b.control(w, r)
@@ -97,9 +104,8 @@ func (b *bed) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		b.vapi.ServeHTTP(w, r)
 	case r.URL.Path == "/sdk" && r.Method == http.MethodPost:
 		b.serveSOAP(w, r)
-	case strings.HasPrefix(r.URL.Path, "/folder/") && r.Method == http.MethodPut:
-		b.detachUpload(r)
-		b.next.ServeHTTP(w, r)
+	case strings.HasPrefix(r.URL.Path, "/folder/") && (r.Method == http.MethodPut || r.Method == http.MethodPost):
+		b.folderUpload(w, r) // upload.go
 	case strings.HasPrefix(r.URL.Path, "/folder/") && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 		if _, expired := b.faults.take(faultSession, "folder"); expired {
 			http.Error(w, "session not authenticated (injected)", http.StatusUnauthorized)
@@ -192,22 +198,4 @@ func succeededTask(rec *httptest.ResponseRecorder) (*simulator.Task, bool) {
 	var state types.TaskInfoState
 	simulator.Map.WithLock(task, func() { state = task.Info.State })
 	return task, state == types.TaskInfoStateSuccess
-}
-
-// detachUpload removes the target of a /folder upload first if its inode is shared (a disk and
-// its frozen snapshot copies, see unshare): vcsim truncates and rewrites the target in place,
-// which would otherwise change every name of the inode.
-func (b *bed) detachUpload(r *http.Request) {
-	ds := r.URL.Query().Get("dsName")
-	p, err := localPath("[" + ds + "] " + strings.TrimPrefix(r.URL.Path, "/folder/"))
-	if err != nil {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if st, err := os.Stat(p); err == nil {
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 {
-			_ = os.Remove(p)
-		}
-	}
 }

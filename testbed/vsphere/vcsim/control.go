@@ -15,6 +15,10 @@ package main
 //	                                                         -> {}   (count 0 disarms, <0 sticky)
 //	DELETE /vmaccel-test/faults                              -> {}
 //	POST /vmaccel-test/power       {vm, state}               -> {}
+//	GET  /vmaccel-test/vm-config?vm=                          -> the VM's config (vmconfig.go)
+//	GET  /vmaccel-test/vm-events?since=                       -> VMs created/removed (vmlife.go)
+//	GET  /vmaccel-test/uploads?since=                         -> /folder and NFC uploads (upload.go)
+//	POST /vmaccel-test/lease-timeout {seconds}               -> {}  (nfc.go)
 //
 // "disk" is a device key; 0 means the VM's first disk.
 
@@ -36,23 +40,24 @@ const controlPrefix = "/vmaccel-test/"
 
 // controlRequest is the union of the JSON request fields.
 type controlRequest struct {
-	VM       string `json:"vm"`
-	Disk     int32  `json:"disk"`
-	Image    string `json:"image"`
-	Capacity int64  `json:"capacity"`
-	Kind     string `json:"kind"`
-	Count    int    `json:"count"`
-	State    string `json:"state"`
-	After    int    `json:"after"`  // faults: matching calls let through first
-	Method   string `json:"method"` // faults: SOAP method the fault is limited to
-	Bytes    int64  `json:"bytes"`  // faults: folder body bytes before the cut
-	Writes   string `json:"writes"` // apply-image: the guest's write log (parseWriteLog), optional
+	VM       string  `json:"vm"`
+	Disk     int32   `json:"disk"`
+	Image    string  `json:"image"`
+	Capacity int64   `json:"capacity"`
+	Kind     string  `json:"kind"`
+	Count    int     `json:"count"`
+	State    string  `json:"state"`
+	After    int     `json:"after"`   // faults: matching calls let through first
+	Method   string  `json:"method"`  // faults: SOAP method the fault is limited to
+	Bytes    int64   `json:"bytes"`   // faults: folder body bytes before the cut
+	Writes   string  `json:"writes"`  // apply-image: the guest's write log (parseWriteLog), optional
+	Seconds  float64 `json:"seconds"` // lease-timeout
 }
 
 type controlFunc func(r *http.Request, req controlRequest) (interface{}, error)
 
 func (b *bed) controlRoutes() map[string]controlFunc {
-	return map[string]controlFunc{
+	routes := map[string]controlFunc{
 		"GET vms":          b.listVMs,
 		"POST attach-disk": b.attachDisk,
 		"POST add-disk":    b.addDisk,
@@ -64,6 +69,10 @@ func (b *bed) controlRoutes() map[string]controlFunc {
 		"DELETE faults":    b.clearFaults,
 		"POST power":       b.setPower,
 	}
+	for route, f := range b.extraRoutes {
+		routes[route] = f
+	}
+	return routes
 }
 
 func (b *bed) control(w http.ResponseWriter, r *http.Request) {

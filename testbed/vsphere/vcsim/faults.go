@@ -155,15 +155,20 @@ func injectedFault(kind string) (string, types.BaseMethodFault) {
 // failTask answers method (a "Foo_Task" call on this) with a task that has already failed.
 func failTask(w http.ResponseWriter, method string, this types.ManagedObjectReference, kind string) {
 	msg, fault := injectedFault(kind)
+	failTaskFault(w, method, this, &methodFault{msg, fault})
+}
+
+// failTaskFault answers method (a "Foo_Task" call on this) with a task failed with f.
+func failTaskFault(w http.ResponseWriter, method string, this types.ManagedObjectReference, f *methodFault) {
 	name := strings.TrimSuffix(method, "_Task")
 	name = strings.ToLower(name[:1]) + name[1:]
 	task := simulator.CreateTask(this, name, func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
-		return nil, fault
+		return nil, f.fault
 	})
 	ref := task.Run()
 	simulator.Map.WithLock(task, func() {
 		if task.Info.Error != nil {
-			task.Info.Error.LocalizedMessage = msg
+			task.Info.Error.LocalizedMessage = f.msg
 		}
 	})
 	writeTaskResult(w, method, ref)

@@ -3,7 +3,9 @@
 // The test layer (see bed.go) sits in front of vcsim's HTTP handler and adds what a backup
 // product needs but vcsim 0.24 lacks: real disk contents, frozen snapshot disks, Changed Block
 // Tracking (QueryChangedDiskAreas), fault injection, a control API for tests and the vAPI
-// JSON-RPC endpoint used by the vmware-vcenter bindings.
+// JSON-RPC endpoint used by the vmware-vcenter bindings; and, for restores, VMs created with
+// real disks (vmlife.go), /folder and NFC uploads stored as real files (upload.go, nfc.go).
+// Feature files plug in through extensions.go.
 //
 // On start it prints one JSON line (see readyLine) on stdout; it exits on SIGINT/SIGTERM or,
 // with -exit-on-stdin-eof, when its parent closes stdin (so a killed test run leaks nothing).

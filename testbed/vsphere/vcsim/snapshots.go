@@ -132,13 +132,18 @@ func (b *bed) dropVanishedSnapshots(types.ManagedObjectReference) {
 		if simulator.Map.Get(ref) != nil {
 			continue
 		}
-		for _, fd := range rec.disks {
-			_ = os.Remove(fd.flat)
-			if p, err := localPath(fd.descriptor); err == nil {
-				_ = os.Remove(p)
-			}
-		}
+		removeFrozen(rec)
 		delete(b.snapshots, id)
+	}
+}
+
+// removeFrozen deletes a snapshot's frozen disk copies.
+func removeFrozen(rec *snapshotRecord) {
+	for _, fd := range rec.disks {
+		_ = os.Remove(fd.flat)
+		if p, err := localPath(fd.descriptor); err == nil {
+			_ = os.Remove(p)
+		}
 	}
 }
 
