@@ -9,6 +9,10 @@ APT_PACKAGES=(
   golang-go golang-github-vmware-govmomi-dev
   nbdkit libnbd-bin fuse3 libfuse2 qemu-utils
   e2fsprogs ntfs-3g xfsprogs dosfstools mtools gdisk fdisk lvm2 openssl
+  # instant recovery: the userspace NFS server and the client the test bed reads it with
+  nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
+  # boot-tested restore points: qemu, firmware, and what the bootable test disk is made of
+  qemu-system-x86 ovmf busybox-static syslinux syslinux-common systemd-boot-efi binutils
 )
 
 missing=()
