@@ -74,11 +74,19 @@ OLD_BACKUP_META: dict[str, Any] = {
 OLD_STATS = {"bytes_written": 8192, "new_chunks": 2, "stored_bytes": 100, "dedup_blocks": 0}
 
 
+# Modules that own a database of their own, never the catalog's, each with its reason.
+OWN_DATABASES = {
+    # the daemon's notification outbox: a SQLite file in its state directory, kept off the
+    # catalog's locks so that a slow mail server never holds up a backup
+    PACKAGE / "daemon" / "outbox.py",
+}
+
+
 def test_no_module_outside_the_index_package_holds_sql() -> None:
     offenders = [
         f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if INDEX_PACKAGE not in path.parents
+        if INDEX_PACKAGE not in path.parents and path not in OWN_DATABASES
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if SQL.search(line)
     ]

@@ -7,7 +7,8 @@ Write order for each removed backup (crash safe at every step):
 
 1. one transaction sets its state to ``deleting``: from now on it is invisible to readers
    and to ``gc``'s mark phase, and a crash leaves a row that says what to finish;
-2. its manifest is deleted (durably), so ``rebuild-index`` cannot resurrect it;
+2. its manifest is deleted (durably), so ``rebuild-index`` cannot resurrect it, and so is
+   its boot-test screenshot (catalog.bootcheck), if any;
 3. one transaction deletes its image rows and its backup row.
 
 Backups a crash left in ``deleting`` are finished by the next ``prune`` (or ``gc``) before
@@ -25,9 +26,11 @@ references them (catalog.condemn).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vmaccel.catalog.bootcheck import delete_screenshot
 from vmaccel.catalog.index import BackupRow
 from vmaccel.catalog.retention import RetentionPolicy, select
 from vmaccel.vocabulary.errors import UsageError
@@ -116,8 +119,14 @@ class PruneReport:
         return lines
 
 
-def prune(repo: Repository, policy: RetentionPolicy, dry_run: bool = False) -> PruneReport:
-    """Remove every complete backup ``policy`` does not keep, VM by VM (see module doc).
+def prune(
+    repo: Repository,
+    policy: RetentionPolicy,
+    dry_run: bool = False,
+    only_vms: Collection[str] | None = None,
+) -> PruneReport:
+    """Remove every complete backup ``policy`` does not keep, VM by VM (see module doc);
+    with ``only_vms``, only backups of those VMs are considered (a backup policy's own VMs).
 
     Returns after every removal is durable. ``dry_run`` decides and reports, changing nothing.
     """
@@ -126,7 +135,8 @@ def prune(repo: Repository, policy: RetentionPolicy, dry_run: bool = False) -> P
     finished = () if dry_run else finish_deleting(repo)
     by_vm: dict[str, list[BackupRow]] = {}
     for b in repo.backups(state="complete"):
-        by_vm.setdefault(b.vm, []).append(b)
+        if only_vms is None or b.vm in only_vms:
+            by_vm.setdefault(b.vm, []).append(b)
     vms = []
     for vm in sorted(by_vm):
         decision = select(by_vm[vm], policy)
@@ -146,6 +156,7 @@ def remove_backup(repo: Repository, backup: BackupRow) -> None:
         with repo.index.writing():
             repo.index.set_backup_state(backup.id, "deleting")
     repo.delete_manifest(backup)
+    delete_screenshot(repo.store, backup.uuid)
     with repo.index.writing():
         repo.index.delete_backup(backup.id)
     logger.debug("removed backup %s (%s) of %s", backup.id, backup.uuid, backup.vm)

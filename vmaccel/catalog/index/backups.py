@@ -10,7 +10,14 @@ from typing import Any
 
 from vmaccel.catalog.index.connection import Connection
 from vmaccel.catalog.index.meta import BackupMeta, ImageMeta, ImageStats
-from vmaccel.catalog.index.records import COMPLETE, IN_PROGRESS, BackupRow, ImageRow, NewImage
+from vmaccel.catalog.index.records import (
+    COMPLETE,
+    IN_PROGRESS,
+    BackupHead,
+    BackupRow,
+    ImageRow,
+    NewImage,
+)
 from vmaccel.vocabulary.errors import IndexCorrupt
 
 _IMAGE_COLS = (
@@ -179,6 +186,17 @@ class SqliteBackups(Connection):
     def image(self, image_id: int) -> ImageRow | None:
         rows = self._query(f"SELECT {_IMAGE_COLS} FROM image WHERE id = ?", (image_id,))  # noqa: S608 - constant SQL only, values are bound
         return _image(rows[0]) if rows else None
+
+    def backup_heads(self, vm: str | None = None) -> list[BackupHead]:
+        """Id, VM and start time of every complete backup (of ``vm``, or all), oldest first
+        (the order of :meth:`backups`), without their metadata: what paged lists count and
+        slice before they read the rows of one page."""
+        where, params = ("AND vm = ?", (vm,)) if vm is not None else ("", ())
+        rows = self._query(
+            f"SELECT id, vm, started FROM backup WHERE state = ? {where} ORDER BY started, id",  # noqa: S608 - constant SQL only, values are bound
+            (COMPLETE, *params),
+        )
+        return [BackupHead(*r) for r in rows]
 
     def backup_totals(self) -> tuple[int, int, int, int]:
         """(backups, VMs, images, sum of image sizes in bytes) over complete backups."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from vmaccel.catalog.anomaly import Verdict
+from vmaccel.catalog.bootcheck import BootCheck
 
 _T = TypeVar("_T")
 _Parser = Callable[[Any], Any]  # raises TypeError/ValueError/KeyError for a value it refuses
@@ -159,7 +160,9 @@ class BackupMeta:
     ``"standalone"`` and the ``source`` read. ``file_catalog`` is True once the file catalog
     of every image is stored. ``verdict`` is the anomaly verdict computed at the end of the
     backup (:mod:`vmaccel.catalog.anomaly`); ``acked`` the UTC time (ISO 8601) someone
-    acknowledged a suspicious verdict (``backups ack``), after which prune may remove it."""
+    acknowledged a suspicious verdict (``backups ack``), after which prune may remove it.
+    ``boot`` is the outcome of the last boot test (``verify --boot``;
+    :mod:`vmaccel.catalog.bootcheck`)."""
 
     instance_uuid: str | None = None
     moref: str | None = None
@@ -174,6 +177,7 @@ class BackupMeta:
     file_catalog: bool | None = None
     verdict: Verdict | None = None
     acked: str | None = None
+    boot: BootCheck | None = None
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     @property
@@ -186,7 +190,7 @@ class BackupMeta:
         return bool(self.file_catalog)
 
     def to_json(self) -> dict[str, Any]:
-        return _dump_fields(self, {"verdict": lambda v: v.to_json()})
+        return _dump_fields(self, {"verdict": lambda v: v.to_json(), "boot": lambda b: b.to_json()})
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BackupMeta:
@@ -198,6 +202,7 @@ _BACKUP_PARSERS: dict[str, _Parser] = {
     **{f.name: _str for f in fields(BackupMeta) if f.name != "extra"},
     "file_catalog": _bool,
     "verdict": Verdict.from_json,
+    "boot": BootCheck.from_json,
 }
 
 

@@ -76,6 +76,16 @@ class BackupRow:
 
 
 @dataclass(frozen=True)
+class BackupHead:
+    """What lists page through without reading a backup's metadata: its ``id``, ``vm`` and
+    ``started`` (UNIX seconds)."""
+
+    id: int
+    vm: str
+    started: float
+
+
+@dataclass(frozen=True)
 class NewImage:
     """An image to insert: the map root (``root`` None: all holes) of ``size`` bytes in
     blocks of ``block_size`` bytes, in a tree of ``depth`` levels of ``fanout``."""

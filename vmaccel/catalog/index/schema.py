@@ -91,3 +91,72 @@ def _m0004(db: sqlite_utils.Database) -> None:
         CREATE INDEX chunk_condemned ON chunk(condemned) WHERE condemned IS NOT NULL;
         """
     )
+
+
+@migrations(name="0005_policies_jobs")
+def _m0005(db: sqlite_utils.Database) -> None:
+    # Policies (catalog/index/policies.py): the current spec of each policy as JSON, and every
+    # change in policy_change (the history). Jobs (catalog/index/jobs.py): a job is one policy
+    # run (later: restores, maintenance); it fans out into vm_job rows, each into disk_task
+    # rows per attempt; job_log holds a bounded log per job. Rows carry their state and owner
+    # ("host:pid") so that workers claim them with a conditional UPDATE (PostgreSQL: row locks).
+    db.executescript(
+        """
+        CREATE TABLE policy (
+            name TEXT PRIMARY KEY, spec TEXT NOT NULL, version INTEGER NOT NULL,
+            created REAL NOT NULL, updated REAL NOT NULL);
+        CREATE TABLE policy_change (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, policy TEXT NOT NULL,
+            version INTEGER NOT NULL, at REAL NOT NULL, action TEXT NOT NULL, spec TEXT,
+            who TEXT NOT NULL);
+        CREATE INDEX policy_change_policy ON policy_change(policy, id);
+        CREATE TABLE job (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, policy TEXT,
+            trigger TEXT NOT NULL, due REAL, state TEXT NOT NULL, queued REAL NOT NULL,
+            started REAL, finished REAL, owner TEXT, cancel INTEGER NOT NULL DEFAULT 0,
+            summary TEXT NOT NULL DEFAULT '{}');
+        CREATE INDEX job_policy ON job(policy, id);
+        CREATE INDEX job_state ON job(state);
+        CREATE TABLE vm_job (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL REFERENCES job(id),
+            vm TEXT NOT NULL, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 0,
+            not_before REAL, started REAL, finished REAL, owner TEXT, backup_id INTEGER,
+            bytes_read INTEGER NOT NULL DEFAULT 0, bytes_stored INTEGER NOT NULL DEFAULT 0,
+            warnings TEXT NOT NULL DEFAULT '[]', error TEXT, UNIQUE (job_id, vm));
+        CREATE INDEX vm_job_state ON vm_job(state);
+        CREATE TABLE disk_task (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            vm_job_id INTEGER NOT NULL REFERENCES vm_job(id), attempt INTEGER NOT NULL,
+            disk TEXT NOT NULL, state TEXT NOT NULL, mode TEXT, reason TEXT,
+            size INTEGER NOT NULL DEFAULT 0, bytes_read INTEGER NOT NULL DEFAULT 0,
+            bytes_stored INTEGER NOT NULL DEFAULT 0, duration REAL NOT NULL DEFAULT 0,
+            error TEXT, warnings TEXT NOT NULL DEFAULT '[]');
+        CREATE INDEX disk_task_vm_job ON disk_task(vm_job_id);
+        CREATE TABLE job_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL REFERENCES job(id),
+            vm_job_id INTEGER, at REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
+        CREATE INDEX job_log_job ON job_log(job_id, id);
+        """
+    )
+
+
+@migrations(name="0006_api_tokens")
+def _m0006(db: sqlite_utils.Database) -> None:
+    # API tokens of the REST API (catalog/index/tokens.py): only a SHA-256 digest of each
+    # token is kept, with a short hint to tell tokens apart; revoked rows stay (ids not reused).
+    db.executescript(
+        """
+        CREATE TABLE api_token (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, scope TEXT NOT NULL,
+            digest BLOB NOT NULL UNIQUE, hint TEXT NOT NULL, created REAL NOT NULL,
+            revoked REAL);
+        """
+    )
+
+
+@migrations(name="0007_backup_list")
+def _m0007(db: sqlite_utils.Database) -> None:
+    # Paged lists of backups (index.backup_heads, for the REST API and the console) read
+    # id, VM and start time of every complete backup: a covering index answers that without
+    # scanning the rows (each carries kilobytes of metadata).
+    db.executescript("CREATE INDEX backup_state_started ON backup(state, started, id, vm);")

@@ -11,9 +11,20 @@ from __future__ import annotations
 from vmaccel.catalog.index.backups import SqliteBackups
 from vmaccel.catalog.index.chunks import SqliteChunks
 from vmaccel.catalog.index.files import SqliteFiles
+from vmaccel.catalog.index.jobs import SqliteJobs
 from vmaccel.catalog.index.leases import SqliteLeases
+from vmaccel.catalog.index.policies import SqlitePolicies
+from vmaccel.catalog.index.tokens import SqliteTokens
 
 
-class Index(SqliteChunks, SqliteBackups, SqliteLeases, SqliteFiles):
+class Index(
+    SqliteChunks,
+    SqliteBackups,
+    SqliteLeases,
+    SqliteFiles,
+    SqliteTokens,
+    SqlitePolicies,
+    SqliteJobs,
+):
     """The catalog database of one repository (see
     :class:`~vmaccel.catalog.index.connection.Connection` for opening and thread safety)."""

@@ -20,6 +20,7 @@ VM_PATHS = (
     "config.instanceUuid",
     "config.template",
     "runtime.powerState",
+    "runtime.host",
     "config.changeTrackingEnabled",
     "snapshot",
     "config.hardware.device",
@@ -164,9 +165,15 @@ def list_vms(vc: VCenter, keep: Keep | None = None) -> list[VmRef]:
                 snapshots=_snapshots(p.get("snapshot")),
                 disks=disk_refs(p.get("config.hardware.device", ())),
                 datacenter=owner.get(parent._moId, "") if parent is not None else "",
+                host=_moref(p.get("runtime.host")),
             )
         )
     return sorted(vms, key=lambda v: v.name)
+
+
+def _moref(obj: Any) -> str:
+    """The moref of a managed object property ("" when unset)."""
+    return str(obj._moId) if obj is not None else ""
 
 
 def _details(vc: VCenter, morefs: list[str]) -> dict[str, dict[str, Any]]:

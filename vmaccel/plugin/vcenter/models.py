@@ -96,6 +96,7 @@ class VmRef:
     snapshots: tuple[SnapshotRef, ...]
     disks: tuple[DiskRef, ...]
     datacenter: str
+    host: str = ""  # moref of the ESXi host running it ("" when vCenter does not say)
 
 
 @dataclass(frozen=True)
