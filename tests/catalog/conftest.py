@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.catalog.s3server import s3, seaweed  # noqa: F401 - the S3 fixtures
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.catalog.blockmap import HOLE
 from vmaccel.catalog.index import ChunkLocation, ImageRow

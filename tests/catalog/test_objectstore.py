@@ -1,6 +1,6 @@
 """The object store contract (vmaccel.catalog.objectstore), run against every implementation
-(today the directory store), then what the directory store promises on top: modes, layout,
-zero-copy commits and crash behaviour."""
+(the directory store, and the S3 store on SeaweedFS), then what the directory store promises
+on top: modes, layout, zero-copy commits and crash behaviour."""
 
 from __future__ import annotations
 
@@ -16,18 +16,28 @@ from pathlib import Path
 
 import pytest
 
+from tests.catalog.s3server import SeaweedServer
 from vmaccel.catalog.localstore import LocalObjectStore
 from vmaccel.catalog.objectstore import ObjectExists, ObjectMissing, ObjectStore
+from vmaccel.catalog.readcache import ReadCache
+from vmaccel.catalog.s3client import S3Location
+from vmaccel.catalog.s3store import S3ObjectStore
 from vmaccel.vocabulary.errors import DamageError
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = bytes(range(256)) * 1024  # 256 KiB, every offset distinguishable
 
 
-@pytest.fixture(params=["directory"])
+@pytest.fixture(params=["directory", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    made = LocalObjectStore(tmp_path / "repo")
-    made.make_layout(("packs/", "backups/"))
+    made: ObjectStore
+    if request.param == "s3":  # SeaweedFS, packs read through a small read cache
+        server: SeaweedServer = request.getfixturevalue("s3")
+        where = S3Location(server.bucket(), "repo/", server.endpoint)
+        made = S3ObjectStore(where, tmp_path / "staging", cache=ReadCache(tmp_path / "c", 1 << 20))
+    else:
+        local = made = LocalObjectStore(tmp_path / "repo")
+        local.make_layout(("packs/", "backups/"))
     try:
         yield made
     finally:

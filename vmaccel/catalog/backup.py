@@ -4,8 +4,10 @@ Life of a backup (DESIGN invariant 1)::
 
     begin        backup row inserted, state 'in_progress' (invisible to readers)
     images       chunks appended to packs; sealed packs become durable, then their rows commit
-    commit       last pack sealed and durable -> ONE transaction: image rows (with the
-                 changeIds) + backup state 'complete' + manifest written durably -> COMMIT
+    commit       last pack sealed and durable -> (Object Lock: every object it may reference
+                 locked until at least now + the lock period, catalog.s3lock) -> ONE
+                 transaction: image rows (with the changeIds) + backup state 'complete' +
+                 manifest written durably -> COMMIT
     abort/crash  the row stays 'in_progress' or becomes 'failed'; gc removes it and whatever
                  chunks only it referenced
 
@@ -34,6 +36,7 @@ from vmaccel.catalog.index import (
     NewImage,
 )
 from vmaccel.catalog.index.records import FAILED
+from vmaccel.catalog.s3lock import protected_keys
 from vmaccel.vocabulary.errors import UsageError
 
 if TYPE_CHECKING:
@@ -138,6 +141,8 @@ class BackupWriter:
         repo, cfg = self.repo, self.repo.config
         self.chunks.flush()  # every chunk and map node durable and indexed first
         finished = time.time()
+        if repo.store.lock_seconds:  # Object Lock: what it may reference outlives its lock
+            repo.store.protect(protected_keys(repo.index, cfg.encrypted), finished)
         self.meta = merged_meta(self.meta, meta)
         with repo.index.writing():
             for img in self._images.values():

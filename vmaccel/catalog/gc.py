@@ -142,12 +142,13 @@ def collect_garbage(
     live |= verdict.late_live
     doomed, repack, held = _plan(old, young_bytes, live, verdict, repack_threshold, max_unused)
     counts = _sweep(repo, older_than, doomed, repack, bool(start.live), dry_run)
+    locked = (0, 0) if dry_run else repo.store.expire_deletes()  # Object Lock: catalog.s3lock
     report = GcReport(
         dry_run, grace_seconds, live_chunks=len(live), packs_young=young,
         leases_live=len(start.live), leases_cleared=start.cleared,
         chunks_condemned=verdict.condemned, packs_held=len(held),
         chunks_waiting=sum(1 for _, cs in held for c in cs if c.id in verdict.waiting),
-        **counts,
+        locked_deleted=locked[0], locked_waiting=locked[1], **counts,
     )  # fmt: skip
     logger.info("gc: %s", "; ".join(report.summary()))
     return report

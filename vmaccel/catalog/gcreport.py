@@ -26,6 +26,10 @@ class GcReport:
     ``chunks_condemned`` dead chunks were newly hidden from dedup; ``chunks_waiting``
     condemned chunks were kept, with the ``packs_held`` packs holding them, because a writer
     that may use them was running or started too recently; the next gc deletes them.
+
+    Object Lock (catalog.s3lock): ``locked_waiting`` deleted objects (packs, manifests) are
+    still locked and recorded as deferred deletes; ``locked_deleted`` deferred deletes whose
+    lock had expired were done by this run.
     """
 
     dry_run: bool
@@ -52,6 +56,8 @@ class GcReport:
     packs_held: int = 0
     backups_left: tuple[str, ...] = ()
     strays_left: int = 0
+    locked_deleted: int = 0
+    locked_waiting: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,6 +78,11 @@ class GcReport:
             f"{format_bytes(self.bytes_freed)} {would}freed" + self._net(),
         ]
         lines.extend(self._beside_writers())
+        if self.locked_deleted or self.locked_waiting:
+            lines.append(
+                f"Object Lock: {self.locked_deleted} deferred delete(s) done; "
+                f"{self.locked_waiting} object(s) wait for their lock to expire"
+            )
         if self.packs_young:
             lines.append(
                 f"{self.packs_young} pack(s) younger than the grace period "

@@ -86,6 +86,7 @@ class LocalObjectStore:
     """Objects as files under ``root`` (see the module docstring). Thread safe."""
 
     MAX_OPEN = 64
+    lock_seconds = 0  # a directory has no Object Lock
 
     def __init__(self, root: Path, staging: str = STAGING) -> None:
         self.root = root
@@ -209,6 +210,12 @@ class LocalObjectStore:
             for fd, _ in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+
+    def protect(self, keys: Iterable[str], since: float) -> int:
+        return 0  # nothing to lock
+
+    def expire_deletes(self) -> tuple[int, int]:
+        return 0, 0  # every delete was immediate
 
     def _missing(self, key: str) -> ObjectMissing:
         return ObjectMissing(f"{key} is missing from {self.root}")

@@ -28,7 +28,15 @@ call                   contract                                    S3
 ``staged`` / discard   uploads begun and never committed            ListMultipartUploads /
                        (garbage by construction)                    AbortMultipartUpload
 ``close``              release cached handles (stays usable)        close the connection pool
+``protect``            Object Lock: keep objects locked until at    PutObjectRetention
+                       least a date (no-op without a lock)
+``expire_deletes``     finish deletes that a lock deferred          DELETE of each version
 =====================  ==========================================  ==========================
+
+Object Lock (a store with ``lock_seconds > 0``): ``delete`` of an object still locked records
+the delete instead of failing (the object is hidden from ``get``, ``stat`` and
+``list_prefix`` at once) and ``expire_deletes`` performs it once its lock has run out; see
+docs/format.md, "Object Lock", for the retention rule.
 
 Durability barrier: there is no separate ``sync``. Every mutating call is its own barrier:
 when ``put``, ``Upload.commit`` or ``delete`` returns, its effect is durable (locally: the
@@ -49,7 +57,7 @@ at a time (the pack writer creates it, its I/O thread writes and commits it).
 from __future__ import annotations
 
 import errno as _errno
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
@@ -60,6 +68,18 @@ class ObjectMissing(DamageError, FileNotFoundError):
     """The object a key names does not exist (the repository lost it, or it never was)."""
 
     errno = _errno.EIO
+
+
+class ObjectStoreUnavailable(RepositoryError, ConnectionError):
+    """The object store cannot be reached (endpoint down, DNS, TLS, timeouts after retries)."""
+
+    errno = _errno.EHOSTUNREACH
+
+
+class ObjectStoreDenied(RepositoryError, PermissionError):
+    """The object store refused the credentials or the request (wrong keys, no permission)."""
+
+    errno = _errno.EACCES
 
 
 class ObjectExists(RepositoryError, FileExistsError):
@@ -112,7 +132,12 @@ class Upload(Protocol):
 
 
 class ObjectStore(Protocol):
-    """Where a repository persists its objects (see the module docstring for the contract)."""
+    """Where a repository persists its objects (see the module docstring for the contract).
+
+    ``lock_seconds``: the Object Lock period (0: no lock, deletes are immediate)."""
+
+    @property
+    def lock_seconds(self) -> int: ...
 
     def put(self, key: str, data: bytes, *, replace: bool = False) -> None:
         """Store ``data`` under ``key``, durably when this returns. Without ``replace`` an
@@ -148,6 +173,17 @@ class ObjectStore(Protocol):
 
     def close(self) -> None:
         """Release cached handles; the store stays usable and reopens what it needs."""
+        ...
+
+    def protect(self, keys: Iterable[str], since: float) -> int:
+        """Keep each of ``keys`` locked until at least ``since`` (UNIX seconds) plus
+        ``lock_seconds``; never shortens a lock. Returns how many locks were extended
+        (0 without Object Lock)."""
+        ...
+
+    def expire_deletes(self) -> tuple[int, int]:
+        """Perform the deletes a lock deferred whose lock has run out: returns (deleted,
+        still waiting); (0, 0) without Object Lock."""
         ...
 
 

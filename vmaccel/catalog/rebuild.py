@@ -40,7 +40,6 @@ from vmaccel.catalog.blockmap import HOLE
 from vmaccel.catalog.damage import attribute
 from vmaccel.catalog.durable import fsync_dir
 from vmaccel.catalog.index import BackupRow, ImageRow
-from vmaccel.catalog.localstore import LocalObjectStore
 from vmaccel.catalog.lock import FileLock
 from vmaccel.catalog.manifest import write_manifest
 from vmaccel.catalog.pack import (
@@ -52,6 +51,7 @@ from vmaccel.catalog.pack import (
     scan_entries,
 )
 from vmaccel.catalog.repository import Passphrase, Repository, read_config, read_key
+from vmaccel.catalog.storeconfig import open_store
 from vmaccel.vocabulary.errors import DamageError
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def rebuild_index(path: Path, passphrase: Passphrase, lock_wait: float = 0.0) ->
     ``lock_wait`` seconds), :class:`~vmaccel.vocabulary.errors.PassphraseError` for a wrong
     passphrase. When it returns, the new index is durable and in place.
     """
-    store = LocalObjectStore(path)
+    store = open_store(path)
     config = read_config(store, path)
     key = read_key(store, path, config, passphrase)
     lock = FileLock(path / "lock", exclusive=True, wait=lock_wait)

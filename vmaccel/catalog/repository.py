@@ -14,6 +14,9 @@ index and the lock files are local files of their own)::
     writers.lock    backups share it; rebuild-index takes it exclusively (it replaces the index)
     readers.lock    readers and backups share it; gc takes it exclusively to delete pack files
     leases/         one lock file per writer lease, and per-VM backup locks (catalog.lease)
+    store.json      only when the objects live in S3 (catalog.storeconfig): then config, key,
+                    packs/ and backups/ are in the bucket, with staging/, cache/ and locks.json
+                    here
     reserve         RESERVE_BYTES of space only gc may use: on a full disk gc releases it to
                     commit its first deletions (SQLite needs room for its WAL), and a writer
                     recreates it when there is room
@@ -67,6 +70,8 @@ from vmaccel.catalog.packstore import PREFIX as PACKS
 from vmaccel.catalog.packstore import PackStore
 from vmaccel.catalog.reserve import RESERVE_BYTES as RESERVE_BYTES
 from vmaccel.catalog.reserve import ensure_reserve, release_reserve
+from vmaccel.catalog.storeconfig import FILE as STORE_FILE
+from vmaccel.catalog.storeconfig import StoreSpec, open_store, prepare_store
 from vmaccel.vocabulary.errors import (
     BackupNotFound,
     ImageNotFound,
@@ -167,12 +172,19 @@ class Repository:
     # -- lifecycle --------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: Path, config: RepositoryConfig, passphrase: Passphrase = None) -> None:
+    def init(
+        cls,
+        path: Path,
+        config: RepositoryConfig,
+        passphrase: Passphrase = None,
+        store_spec: StoreSpec | None = None,
+    ) -> None:
         """Create an empty repository at ``path``: a new directory, or an existing empty one
         (anything in it, a repository or not, raises :class:`RepositoryExists` before anything
-        is written). Every directory is made 0700 and every file 0600, whatever the umask."""
-        store = LocalObjectStore(path)
-        if _holds(store, CONFIG_OBJECT):
+        is written). Every directory is made 0700 and every file 0600, whatever the umask.
+        With ``store_spec`` the objects go to S3 (catalog.storeconfig), the rest stays in
+        ``path``."""
+        if _holds(LocalObjectStore(path), CONFIG_OBJECT) or (path / STORE_FILE).exists():
             raise RepositoryExists(f"{path} already holds a vmaccel repository")
         if path.exists() and not path.is_dir():
             raise RepositoryExists(f"{path} exists and is not a directory; choose another path")
@@ -182,7 +194,7 @@ class Repository:
         # half-made directory that would block the next try.
         secret = _passphrase(passphrase) if config.encrypted else None
         path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
-        store.make_layout((PACKS, MANIFESTS))  # 0700, also a directory that was there before
+        store = prepare_store(path, store_spec, (PACKS, MANIFESTS))  # dirs 0700 (path too)
         # The index and the lock files exist before SQLite or flock see them: they keep 0600.
         for name in ("index.db", "lock", "writers.lock", "readers.lock"):
             os.close(create_private_file(path / name))
@@ -223,7 +235,7 @@ class Repository:
         """
         if write and lease:
             raise UsageError("open a repository either for maintenance (write) or with a lease")
-        store = LocalObjectStore(path)
+        store = open_store(path)
         config = read_config(store, path)
         key = read_key(store, path, config, passphrase)
         if lease:

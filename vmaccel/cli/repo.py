@@ -7,11 +7,13 @@ from typing import Annotated
 import typer
 
 from vmaccel.catalog.config import DEFAULT_BLOCK_SIZE
+from vmaccel.catalog.s3lock import DAY
+from vmaccel.catalog.storeconfig import StoreSpec
 from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from vmaccel.cli.output import emit, say
 from vmaccel.cli.settings import context
 from vmaccel.service import repository
-from vmaccel.vocabulary.errors import DamageError
+from vmaccel.vocabulary.errors import DamageError, UsageError
 from vmaccel.vocabulary.units import parse_size
 
 app = typer.Typer(help="Create and inspect repositories.", no_args_is_help=True)
@@ -29,15 +31,46 @@ def init(
     encryption: Annotated[
         str, typer.Option("--encryption", help="none or repokey (passphrase-wrapped key).")
     ] = "none",
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            help="s3://BUCKET/PREFIX for the objects (credentials: the AWS variables or profile).",
+        ),
+    ] = None,
+    endpoint: Annotated[str | None, typer.Option("--endpoint", help="S3 endpoint URL.")] = None,
+    region: Annotated[str, typer.Option("--region", help="S3 region.")] = "us-east-1",
+    object_lock: Annotated[
+        str | None,
+        typer.Option("--object-lock", help="compliance or governance (needs --lock-days)."),
+    ] = None,
+    lock_days: Annotated[int, typer.Option("--lock-days", min=0, help="Object Lock days.")] = 0,
 ) -> None:
-    """Create an empty repository."""
+    """Create an empty repository (its objects in the directory, or in S3 with --store)."""
     ctx = context(repo, confirm_passphrase=True)
-    new = repository.NewRepository(parse_size(block_size), compression, encryption)
+    spec = _store_spec(store, endpoint, region, object_lock, lock_days)
+    new = repository.NewRepository(parse_size(block_size), compression, encryption, spec)
     config = repository.init_repository(ctx, new)
+    where = f" with its objects in {spec.location.describe()}" if spec else ""
+    lock = f", Object Lock {object_lock} {lock_days} day(s)" if spec and spec.lock else ""
     say(
-        f"initialized repository {ctx.repo} (block size {config.block_size // 1024} KiB, "
-        f"compression {compression}, encryption {encryption})"
+        f"initialized repository {ctx.repo}{where} (block size {config.block_size // 1024} "
+        f"KiB, compression {compression}, encryption {encryption}{lock})"
     )
+
+
+def _store_spec(
+    store: str | None, endpoint: str | None, region: str, lock: str | None, days: int
+) -> StoreSpec | None:
+    if store is None:
+        if endpoint or lock or days:
+            raise UsageError("--endpoint, --object-lock and --lock-days need --store s3://...")
+        return None
+    if endpoint is None:
+        raise UsageError("--store needs --endpoint URL")
+    if bool(lock) != bool(days):
+        raise UsageError("--object-lock and --lock-days go together")
+    return StoreSpec(store, endpoint, region, lock, days * DAY)
 
 
 @app.command("stats")

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmaccel.catalog.config import RepositoryConfig, parse_compression
+from vmaccel.catalog.config import DEFAULT_PACK_SIZE, RepositoryConfig, parse_compression
 from vmaccel.catalog.rebuild import RebuildReport, rebuild_index
 from vmaccel.catalog.repository import Repository
 from vmaccel.catalog.stats import RepositoryStats, repository_stats
+from vmaccel.catalog.storeconfig import S3_PACK_SIZE, StoreSpec
 from vmaccel.service.context import Context
 
 
 @dataclass(frozen=True)
 class NewRepository:
     """``block_size`` in bytes (a power of two, 4 KiB-4 MiB); ``compression`` as
-    ``zstd[:LEVEL]`` or ``none``; ``encryption`` ``none`` or ``repokey``."""
+    ``zstd[:LEVEL]`` or ``none``; ``encryption`` ``none`` or ``repokey``; ``store`` an S3
+    bucket prefix for the objects (the index stays in the directory)."""
 
     block_size: int
     compression: str = "zstd:3"
     encryption: str = "none"
+    store: StoreSpec | None = None  # None: the objects stay in the repository directory
 
 
 def init_repository(ctx: Context, new: NewRepository) -> RepositoryConfig:
@@ -30,8 +33,10 @@ def init_repository(ctx: Context, new: NewRepository) -> RepositoryConfig:
         compression=algo,
         compression_level=level or 3,
         encryption=new.encryption,
+        pack_size=DEFAULT_PACK_SIZE if new.store is None else S3_PACK_SIZE,
     )
-    Repository.init(ctx.require_repo(), config, ctx.passphrase if config.encrypted else None)
+    passphrase = ctx.passphrase if config.encrypted else None
+    Repository.init(ctx.require_repo(), config, passphrase, new.store)
     return config
 
 
