@@ -84,7 +84,7 @@ def new_repo(tmp_path: Path, cli: Cli) -> Callable[[str], Path]:
 @pytest.fixture(scope="session")
 def plugin_bed() -> Iterator[VsphereBed]:
     # An 8 MiB QueryChangedDiskAreas window: the 512 MiB guest disks need the startOffset loop.
-    with start_bed(qcda_window=8 << 20, machines=10) as bed:
+    with start_bed(qcda_window=8 << 20, machines=18) as bed:
         yield bed
 
 

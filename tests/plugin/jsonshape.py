@@ -84,6 +84,8 @@ def validate(name: str, doc: Any) -> None:
     for i, b in enumerate(doc if isinstance(doc, list) else [doc]):
         if isinstance(b, dict) and isinstance(b.get("verdict"), dict):
             check(b["verdict"], _VERDICT, f"$[{i}].verdict")
+        if isinstance(b, dict) and isinstance(b.get("boot"), dict):
+            check(b["boot"], _BOOT, f"$[{i}].boot")
     assert not internals(doc), f"{name}: storage internals in the output: {internals(doc)}"
 
 
@@ -138,6 +140,19 @@ _BACKUP = {
     "images": [_IMAGE],
     "verdict": (dict, NONE),
     "acked": STR_OR_NONE,
+    "boot": (dict, NONE),
+}
+_BOOT = {
+    "passed": bool,
+    "reason": STR_OR_NONE,
+    "detail": STR_OR_NONE,
+    "seconds": NUM,
+    "time": str,
+    "expect": str,
+    "firmware": str,
+    "accel": str,
+    "screenshot": STR_OR_NONE,
+    "screenshot_format": STR_OR_NONE,
 }
 _VERDICT = {
     "level": str,
@@ -179,6 +194,14 @@ SCHEMAS: dict[str, Any] = {
     "backup": {"ok": bool, "exit_code": int, "vms": [_VM]},
     "backups list": [_BACKUP],
     "backups show": _BACKUP,
+    "verify --boot": {
+        **_BOOT,
+        "backup_id": int,
+        "uuid": str,
+        "vm": str,
+        "disks": [str],
+        "console": str,
+    },
     "backups ack": _BACKUP,
     "repo stats": {
         "backups": int,
@@ -294,6 +317,32 @@ SCHEMAS: dict[str, Any] = {
         "hole_bytes": int,
         "seconds": NUM,
         "bytes_per_second": NUM,
+    },
+    "restore vm": {
+        "backup_id": int,
+        "source_vm": str,
+        "action": str,
+        "vm": str,
+        "moref": str,
+        "replaced": STR_OR_NONE,
+        "powered_on": bool,
+        "cbt_reset": bool,
+        "seconds": NUM,
+        "bytes_written": int,
+        "notes": [str],
+        "disks": [
+            {
+                "disk": str,
+                "target": str,
+                "transport": str,
+                "mode": str,
+                "size": int,
+                "bytes_written": int,
+                "bytes_zeroed": int,
+                "seconds": NUM,
+                "reason": str,
+            }
+        ],
     },
     "restore file": {
         "target": str,

@@ -28,11 +28,17 @@ def enable(vc: VCenter, vm_moref: str, vm_name: str) -> None:
 
 
 def changed_areas(
-    vc: VCenter, vm_moref: str, snapshot_moref: str, disk_key: int, capacity: int, change_id: str
+    vc: VCenter,
+    vm_moref: str,
+    snapshot_moref: str | None,
+    disk_key: int,
+    capacity: int,
+    change_id: str,
 ) -> tuple[Extent, ...]:
-    """Every extent changed since ``change_id`` up to the snapshot (a superset is allowed)."""
+    """Every extent changed since ``change_id`` up to the snapshot (a superset is allowed);
+    with no snapshot, up to the current state of a powered-off VM's disk."""
     vm = vc.ref(vim.VirtualMachine, vm_moref)
-    snap = vc.ref(vim.vm.Snapshot, snapshot_moref)
+    snap = vc.ref(vim.vm.Snapshot, snapshot_moref) if snapshot_moref else None
     offset, found = 0, []
     while offset < capacity:
         try:
