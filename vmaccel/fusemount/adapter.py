@@ -26,7 +26,8 @@ from typing import Any, ParamSpec, TypeVar
 
 from vmaccel.fusemount.errors import to_errno
 from vmaccel.fusemount.openfiles import OpenFiles
-from vmaccel.fusemount.tree import Kind, VirtualTree
+from vmaccel.fusemount.scratch import Scratch
+from vmaccel.fusemount.tree import Kind, PathNotFound, VirtualTree
 from vmaccel.guestfs.errors import GuestFsError
 from vmaccel.vocabulary.errors import DamageError, VmaccelError
 
@@ -64,7 +65,9 @@ class TreeOperations:
     to 1 MiB, with no double caching of data the image reader caches already); small files
     (descriptors, ``vm.json``, guest files) always use the page cache.
     ``writable``: image files take writes into their overlays (``files`` must open images as
-    :class:`~vmaccel.fusemount.overlay.OverlayImage`).
+    :class:`~vmaccel.fusemount.overlay.OverlayImage`). ``scratch`` (writable mounts served to
+    a hypervisor): backup directories also take new files (:mod:`vmaccel.fusemount.scratch`);
+    every path the tree does not know below a backup directory is a scratch path.
     """
 
     use_ns = True  # mfusepy: times in integer nanoseconds
@@ -76,16 +79,42 @@ class TreeOperations:
         keep_cache: bool = True,
         direct_io: bool = True,
         writable: bool = False,
+        scratch: Scratch | None = None,
     ) -> None:
         self.tree, self.files, self.guest = tree, files, tree.guest
         self.keep_cache, self.direct_io, self.writable = keep_cache, direct_io, writable
+        self.scratch = scratch if writable else None
+
+    def _scratch_path(self, path: str) -> Scratch | None:
+        """The scratch store if ``path`` is a scratch path (not the tree's), else None."""
+        if self.scratch is None or self.scratch.real(path) is None:
+            return None
+        try:
+            self.tree.lookup(path)
+        except PathNotFound:
+            return self.scratch
+        return None
+
+    def _no_tree_name(self, path: str) -> Scratch:
+        """The scratch store for creating ``path``: EEXIST for the backup's own names."""
+        scratch = self._scratch_path(path)
+        if scratch is None:
+            if self.scratch is not None and self.scratch.real(path) is not None:
+                raise OSError(errno.EEXIST, "a file of the backup has that name")
+            raise OSError(errno.EROFS, "read-only")
+        return scratch
 
     @mapped
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+        scratch = self._scratch_path(path)
+        if scratch is not None:
+            return scratch.stat(path)
         node = self.tree.lookup(path)
         a = self.tree.attr(node)
         ns = int(a.mtime * 1e9)
         writable = self.writable and node.image_id is not None
+        if self.scratch is not None and node.kind is Kind.DIR and self.scratch.real(path + "/x"):
+            writable = True  # a backup directory takes scratch files
         return {
             "st_mode": a.mode | (0o200 if writable else 0),
             "st_size": a.size,
@@ -101,7 +130,13 @@ class TreeOperations:
 
     @mapped
     def readdir(self, path: str, fh: int) -> list[str]:
-        return [".", "..", *self.tree.listdir(path)]
+        scratch = self._scratch_path(path)
+        if scratch is not None:
+            return [".", "..", *scratch.listdir(path)]
+        names = self.tree.listdir(path)
+        if self.scratch is not None and self.scratch.real(path + "/x"):
+            names = sorted({*names, *self.scratch.listdir(path)})
+        return [".", "..", *names]
 
     @mapped
     def readlink(self, path: str) -> str:
@@ -112,6 +147,9 @@ class TreeOperations:
 
     @mapped
     def open(self, path: str, flags: int) -> int:
+        scratch = self._scratch_path(path)
+        if scratch is not None:
+            return self.files.open_stream(scratch.open(path, flags))
         node = self.tree.lookup(path)
         if flags & _WRITE_FLAGS:
             if not self.writable or node.image_id is None:
@@ -154,7 +192,51 @@ class TreeOperations:
         return 0  # durability is fsync's and release's job (see fusemount.overlay)
 
     @mapped
+    def create(self, path: str, mode: int, flags: int) -> int:
+        scratch = self._no_tree_name(path)
+        return self.files.open_stream(scratch.open(path, flags | os.O_CREAT, mode))
+
+    @mapped
+    def unlink(self, path: str) -> int:
+        self._tree_name_is_permanent(path).unlink(path)
+        return 0
+
+    @mapped
+    def mkdir(self, path: str, mode: int) -> int:
+        self._no_tree_name(path).mkdir(path, mode)
+        return 0
+
+    @mapped
+    def rmdir(self, path: str) -> int:
+        self._tree_name_is_permanent(path).rmdir(path)
+        return 0
+
+    @mapped
+    def rename(self, old: str, new: str) -> int:
+        scratch = self._tree_name_is_permanent(old)
+        if self._scratch_path(new) is None:
+            raise OSError(errno.EPERM, "the backup's files cannot be replaced")
+        scratch.rename(old, new)
+        return 0
+
+    @mapped
+    def chmod(self, path: str, mode: int) -> int:
+        self._tree_name_is_permanent(path).chmod(path, mode)
+        return 0
+
+    def _tree_name_is_permanent(self, path: str) -> Scratch:
+        scratch = self._scratch_path(path)
+        if scratch is None:
+            raise OSError(errno.EPERM if self.scratch else errno.EROFS,
+                          "the backup's files cannot be removed or changed")
+        return scratch
+
+    @mapped
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+        scratch = self._scratch_path(path)
+        if scratch is not None:
+            scratch.truncate(path, length)
+            return 0
         node = self.tree.lookup(path)
         if not self.writable or node.image_id is None:
             raise OSError(errno.EROFS, "read-only")
@@ -164,6 +246,10 @@ class TreeOperations:
 
     @mapped
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        scratch = self._scratch_path(path)
+        if scratch is not None:
+            scratch.utimens(path, times)
+            return 0
         node = self.tree.lookup(path)
         if not self.writable or node.image_id is None:
             raise OSError(errno.EROFS, "read-only")

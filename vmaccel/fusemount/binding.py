@@ -50,6 +50,7 @@ class FuseOptions:
     negative_timeout: float = 0.0
     debug: bool = False
     read_only: bool = True
+    noforget: bool = False  # keep every node id for the process's life (NFS export)
 
     def as_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -68,6 +69,8 @@ class FuseOptions:
             kw["allow_other"] = True
         if self.debug:
             kw["debug"] = True
+        if self.noforget:
+            kw["noforget"] = True
         return kw
 
 

@@ -36,6 +36,7 @@ from vmaccel.fusemount.guestfiles import GuestFiles
 from vmaccel.fusemount.openfiles import OpenFiles
 from vmaccel.fusemount.overlay import OverlayError, OverlayImage, OverlaySet
 from vmaccel.fusemount.repoview import RepositoryView
+from vmaccel.fusemount.scratch import Scratch
 from vmaccel.fusemount.source import ImageStream
 from vmaccel.fusemount.tree import VirtualTree
 from vmaccel.vocabulary.errors import MountError, MountpointError
@@ -52,7 +53,12 @@ class MountOptions:
     ``readahead_kib`` is the kernel read-ahead to ask for (0: leave the kernel default).
     ``direct_io`` applies to image files only (measured: 0.87x the in-process reader's rate
     with it, 0.64x through the page cache); other files always use the page cache.
-    ``overlay_dir`` makes image files writable (see the module docstring)."""
+    ``overlay_dir`` makes image files writable (see the module docstring). ``nfs_export``:
+    the mount is served over NFS (instant recovery), so libfuse never forgets a node id
+    (``noforget``): an NFS file handle names a node id, and a forgotten one would make the
+    client's handle stale (ESTALE). The cost is one node per path ever looked up. With an
+    overlay, backup directories then also take new files (the hypervisor's lock files), kept
+    in ``<overlay_dir>/scratch`` (:mod:`vmaccel.fusemount.scratch`)."""
 
     vm: str | None = None
     backup_id: int | None = None
@@ -66,6 +72,7 @@ class MountOptions:
     guest_files: bool = True
     overlay_dir: Path | None = None
     keep_overlay: bool = False
+    nfs_export: bool = False
 
 
 def check_mountpoint(mountpoint: Path) -> None:
@@ -95,13 +102,16 @@ def serve(repo: Repository, mountpoint: Path, options: MountOptions) -> None:
             return OverlayImage(view.open_image(image_id), ov, image_id)
 
         files = OpenFiles(writable_image)
+    scratch = None
+    if overlays is not None and options.nfs_export:
+        scratch = Scratch(overlays.directory / "scratch")
     ops = TreeOperations(
         tree, files, keep_cache=options.keep_cache, direct_io=options.direct_io,
-        writable=overlays is not None,
+        writable=overlays is not None, scratch=scratch,
     )
     fuse_options = FuseOptions(
         fsname=f"vmaccel:{repo.path}", allow_other=options.allow_other, debug=options.debug,
-        read_only=overlays is None,
+        read_only=overlays is None, noforget=options.nfs_export,
     )
     if options.readahead_kib:
         threading.Thread(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from vmaccel.fusemount.overlay import OverlayImage
+from vmaccel.fusemount.scratch import ScratchFile
 from vmaccel.fusemount.source import ImageStream
 
 logger = logging.getLogger(__name__)
@@ -102,14 +103,14 @@ class OpenFiles:
 
         Raises ``OSError(EROFS)`` for any other handle."""
         stream = self._handles[fh].stream
-        if not isinstance(stream, OverlayImage):
+        if not isinstance(stream, OverlayImage | ScratchFile):
             raise OSError(errno.EROFS, "only image files of a --writable mount take writes")
         return stream.write(offset, data)
 
     def sync(self, fh: int) -> None:
         """Make the writes through ``fh`` durable (a no-op for read-only handles)."""
         stream = self._handles[fh].stream
-        if isinstance(stream, OverlayImage):
+        if isinstance(stream, OverlayImage | ScratchFile):
             stream.sync()
 
     def is_image(self, fh: int) -> bool:
