@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,7 +11,7 @@ from rich.table import Table
 from vmaccel.cli.options import BackupArg, JsonOpt, RepoOpt
 from vmaccel.cli.output import console, print_json, say
 from vmaccel.cli.settings import context
-from vmaccel.service import backups
+from vmaccel.service import backups, bootcheck
 from vmaccel.vocabulary.units import format_bytes
 
 app = typer.Typer(help="List and inspect backups.", no_args_is_help=True)
@@ -49,9 +50,24 @@ def list_backups(
 
 
 @app.command("show")
-def show(backup: BackupArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
-    """One backup in detail: its images, modes, changeIds and metadata."""
+def show(
+    backup: BackupArg,
+    repo: RepoOpt = None,
+    screenshot: Annotated[
+        Path | None,
+        typer.Option(
+            "--screenshot",
+            metavar="FILE",
+            help="Also write the screen of the last boot test (verify --boot) to FILE.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One backup in detail: its images, modes, changeIds, metadata and last boot test."""
     b = backups.show_backup(context(repo), backup)
+    if screenshot is not None:
+        image, _ = bootcheck.load_screenshot(context(repo), str(b.backup.id))
+        screenshot.write_bytes(image)
     if as_json:
         print_json(b.to_dict())
         return
@@ -65,6 +81,7 @@ def show(backup: BackupArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> N
     verdict = b.backup.meta.verdict
     for reason in verdict.reasons if verdict is not None else ():
         say(f"    {reason}")
+    say(f"  boot test: {_boot(b)}")
 
 
 @app.command("ack")
@@ -84,3 +101,14 @@ def _verdict(b: backups.BackupDetail) -> str:
         return "-"
     word = meta.verdict.level + (" (learning)" if meta.verdict.learning else "")
     return f"{word}, acked {meta.acked}" if meta.acked else word
+
+
+def _boot(b: backups.BackupDetail) -> str:
+    """The last boot test in one line (``-`` when the backup was never boot-tested)."""
+    check = b.backup.meta.boot
+    if check is None:
+        return "-"
+    how = f"{check.firmware}, {check.accel}, {check.time}"
+    if check.passed:
+        return f"booted, marker after {check.seconds:.1f} s ({how})"
+    return f"did not boot: {check.reason} after {check.seconds:.1f} s ({how}): {check.detail}"

@@ -9,18 +9,59 @@ import typer
 from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from vmaccel.cli.output import emit
 from vmaccel.cli.settings import context
-from vmaccel.service import maintenance
-from vmaccel.vocabulary.errors import DamageError, NoSpaceLeft
+from vmaccel.plugin.boot.console import DEFAULT_MARKER
+from vmaccel.service import bootcheck, maintenance
+from vmaccel.vocabulary.errors import BootFailed, DamageError, NoSpaceLeft, UsageError
 
 _Keep = Annotated[int, typer.Option(min=0, show_default=False)]
+_BootOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--boot",
+        metavar="BACKUP",
+        help="Boot this restore point under qemu (ID, VM@latest, ...) and record the outcome.",
+        show_default=False,
+    ),
+]
+_TimeoutOpt = Annotated[
+    float,
+    typer.Option("--timeout", min=1.0, metavar="SECONDS", help="--boot: wait this long."),
+]
+_ExpectOpt = Annotated[
+    str,
+    typer.Option(
+        "--expect", metavar="REGEX", help="--boot: the serial-console text that means booted."
+    ),
+]
+_AccelOpt = Annotated[
+    str,
+    typer.Option("--accel", help="--boot: auto (KVM when usable, else TCG), kvm or tcg."),
+]
 
 
 def verify(
     repo: RepoOpt = None,
     full: Annotated[bool, typer.Option("--full", help="Re-read and re-hash every chunk.")] = False,
+    boot: _BootOpt = None,
+    timeout: _TimeoutOpt = 300.0,
+    expect: _ExpectOpt = DEFAULT_MARKER,
+    accel: _AccelOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Check the repository; exit non-zero and name what is damaged when anything is."""
+    """Check the repository; exit non-zero and name what is damaged when anything is.
+
+    With --boot BACKUP, boot that restore point instead (read-only, under qemu) and record
+    with it whether the marker appeared, how fast, and a screenshot; exit 16 when it did
+    not boot."""
+    if boot is not None:
+        if full:
+            raise UsageError("--full checks the repository; --boot boots one backup: pick one")
+        request = bootcheck.BootRequest(boot, timeout, expect, accel)
+        booted = bootcheck.verify_boot(context(repo), request)
+        emit(booted, as_json)
+        if not booted.passed:
+            raise typer.Exit(BootFailed.exit_code)
+        return
     report = maintenance.verify(context(repo), full=full)
     emit(report, as_json)
     if not report.ok:

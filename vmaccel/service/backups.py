@@ -54,6 +54,8 @@ class BackupDetail:
         verdict = self.backup.meta.verdict
         doc["verdict"] = verdict.to_json() if verdict is not None else None
         doc["acked"] = self.backup.meta.acked
+        boot = self.backup.meta.boot
+        doc["boot"] = boot.to_json() if boot is not None else None
         doc["images"] = [
             {k: v for k, v in i.to_json().items() if k not in _INTERNAL} for i in self.images
         ]

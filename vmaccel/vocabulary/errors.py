@@ -33,6 +33,8 @@ EXIT_CODES = MappingProxyType(
         13: "the server certificate does not match the pinned thumbprint",
         14: "an operating-system call failed (path, permission, I/O error)",
         15: "a filesystem or quota is full",
+        16: "a restore point did not boot (verify --boot): no bootable disk, panic, timeout",
+        17: "a boot test could not run (qemu or OVMF missing, qemu failed)",
         130: "interrupted (Ctrl-C, SIGTERM or SIGHUP): snapshot removed, nothing partial recorded",
     }
 )
@@ -258,6 +260,19 @@ class Interrupted(VmaccelError):
 
     exit_code = 130
     errno = _errno.EINTR
+
+
+class BootFailed(VmaccelError):
+    """A restore point did not boot under test: no bootable disk, a kernel panic, the guest
+    stopping, or no marker before the timeout (the message says which)."""
+
+    exit_code = 16
+
+
+class BootTestError(VmaccelError):
+    """A boot test could not run: qemu or the firmware is missing, or qemu failed."""
+
+    exit_code = 17
 
 
 class GuestDataError(VmaccelError):
