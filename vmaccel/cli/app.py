@@ -27,11 +27,16 @@ from vmaccel.cli import (
     backup,
     backups,
     files,
+    instant,
+    jobs,
     maintenance,
     mount,
+    policy,
     repo,
     restore,
+    serve,
     signals,
+    token,
     vcenter,
 )
 from vmaccel.cli.output import err_console
@@ -53,6 +58,11 @@ maintenance.register(app)
 mount.register(app)
 app.add_typer(restore.app, name="restore")
 app.add_typer(files.app, name="files")
+app.add_typer(policy.app, name="policy")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(token.app, name="token")
+app.add_typer(instant.app, name="instant")
+serve.register(app)
 
 
 @app.callback()
