@@ -49,12 +49,16 @@ def finished_runs(repo: Path, policy: str) -> list[JobDetail]:
 
 
 @contextlib.contextmanager
-def serve(repo: Path, log: Path, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`vmaccel serve` (scheduler only, fast tick, no gc/verify) until the block ends: then
-    SIGTERM and wait (kill -9 if it does not stop in 60 s)."""
+def serve(
+    repo: Path, log: Path, *extra: str, listen: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`vmaccel serve` (scheduler only unless ``listen`` says where the REST API listens;
+    fast tick, no gc/verify) until the block ends: then SIGTERM and wait (kill -9 if it does
+    not stop in 60 s)."""
+    api = ["--listen", listen] if listen else ["--no-api"]
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [str(VMACCEL), "serve", "--repo", str(repo), "--no-api", "--tick", "0.3",
+            [str(VMACCEL), "serve", "--repo", str(repo), *api, "--tick", "0.3",
              "--stop-timeout", "20", "--gc-schedule", "off", "--verify-schedule", "off",
              *extra],
             stdout=out, stderr=subprocess.STDOUT,

@@ -14,8 +14,8 @@ import pytest
 from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.daemon.checks import Checks
 from vmaccel.daemon.notify import Notice, Notifier
-from vmaccel.daemon.runner import Runner
 from vmaccel.daemon.scheduler import Scheduler, ServeOptions
+from vmaccel.daemon.workers import Workers
 from vmaccel.service.context import Context
 from vmaccel.service.jobs import catalog, list_jobs
 from vmaccel.service.policies import add_policy, edit_policy, list_policies
@@ -43,7 +43,7 @@ def _scheduler(ctx: Context, clock: Clock) -> Scheduler:
     stopped = threading.Event()
     stopped.set()  # queue only: no run starts, no maintenance
     options = ServeOptions(gc_schedule=None, verify_schedule=None)
-    return Scheduler(ctx, options, Runner(ctx, "test:1", stopped), clock)
+    return Scheduler(ctx, options, Workers(ctx, options.limits), stopped, clock=clock)
 
 
 def _end(ctx: Context, job_id: int) -> None:

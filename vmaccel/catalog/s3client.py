@@ -21,19 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    NoCredentialsError,
-    ReadTimeoutError,
-)
-from botocore.exceptions import (
-    ConnectionError as BotoConnectionError,
-)
+from typing import TYPE_CHECKING, Any
 
 from vmaccel.catalog.objectstore import (
     ObjectExists,
@@ -43,11 +31,15 @@ from vmaccel.catalog.objectstore import (
 )
 from vmaccel.vocabulary.errors import RepositoryError, RepositoryNotFound, UsageError
 
+if TYPE_CHECKING:  # boto3 and botocore load when an S3 store is first used (~0.3 s, ~7 MiB)
+    from botocore.exceptions import ClientError
+
 MAX_ATTEMPTS = 5
 MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchVersion"}
 DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
           "ExpiredToken", "InvalidToken", "AllAccessDisabled"}  # fmt: skip
 EXISTS = {"PreconditionFailed", "412"}
+PART_SIZE = 16 * 1024 * 1024  # bytes per multipart part (and the single-PUT limit)
 
 
 @dataclass(frozen=True)
@@ -83,6 +75,9 @@ class S3Location:
 
 def make_client(where: S3Location, max_attempts: int = MAX_ATTEMPTS) -> Any:
     """A thread-safe boto3 S3 client for ``where`` (see the module docstring)."""
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         region_name=where.region,
         retries={"mode": "standard", "max_attempts": max_attempts},
@@ -103,6 +98,9 @@ def error_code(exc: ClientError) -> str:
 @contextmanager
 def s3_errors(where: S3Location, key: str = "") -> Iterator[None]:
     """Map boto errors of a request on ``key`` (for messages) onto the error tree."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ReadTimeoutError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     name = f"{where.url}/{key}" if key else where.url
     try:
         yield

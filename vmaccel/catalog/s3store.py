@@ -49,14 +49,19 @@ from vmaccel.catalog.objectstore import (
     check_key,
 )
 from vmaccel.catalog.readcache import ReadCache
-from vmaccel.catalog.s3client import S3Location, error_code, make_client, s3_errors
+from vmaccel.catalog.s3client import (
+    PART_SIZE,
+    S3Location,
+    error_code,
+    make_client,
+    s3_errors,
+)
 from vmaccel.catalog.s3lock import LockPolicy, RetentionBook
 from vmaccel.catalog.s3upload import S3Upload
 from vmaccel.vocabulary.errors import RepositoryError
 
 logger = logging.getLogger(__name__)
 
-PART_SIZE = 16 * 1024 * 1024  # bytes per multipart part (and the single-PUT limit)
 UPLOAD_THREADS = 4
 PENDING = ".pending/"
 

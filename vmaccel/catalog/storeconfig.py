@@ -19,16 +19,18 @@ import json
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmaccel.catalog.durable import PRIVATE_DIR, make_private_dir, write_file_durably
 from vmaccel.catalog.localstore import LocalObjectStore
 from vmaccel.catalog.objectstore import ObjectExists, ObjectStore
 from vmaccel.catalog.readcache import ReadCache
-from vmaccel.catalog.s3client import S3Location, s3_errors
+from vmaccel.catalog.s3client import PART_SIZE, S3Location, s3_errors
 from vmaccel.catalog.s3lock import LockPolicy, RetentionBook
-from vmaccel.catalog.s3store import PART_SIZE, S3ObjectStore
 from vmaccel.vocabulary.errors import RepositoryError, RepositoryExists, UsageError
+
+if TYPE_CHECKING:  # the S3 store (and boto3) load only when an S3 repository is opened
+    from vmaccel.catalog.s3store import S3ObjectStore
 
 FILE = "store.json"
 DEFAULT_CACHE_BYTES = 1024**3
@@ -91,6 +93,8 @@ def save_spec(path: Path, spec: StoreSpec) -> None:
 
 def s3_store(path: Path, spec: StoreSpec) -> S3ObjectStore:
     """The S3 store ``spec`` names, with its local parts in the directory ``path``."""
+    from vmaccel.catalog.s3store import S3ObjectStore
+
     cache = ReadCache(path / "cache", spec.cache_bytes) if spec.cache_bytes else None
     lock = spec.lock
     book = RetentionBook(path / "locks.json") if lock else None
@@ -106,6 +110,8 @@ def prepare_store(path: Path, spec: StoreSpec | None, layout: tuple[str, ...]) -
         local = LocalObjectStore(path)
         local.make_layout(layout)
         return local
+    from vmaccel.catalog.s3store import S3ObjectStore
+
     bare = S3ObjectStore(spec.location, path / "staging", spec.lock)
     probe(bare)
     if next(bare.list_prefix(""), None) is not None:

@@ -166,7 +166,7 @@ def test(name: _NameArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> None
 def run(
     name: _NameArg,
     queue: Annotated[
-        bool, typer.Option("--queue", help="Leave the run to the daemon (next tick).")
+        bool, typer.Option("--queue", help="Leave the run to the daemon (it starts it at once).")
     ] = False,
     repo: RepoOpt = None,
     as_json: JsonOpt = False,

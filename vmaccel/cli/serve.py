@@ -155,7 +155,7 @@ def serve(
     limits = Limits(max_per_datastore, max_per_host, max_per_vcenter)
     options = ServeOptions(tick=tick, stop_timeout=stop_timeout, gc_schedule=_cron(gc_schedule),
                            verify_schedule=_cron(verify_schedule), limits=limits)  # fmt: skip
-    daemon, api_stop = Daemon(ctx, options), threading.Event()
+    daemon, api_stop = Daemon(ctx, options, log_json), threading.Event()
     failed: list[VmaccelError] = []
     api: list[threading.Thread] = []
 

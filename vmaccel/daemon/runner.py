@@ -71,8 +71,9 @@ def _back_up(session: PolicySession, vm: VmRef, rescan: bool) -> VmReport:
 
 
 class Runner:
-    """Runs claimed policy jobs; one :class:`Runner` per daemon. ``stopping`` is the
-    daemon's stop flag (no new VM starts once set)."""
+    """Runs claimed policy jobs; one :class:`Runner` per worker process of the daemon
+    (:mod:`vmaccel.daemon.worker`) or per ``policy run``. ``stopping`` is the stop flag (no
+    new VM starts once set)."""
 
     def __init__(
         self,

@@ -2,8 +2,11 @@
 
 Every ``tick`` seconds it reads the policies, queues a run for each enabled policy whose
 schedule time has come (one queued or running run per policy at most: the job table says so,
-in one transaction), starts every queued run in its own thread (manual runs from ``policy
-run`` / the API too), and runs gc and ``verify --full`` on their own schedules.
+in one transaction), starts every queued run in a worker process of its own
+(:mod:`vmaccel.daemon.workers`), and runs gc and ``verify --full`` on their own schedules.
+Between passes, :meth:`Scheduler.start_queued` starts runs queued meanwhile (``policy run
+--queue``, the API's run-now): it reads only the queued jobs, so the daemon calls it every
+second or at once when a run is queued in its own process.
 
 Catch-up (documented in the README): on start-up, a policy whose latest schedule time passed
 while no daemon ran (later than the schedule time of its last queued run) gets that one run,
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 
 from vmaccel.catalog.index.jobs import QUEUED
 from vmaccel.catalog.index.protocols import JobIndex
-from vmaccel.daemon.runner import Runner
+from vmaccel.daemon.workers import Workers
 from vmaccel.service import maintenance
 from vmaccel.service.context import Context
 from vmaccel.service.jobbook import queue_run
@@ -59,11 +62,17 @@ class Scheduler:
         self,
         ctx: Context,
         options: ServeOptions,
-        runner: Runner,
+        workers: Workers,
+        stopping: threading.Event,
+        held: set[int] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.ctx, self.options, self.runner, self.clock = ctx, options, runner, clock
-        self.threads: dict[str, threading.Thread] = {}  # policy -> its running run
+        self.ctx, self.options, self.workers, self.clock = ctx, options, workers, clock
+        self.stopping = stopping  # set: no run starts, no maintenance
+        self.policies: dict[str, PolicyRecord] = {}  # as read by the latest pass
+        # queued jobs that only the next pass starts again (their worker failed before its
+        # claim: a catalog busy, ...), so a failing start is not repeated every second
+        self.held = held if held is not None else set()
         self._fired: dict[tuple[str, str, str], float] = {}  # (policy, cron, tz) -> time
         self._maintenance: dict[str, float] = {}
         self._started = False
@@ -72,19 +81,31 @@ class Scheduler:
         """One pass: queue due runs, start queued ones, run due maintenance; returns the
         policies as read in this pass."""
         now = self.clock()
-        policies = self._policies()
+        policies = self.policies = self._policies()
         with catalog(self.ctx) as r:
             for record in policies.values():
                 if record.policy.enabled:
                     self._queue_if_due(r.index, record, now)
             queued = r.index.jobs(None, (QUEUED,), 1000)
+        self.held.clear()
         for job in reversed(queued):  # oldest first
             self._start(job.id, job.policy, policies)
         self._started = True
-        self._reap()
-        if not self.runner.stopping.is_set():
+        if not self.stopping.is_set():
             self._maintain(now)
         return policies
+
+    def start_queued(self) -> None:
+        """Start the runs queued since the last pass (a policy added meanwhile is read)."""
+        if self.stopping.is_set():
+            return
+        with catalog(self.ctx) as r:
+            queued = [j for j in r.index.jobs(None, (QUEUED,), 1000) if j.id not in self.held
+                      and j.policy is not None and not self.workers.busy(j.policy)]  # fmt: skip
+        if any(j.policy not in self.policies for j in queued):
+            self.policies = self._policies()
+        for job in reversed(queued):
+            self._start(job.id, job.policy, self.policies)
 
     def _policies(self) -> dict[str, PolicyRecord]:
         from vmaccel.service.policies import list_policies
@@ -124,7 +145,7 @@ class Scheduler:
         return last
 
     def _start(self, job_id: int, name: str | None, policies: dict[str, PolicyRecord]) -> None:
-        if self.runner.stopping.is_set() or name is None or name in self.threads:
+        if self.stopping.is_set() or name is None or self.workers.busy(name):
             return
         record = policies.get(name)
         if record is None:
@@ -132,24 +153,10 @@ class Scheduler:
 
             cancel_job(self.ctx, job_id)  # its policy was removed meanwhile
             return
-        thread = threading.Thread(
-            target=self._run, args=(record, job_id), name=f"policy-{name}", daemon=True
-        )
-        self.threads[name] = thread
-        thread.start()
-
-    def _run(self, record: PolicyRecord, job_id: int) -> None:
         try:
-            job = self.runner.run(record.policy, job_id)
-            if job is not None:
-                logger.info("policy %s: run %d ended %s", record.policy.name, job.id, job.state)
-        except VmaccelError as exc:
-            logger.error("policy %s: run %d failed: %s", record.policy.name, job_id, exc)
-
-    def _reap(self) -> None:
-        for name, thread in list(self.threads.items()):
-            if not thread.is_alive():
-                del self.threads[name]
+            self.workers.start_run(record.policy, job_id)
+        except OSError as exc:  # no memory, no processes left: the next pass tries again
+            logger.error("policy %s: cannot start a worker for run %d: %s", name, job_id, exc)
 
     def _maintain(self, now: float) -> None:
         """gc and verify --full when their schedule time has come (in this thread: the
@@ -172,11 +179,3 @@ class Scheduler:
                     log("verify --full: %s", checked.summary()[-1])
             except VmaccelError as exc:
                 logger.error("%s failed: %s", what, exc)
-
-    def wait_runs(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for every run thread; True when all ended."""
-        deadline = time.monotonic() + timeout
-        for thread in list(self.threads.values()):
-            thread.join(max(0.0, deadline - time.monotonic()))
-        self._reap()
-        return not self.threads

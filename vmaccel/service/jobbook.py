@@ -32,6 +32,15 @@ from vmaccel.vocabulary.errors import Interrupted
 
 logger = logging.getLogger(__name__)
 INTERRUPTED_EXIT = Interrupted.exit_code
+_on_queued: list[Callable[[], None]] = []
+
+
+def on_queued(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call ``listener`` (from the queuing thread; it must only set a flag) whenever a run is
+    queued in this process, so the daemon starts API run-now requests at once. Returns the
+    function that removes it."""
+    _on_queued.append(listener)
+    return lambda: _on_queued.remove(listener)
 
 
 def queue_run(
@@ -46,6 +55,9 @@ def queue_run(
                                                            time.time())  # fmt: skip
     row = index.job(job_id)
     assert row is not None  # noqa: S101 - just read or written
+    if not active:
+        for listener in list(_on_queued):
+            listener()
     return JobRecord.of(row), not active
 
 

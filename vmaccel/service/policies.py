@@ -246,8 +246,9 @@ def apply_policies(
 
 
 def run_policy_now(ctx: Context, name: str, who: str = "cli") -> JobRecord:
-    """Queue a manual run of ``name``: the daemon starts it at its next tick (one run of a
-    policy at a time: a run already queued or running is returned instead)."""
+    """Queue a manual run of ``name``: a daemon in this process is woken at once, one in
+    another process sees the queued job within about a second (one run of a policy at a
+    time: a run already queued or running is returned instead)."""
     from vmaccel.service.jobbook import queue_run
 
     with catalog(ctx) as r:
