@@ -7,7 +7,10 @@ lease's place in one global order (ids only grow, never reused). Releasing: the 
 deleted, the file unlinked, the ``flock`` dropped, in that order.
 
 A lease is *live* iff its file exists and its ``flock`` is held (a non-blocking ``LOCK_SH``
-on it fails). ``flock`` dies with its process, so the lease of a killed writer is *stale*:
+on it fails). On a PostgreSQL catalog, shared by machines that cannot see each other's
+``flock``, the holder also takes the session advisory lock ``lease:<name>`` before its row
+exists, and a lease is live iff some session holds that lock (catalog.catalogdb).
+``flock`` and sessions die with their process, so the lease of a killed writer is *stale*:
 :func:`survey` (run by gc, and by each new lease holder) deletes stale rows and their files.
 Lock files with no row (a writer killed between the file and the row) are deleted once
 nobody holds them and they are older than :data:`ORPHAN_AGE` seconds.
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from vmaccel.catalog.catalogdb import HeldLock, SharedLocks
 from vmaccel.catalog.durable import create_private_file, make_private_dir
 from vmaccel.catalog.index import LeaseIndex, LeaseRow
 from vmaccel.catalog.lock import FileLock
@@ -81,6 +85,7 @@ class Lease:
         self.name = secrets.token_hex(16)
         self.id = 0
         self._fd: int | None = None
+        self._session: HeldLock | None = None  # lease:<name> on a PostgreSQL catalog
 
     def acquire(self) -> int:
         """Take the lease; returns its id. The ``flock`` is held before the row exists, so a
@@ -89,6 +94,10 @@ class Lease:
         fd = create_private_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: nobody else has it
+            if isinstance(self.index, SharedLocks):
+                session = self.index.session_lock(f"lease:{self.name}", "writer")
+                session.acquire()
+                self._session = session
             with self.index.writing():
                 self.id = self.index.add_lease(
                     self.name, time.time(), os.getpid(), socket.gethostname(), self.what
@@ -96,6 +105,7 @@ class Lease:
         except BaseException:
             path.unlink(missing_ok=True)
             os.close(fd)
+            self._drop_session()
             raise
         self._fd = fd
         survey(self.index, self.repo_path)  # the next lease holder clears stale leases
@@ -118,6 +128,12 @@ class Lease:
         finally:
             os.close(self._fd)  # drops the flock: the lease is over even if the above failed
             self._fd = None
+            self._drop_session()
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.release()
+            self._session = None
 
     def __enter__(self) -> Lease:
         self.acquire()
@@ -151,7 +167,7 @@ def survey(index: LeaseIndex, repo_path: Path) -> LeaseSurvey:
     last_id = index.last_lease_id()  # first: a lease issued after it has a greater id
     rows = index.leases()
     directory = repo_path / LEASES
-    live = [r for r in rows if is_held(directory / r.name)]
+    live = [r for r in rows if _is_live(index, directory, r)]
     stale = [r for r in rows if r not in live]
     if stale:
         with index.writing():
@@ -166,6 +182,12 @@ def survey(index: LeaseIndex, repo_path: Path) -> LeaseSurvey:
             (directory / r.name).unlink(missing_ok=True)
     _clear_orphan_files(directory, {r.name for r in rows})
     return LeaseSurvey(last_id, tuple(live), len(stale))
+
+
+def _is_live(index: LeaseIndex, directory: Path, row: LeaseRow) -> bool:
+    if isinstance(index, SharedLocks):
+        return index.lock_held(f"lease:{row.name}")
+    return is_held(directory / row.name)
 
 
 def _clear_orphan_files(directory: Path, named: set[str]) -> None:

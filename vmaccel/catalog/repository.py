@@ -6,7 +6,8 @@ index and the lock files are local files of their own)::
 
     config          object: settings and format version (see catalog.config), written once
     key             object: the wrapped master key (repokey repositories only), mode 0600
-    index.db        the SQLite catalog (WAL mode)
+    index.db        the SQLite catalog (WAL mode); catalog.json instead names a PostgreSQL
+                    one (catalog.catalogdb), which many machines may share
     packs/          objects: pack files (see catalog.pack), named by catalog.packstore;
                     packs/tmp/ holds the store's staged uploads
     backups/        objects: one manifest per complete backup (see catalog.manifest)
@@ -32,12 +33,14 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from vmaccel.catalog.backup import BackupWriter
 from vmaccel.catalog.blockmap import BlockMap, MapRoot
+from vmaccel.catalog.catalogdb import HeldLock, create_catalog, open_index, shared_lock, with_shared
 from vmaccel.catalog.chunkstore import ChunkStore
 from vmaccel.catalog.codec import ChunkCodec
 from vmaccel.catalog.config import OBJECT as CONFIG_OBJECT
@@ -51,7 +54,6 @@ from vmaccel.catalog.index import (
     CatalogIndex,
     FileIndex,
     ImageRow,
-    Index,
 )
 from vmaccel.catalog.key import OBJECT as KEY_OBJECT
 from vmaccel.catalog.key import MasterKey, save_key, unwrap_key
@@ -157,12 +159,13 @@ class Repository:
         self.maintenance = lock.exclusive  # holds the exclusive maintenance lock
         self.writable = lock.exclusive  # may write backups (maintenance, or a lease below)
         self.lease: Lease | None = None
+        self._shared: AbstractContextManager[Any] = nullcontext()  # catalogdb.shared_lock
         level = config.compression_level if config.compression == "zstd" else None
         self.codec = ChunkCodec(level, key)
         index_file = index_path or path / "index.db"
         if create_index and not index_file.exists():
             os.close(create_private_file(index_file))  # 0600; SQLite only opens it
-        self.index: CatalogIndex = Index(index_file, create=create_index)
+        self.index: CatalogIndex = open_index(path, index_file, create_index)
         self.packs = PackStore(self.store)
         self.chunks = ChunkStore(
             self.index, self.packs, self.codec, config.repo_id, config.pack_size
@@ -178,12 +181,13 @@ class Repository:
         config: RepositoryConfig,
         passphrase: Passphrase = None,
         store_spec: StoreSpec | None = None,
+        catalog: str | None = None,
     ) -> None:
         """Create an empty repository at ``path``: a new directory, or an existing empty one
         (anything in it, a repository or not, raises :class:`RepositoryExists` before anything
         is written). Every directory is made 0700 and every file 0600, whatever the umask.
         With ``store_spec`` the objects go to S3 (catalog.storeconfig), the rest stays in
-        ``path``."""
+        ``path``; with ``catalog`` (a postgresql:// URL) the index is that database."""
         if _holds(LocalObjectStore(path), CONFIG_OBJECT) or (path / STORE_FILE).exists():
             raise RepositoryExists(f"{path} already holds a vmaccel repository")
         if path.exists() and not path.is_dir():
@@ -196,11 +200,13 @@ class Repository:
         path.parent.mkdir(parents=True, exist_ok=True)  # the user's directories: their modes
         store = prepare_store(path, store_spec, (PACKS, MANIFESTS))  # dirs 0700 (path too)
         # The index and the lock files exist before SQLite or flock see them: they keep 0600.
-        for name in ("index.db", "lock", "writers.lock", "readers.lock"):
+        for name in ("index.db", "lock", "writers.lock", "readers.lock")[bool(catalog) :]:
             os.close(create_private_file(path / name))
         if secret is not None:
             save_key(store, MasterKey.generate(), secret, config.repo_id)
-        index = Index(path / "index.db", create=True)
+        if catalog is not None:
+            create_catalog(path, catalog)
+        index = open_index(path, path / "index.db", create=catalog is None)
         index.migrate()
         index.close()
         # The config object is written last: a directory without it is not a repository yet.
@@ -249,6 +255,8 @@ class Repository:
                 release_reserve(path)
             repo = cls(path, config, key, lock, store=store, lock_wait=lock_wait)
             if write:
+                repo._shared = shared_lock(repo.index, "maintenance", "maintenance run", wait)
+                repo._shared.__enter__()  # released by close(), after the index is closed
                 repo.index.migrate()
                 if not use_reserve:
                     repo.ensure_reserve()
@@ -313,15 +321,17 @@ class Repository:
         finally:
             self.store.close()
             self.index.close()
+            self._shared.__exit__(None, None, None)
             for lock in reversed(self._locks):
                 lock.release()
 
-    def vm_lock(self, vm: str) -> FileLock:
+    def vm_lock(self, vm: str) -> HeldLock:
         """The lock (to take as a context manager) that a backup of VM ``vm`` holds from
         choosing its parents until its backup and file-catalog work are committed: two
         backups of one VM never run at once (the second waits the ``lock_wait`` of
         :meth:`open`, then raises :class:`~vmaccel.vocabulary.errors.RepositoryLocked`)."""
-        return vm_lock(self.path, vm, self._lock_wait)
+        local, what = vm_lock(self.path, vm, self._lock_wait), f"writer backing up {vm!r}"
+        return with_shared(self.index, local, f"vm:{vm}", what, self._lock_wait)
 
     def __enter__(self) -> Repository:
         return self

@@ -45,13 +45,21 @@ def init(
         typer.Option("--object-lock", help="compliance or governance (needs --lock-days)."),
     ] = None,
     lock_days: Annotated[int, typer.Option("--lock-days", min=0, help="Object Lock days.")] = 0,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            help="postgresql://USER@HOST/DB for the catalog (password: PGPASSWORD, ~/.pgpass).",
+        ),
+    ] = None,
 ) -> None:
     """Create an empty repository (its objects in the directory, or in S3 with --store)."""
     ctx = context(repo, confirm_passphrase=True)
     spec = _store_spec(store, endpoint, region, object_lock, lock_days)
-    new = repository.NewRepository(parse_size(block_size), compression, encryption, spec)
+    new = repository.NewRepository(parse_size(block_size), compression, encryption, spec, catalog)
     config = repository.init_repository(ctx, new)
     where = f" with its objects in {spec.location.describe()}" if spec else ""
+    where += " and its catalog in PostgreSQL" if catalog else ""
     lock = f", Object Lock {object_lock} {lock_days} day(s)" if spec and spec.lock else ""
     say(
         f"initialized repository {ctx.repo}{where} (block size {config.block_size // 1024} "

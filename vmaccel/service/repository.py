@@ -16,12 +16,14 @@ from vmaccel.service.context import Context
 class NewRepository:
     """``block_size`` in bytes (a power of two, 4 KiB-4 MiB); ``compression`` as
     ``zstd[:LEVEL]`` or ``none``; ``encryption`` ``none`` or ``repokey``; ``store`` an S3
-    bucket prefix for the objects (the index stays in the directory)."""
+    bucket prefix for the objects; ``catalog`` a postgresql:// URL (no password) for the
+    index (None: the SQLite ``index.db`` in the directory)."""
 
     block_size: int
     compression: str = "zstd:3"
     encryption: str = "none"
     store: StoreSpec | None = None  # None: the objects stay in the repository directory
+    catalog: str | None = None
 
 
 def init_repository(ctx: Context, new: NewRepository) -> RepositoryConfig:
@@ -36,7 +38,7 @@ def init_repository(ctx: Context, new: NewRepository) -> RepositoryConfig:
         pack_size=DEFAULT_PACK_SIZE if new.store is None else S3_PACK_SIZE,
     )
     passphrase = ctx.passphrase if config.encrypted else None
-    Repository.init(ctx.require_repo(), config, passphrase, new.store)
+    Repository.init(ctx.require_repo(), config, passphrase, new.store, new.catalog)
     return config
 
 

@@ -24,11 +24,13 @@ _IMAGE_COLS = (
     "id, backup_id, disk, size, block_size, fanout, depth, root, parent_id, change_id, meta, stats"
 )
 _BACKUP_COLS = "id, uuid, vm, started, finished, state, meta"
-_INSERT_IMAGE = (
-    "INSERT INTO image (id, backup_id, disk, size, block_size, fanout, depth, root,"
-    " parent_id, change_id, meta, stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    " RETURNING id"
+_IMAGE_VALUES = (
+    "backup_id, disk, size, block_size, fanout, depth, root, parent_id, change_id, meta, stats)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
 )
+# A new image leaves ``id`` to the engine (PostgreSQL's identity column takes no NULL).
+_INSERT_IMAGE = f"INSERT INTO image ({_IMAGE_VALUES}) RETURNING id"
+_RESTORE_IMAGE = f"INSERT INTO image (id, {_IMAGE_VALUES}, ?) RETURNING id"
 
 
 def _dump(doc: Mapping[str, Any]) -> str:
@@ -133,7 +135,6 @@ class SqliteBackups(Connection):
         return self._insert(
             _INSERT_IMAGE,
             (
-                None,  # a new id
                 backup_id,
                 i.disk,
                 i.size,
@@ -152,7 +153,7 @@ class SqliteBackups(Connection):
         """Insert an image exactly as described, keeping its id (used by rebuild-index)."""
         r = row
         return self._insert(
-            _INSERT_IMAGE,
+            _RESTORE_IMAGE,
             (
                 r.id,
                 r.backup_id,

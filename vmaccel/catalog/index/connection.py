@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -26,6 +26,14 @@ from vmaccel.catalog.index.schema import migrations
 from vmaccel.vocabulary.errors import IndexCorrupt
 
 ID_BATCH = 500  # ids per IN (...) query: under every engine's bound-parameter limit
+
+
+class Result(Protocol):
+    """What a statement returns to the table modules (a cursor of either dialect)."""
+
+    @property
+    def rowcount(self) -> int: ...
+    def fetchone(self) -> Any: ...
 
 
 def marks(n: int) -> str:
@@ -111,7 +119,28 @@ class Connection:
             except sqlite3.DatabaseError as exc:
                 raise IndexCorrupt(f"catalog query failed: {exc}") from exc
 
-    def _execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _stream(self, sql: str, params: Sequence[Any]) -> Iterator[Any]:
+        """The rows of ``sql`` one by one, under the lock until exhausted or closed."""
+        with self._lock:
+            try:
+                yield from self._conn.execute(sql, params)
+            except sqlite3.DatabaseError as exc:
+                raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+
+    # Dialect hooks (PostgreSQL overrides them, catalog.index.pgconnection): a file path as
+    # stored (str: text, bytes: an undecodable name) as the engine binds and returns it, and
+    # the engine's spelling of SQLite's LIKE on ``f.path`` (one bound pattern, ``\`` escapes).
+
+    def _bind_path(self, value: str | bytes) -> str | bytes:
+        return value
+
+    def _column_path(self, value: Any) -> str | bytes:
+        return value  # type: ignore[no-any-return]
+
+    def _path_like(self) -> str:
+        return "f.path LIKE ? ESCAPE '\\'"
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Result:
         with self._lock:
             try:
                 return self._conn.execute(sql, params)
@@ -124,7 +153,7 @@ class Connection:
         """Run an ``INSERT ... RETURNING id``; returns the id."""
         return int(self._execute(sql, params).fetchone()[0])
 
-    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+    def _executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> Result:
         """``rowcount`` of the cursor is the sum over every row."""
         with self._lock:
             try:

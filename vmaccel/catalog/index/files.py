@@ -11,7 +11,6 @@ bytes, which is :func:`~vmaccel.catalog.index.records.path_order`: ``ORDER BY pa
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -23,7 +22,6 @@ from vmaccel.catalog.index.records import (
     PathVersion,
     VolumeListing,
 )
-from vmaccel.vocabulary.errors import IndexCorrupt
 
 _BATCH = 5000  # file entries per executemany
 _ENTRY = "path, kind, size, mtime_ns, inode, mode"
@@ -43,10 +41,6 @@ def loaded_path(value: str | bytes) -> str:
     return value if isinstance(value, str) else bytes(value).decode("utf-8", "surrogatepass")
 
 
-def _entry(row: Sequence[Any]) -> FileRecord:
-    return FileRecord(loaded_path(row[0]), *row[1:6])
-
-
 def _prefix_filter(prefix: str | None) -> tuple[str, list[Any]]:
     """A WHERE clause (and its values) keeping ``prefix`` and every path below it, in both
     storage forms (a valid directory may hold undecodable names)."""
@@ -63,6 +57,9 @@ def _prefix_filter(prefix: str | None) -> tuple[str, list[Any]]:
 
 
 class SqliteFiles(Connection):
+    def _entry(self, row: Sequence[Any]) -> FileRecord:
+        return FileRecord(loaded_path(self._column_path(row[0])), *row[1:6])
+
     def listing_by_digest(self, digest: bytes) -> int | None:
         """The id of the listing whose records hash to ``digest``, if stored."""
         found = self._query("SELECT id FROM listing WHERE digest = ?", (digest,))
@@ -80,7 +77,15 @@ class SqliteFiles(Connection):
                 "INSERT INTO file_entry (listing_id, path, kind, size, mtime_ns, inode, mode)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (listing_id, stored_path(r.path), r.kind, r.size, r.mtime_ns, r.inode, r.mode)
+                    (
+                        listing_id,
+                        self._bind_path(stored_path(r.path)),
+                        r.kind,
+                        r.size,
+                        r.mtime_ns,
+                        r.inode,
+                        r.mode,
+                    )
                     for r in records[start : start + _BATCH]
                 ],
             )
@@ -119,12 +124,8 @@ class SqliteFiles(Connection):
         lock until exhausted or closed; memory stays constant whatever the listing's size."""
         where, values = _prefix_filter(prefix)
         sql = f"SELECT {_ENTRY} FROM file_entry WHERE listing_id = ?{where} ORDER BY path"  # noqa: S608 - constant SQL only, values are bound
-        with self._lock:
-            try:
-                for row in self._conn.execute(sql, [listing_id, *values]):
-                    yield _entry(row)
-            except sqlite3.DatabaseError as exc:
-                raise IndexCorrupt(f"catalog query failed: {exc}") from exc
+        for row in self._stream(sql, [listing_id, *map(self._bind_path, values)]):
+            yield self._entry(row)
 
     def path_versions(self, path: str, vm: str | None) -> list[PathVersion]:
         """``path`` in every catalogued volume of every complete backup (of ``vm``, or all),
@@ -137,7 +138,7 @@ class SqliteFiles(Connection):
             " LEFT JOIN file_entry f ON f.listing_id = v.listing_id AND f.path = ?"
             " WHERE b.state = ?"
         )
-        params: list[Any] = [stored_path(path), COMPLETE]
+        params: list[Any] = [self._bind_path(stored_path(path)), COMPLETE]
         if vm is not None:
             sql += " AND b.vm = ?"
             params.append(vm)
@@ -149,7 +150,7 @@ class SqliteFiles(Connection):
                 float(row[2]),
                 str(row[3]),
                 str(row[4]),
-                None if row[5] is None else _entry(row[5:]),
+                None if row[5] is None else self._entry(row[5:]),
             )
             for row in self._query(sql, params)
         ]
@@ -167,10 +168,10 @@ class SqliteFiles(Connection):
         """At most ``limit`` files of complete backups whose path matches the SQL LIKE
         pattern ``like`` (``\\`` escapes), of one VM or all, oldest backup first."""
         sql = (
-            "SELECT b.id, b.vm, b.started, i.disk, v.volume, f.path, f.kind, f.size, f.mtime_ns"
+            "SELECT b.id, b.vm, b.started, i.disk, v.volume, f.path, f.kind, f.size, f.mtime_ns"  # noqa: S608 - the LIKE clause is the dialect's constant
             " FROM file_entry f JOIN image_volume v ON v.listing_id = f.listing_id"
             " JOIN image i ON i.id = v.image_id JOIN backup b ON b.id = i.backup_id"
-            " WHERE b.state = ? AND f.path LIKE ? ESCAPE '\\'"
+            f" WHERE b.state = ? AND {self._path_like()}"
         )
         params: list[Any] = [COMPLETE, like]
         if vm is not None:
@@ -179,6 +180,6 @@ class SqliteFiles(Connection):
         sql += " ORDER BY b.started, b.id, i.disk, v.volume, f.path LIMIT ?"
         params.append(limit)
         return [
-            FileHit(b, vm, t, disk, vol, loaded_path(path), kind, size, mtime)
+            FileHit(b, vm, t, disk, vol, loaded_path(self._column_path(path)), kind, size, mtime)
             for b, vm, t, disk, vol, path, kind, size, mtime in self._query(sql, params)
         ]

@@ -294,7 +294,8 @@ class SqliteJobs(Connection):
         Must run inside :meth:`writing`."""
         cur = self._execute(
             "INSERT INTO job_log (job_id, vm_job_id, at, level, message)"
-            " SELECT ?, ?, ?, ?, ? WHERE (SELECT COUNT(*) FROM job_log WHERE job_id = ?) < ?",
+            " SELECT ?, CAST(? AS BIGINT), ?, ?, ?"  # typed: PostgreSQL cannot infer a NULL
+            " WHERE (SELECT COUNT(*) FROM job_log WHERE job_id = ?) < ?",
             (job_id, vm_job_id, at, level, message, job_id, LOG_LIMIT),
         )
         return cur.rowcount == 1

@@ -34,6 +34,7 @@ from vmaccel.catalog.index.records import (
     VolumeListing,
 )
 from vmaccel.catalog.index.tokens import TokenRow
+from vmaccel.catalog.index.users import SessionRow, UserRow
 from vmaccel.catalog.pack import PackEntry
 
 
@@ -183,8 +184,31 @@ class JobIndex(Transactional, Protocol):
     def job_log(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[LogRow]: ...
 
 
+class UserIndex(Transactional, Protocol):
+    """Console users and sessions (catalog.index.users); changes in ``writing()``."""
+
+    def add_user(self, name: str, role: str, pwhash: str, created: float) -> int: ...
+    def user(self, name: str) -> UserRow | None: ...
+    def users(self) -> list[UserRow]: ...
+    def update_user(self, user_id: int, role: str, pwhash: str, changed: float) -> None: ...
+    def delete_user(self, user_id: int) -> None: ...
+    def add_session(
+        self, digest: bytes, user_id: int, csrf: str, created: float, expires: float
+    ) -> None: ...
+    def session(self, digest: bytes) -> SessionRow | None: ...
+    def delete_session(self, digest: bytes) -> None: ...
+
+
 class CatalogIndex(
-    ChunkIndex, BackupIndex, LeaseIndex, FileIndex, TokenIndex, PolicyIndex, JobIndex, Protocol
+    ChunkIndex,
+    BackupIndex,
+    LeaseIndex,
+    FileIndex,
+    TokenIndex,
+    PolicyIndex,
+    JobIndex,
+    UserIndex,
+    Protocol,
 ):
     """The whole index of one repository, and its lifetime."""
 

@@ -160,3 +160,21 @@ def _m0007(db: sqlite_utils.Database) -> None:
     # id, VM and start time of every complete backup: a covering index answers that without
     # scanning the rows (each carries kilobytes of metadata).
     db.executescript("CREATE INDEX backup_state_started ON backup(state, started, id, vm);")
+
+
+@migrations(name="0008_console_users")
+def _m0008(db: sqlite_utils.Database) -> None:
+    # Console users (catalog/index/users.py): a scrypt hash per user, never a password;
+    # sessions by the SHA-256 of their cookie value, with the CSRF token and expiry.
+    db.executescript(
+        """
+        CREATE TABLE console_user (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+            role TEXT NOT NULL, pwhash TEXT NOT NULL, created REAL NOT NULL,
+            changed REAL NOT NULL);
+        CREATE TABLE console_session (
+            digest BLOB PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES console_user(id),
+            csrf TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL);
+        CREATE INDEX console_session_user ON console_session(user_id);
+        """
+    )

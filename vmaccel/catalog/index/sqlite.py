@@ -15,6 +15,7 @@ from vmaccel.catalog.index.jobs import SqliteJobs
 from vmaccel.catalog.index.leases import SqliteLeases
 from vmaccel.catalog.index.policies import SqlitePolicies
 from vmaccel.catalog.index.tokens import SqliteTokens
+from vmaccel.catalog.index.users import SqliteUsers
 
 
 class Index(
@@ -25,6 +26,7 @@ class Index(
     SqliteTokens,
     SqlitePolicies,
     SqliteJobs,
+    SqliteUsers,
 ):
     """The catalog database of one repository (see
     :class:`~vmaccel.catalog.index.connection.Connection` for opening and thread safety)."""
