@@ -112,5 +112,10 @@ def test_pip_install_holds_one_top_level_package(tmp_path: Path) -> None:
     )  # fmt: skip
     (wheel,) = tmp_path.glob("vmaccel-*.whl")
     with zipfile.ZipFile(wheel) as zf:
-        tops = {name.split("/")[0] for name in zf.namelist()}
+        names = set(zf.namelist())
+    tops = {name.split("/")[0] for name in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"vmaccel"}
+    # the console's pages and assets ship with the package: no CDN, no build step at run time
+    console = ROOT / "vmaccel" / "console"
+    assets = [p for d in ("templates", "static") for p in (console / d).iterdir()]
+    assert assets and {f"vmaccel/console/{p.parent.name}/{p.name}" for p in assets} <= names

@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from vmaccel import console
 from vmaccel.api import errors
 from vmaccel.api.auth import FailedAttempts, ReadCaller
 from vmaccel.api.jsonbody import AsciiJSONResponse
@@ -71,6 +72,7 @@ def create_app(ctx: Context, settings: ApiSettings | None = None) -> FastAPI:
     for module in (system, backups, files, restores, policies, jobs):
         app.include_router(module.router, prefix=PREFIX)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    console.mount(app)  # the web console: /console, same port and TLS
 
     @app.get(f"{PREFIX}/openapi.json", include_in_schema=False, response_model=None)
     def openapi_document(_: ReadCaller) -> dict[str, Any]:

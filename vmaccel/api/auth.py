@@ -6,6 +6,13 @@ Every route but ``/health`` needs ``Authorization: Bearer <token>`` (a token mad
 token is 401; a wrong, revoked or malformed one is 401 and counts as a failed attempt of
 the client address; a token of too small a scope is 403.
 
+Console sessions: a request without ``Authorization`` may instead carry the web console's
+session cookie (:data:`SESSION_COOKIE`, :mod:`vmaccel.service.users`); its user's role maps
+to a scope (admin -> admin, operator -> admin without ``/tokens``, restore -> restore).
+Every request with a method other than GET/HEAD/OPTIONS must then also carry the session's
+CSRF token in :data:`CSRF_HEADER` (else 403). A cookie that names no live session is 401
+and counts as a failed attempt, like a wrong token.
+
 Failed attempts: after ``limit`` failures from one address within ``window`` seconds,
 every request from it that needs a token is refused with 429 and ``Retry-After`` (seconds,
 rounded up) until the oldest of those failures is older than the window — also with a
@@ -15,6 +22,7 @@ forgets them). Token values are never logged: only the address and the outcome a
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 import threading
@@ -28,7 +36,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vmaccel.catalog.index.tokens import TokenRow
-from vmaccel.service import tokens
+from vmaccel.service import tokens, users
 from vmaccel.service.context import Context
 
 logger = logging.getLogger(__name__)
@@ -82,12 +90,27 @@ class FailedAttempts:
         return times
 
 
+SESSION_COOKIE = "vmaccel_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 @dataclass(frozen=True)
 class Caller:
-    """The token a request was made with (never its value) and the client address."""
+    """Who made a request: the token (never its value) or the console user, and the client
+    address. Exactly one of ``token`` and ``user`` is set."""
 
-    token: TokenRow
+    token: TokenRow | None
     client: str
+    user: str | None = None
+    scope: str = "read"
+
+    @property
+    def who(self) -> str:
+        """How change records name the caller: ``api token 3``, ``console user alice``."""
+        if self.token is not None:
+            return f"api token {self.token.id}"
+        return f"console user {self.user}"
 
 
 def api_context(request: Request) -> Context:
@@ -116,22 +139,48 @@ def require(scope: str) -> Callable[..., Caller]:
                 "too many failed authentication attempts from this address; retry later",
                 headers={"Retry-After": str(math.ceil(wait))},
             )
-        challenge = {"WWW-Authenticate": "Bearer"}
-        if credentials is None:
-            raise HTTPException(401, "an API token is required (Authorization: Bearer ...)",
-                                headers=challenge)  # fmt: skip
-        token = tokens.authenticate(request.app.state.ctx, credentials.credentials)
-        if token is None:
-            attempts.fail(client)
-            logger.warning("refused an unknown or revoked API token from %s", client)
-            raise HTTPException(401, "the API token is unknown or revoked", headers=challenge)
-        if not tokens.allows(token.scope, scope):
+        if credentials is None and request.cookies.get(SESSION_COOKIE):
+            caller = _session_caller(request, client)
+        else:
+            caller = _token_caller(request, credentials, client)
+        if not tokens.allows(caller.scope, scope):
             raise HTTPException(
-                403, f"this needs a token of scope {scope!r}; token {token.id} has {token.scope!r}"
+                403, f"this needs a scope of {scope!r}; {caller.who} has {caller.scope!r}"
             )
-        return Caller(token, client)
+        return caller
 
     return check
+
+
+def _token_caller(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, client: str
+) -> Caller:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise HTTPException(401, "an API token is required (Authorization: Bearer ...)",
+                            headers=challenge)  # fmt: skip
+    token = tokens.authenticate(request.app.state.ctx, credentials.credentials)
+    if token is None:
+        request.app.state.attempts.fail(client)
+        logger.warning("refused an unknown or revoked API token from %s", client)
+        raise HTTPException(401, "the API token is unknown or revoked", headers=challenge)
+    return Caller(token, client, scope=token.scope)
+
+
+def _session_caller(request: Request, client: str) -> Caller:
+    """The console user of the request's session cookie, its CSRF token checked."""
+    found = users.session(request.app.state.ctx, request.cookies[SESSION_COOKIE])
+    if found is None:
+        request.app.state.attempts.fail(client)
+        raise HTTPException(401, "the console session has ended: log in again")
+    if request.method not in SAFE_METHODS and not hmac.compare_digest(
+        request.headers.get(CSRF_HEADER, "").encode(), found.csrf.encode()
+    ):
+        raise HTTPException(403, f"a console request that changes something needs {CSRF_HEADER}")
+    role = found.user.role
+    if role == "operator" and request.url.path.startswith("/api/v1/tokens"):
+        raise HTTPException(403, "API tokens are managed by admins only")
+    return Caller(None, client, found.user.name, users.SCOPE_OF_ROLE[role])
 
 
 ReadCaller = Annotated[Caller, Depends(require("read"))]

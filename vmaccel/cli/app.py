@@ -39,6 +39,7 @@ from vmaccel.cli import (
     token,
     vcenter,
 )
+from vmaccel.cli import user as user_cli
 from vmaccel.cli.output import err_console
 from vmaccel.vocabulary.errors import LocalIOError, VmaccelError
 
@@ -62,6 +63,7 @@ app.add_typer(policy.app, name="policy")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(token.app, name="token")
 app.add_typer(instant.app, name="instant")
+app.add_typer(user_cli.app, name="user")
 serve.register(app)
 
 

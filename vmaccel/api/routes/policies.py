@@ -25,7 +25,7 @@ PolicyBody = Annotated[
 
 
 def _who(caller: Caller) -> str:
-    return f"api token {caller.token.id}"
+    return caller.who
 
 
 @router.get("/policies", summary="Every policy")
@@ -65,5 +65,6 @@ def test_policy(name: str, ctx: Ctx, _: AdminCaller) -> dict[str, Any]:
 
 @router.post("/policies/{name}/run", status_code=202, summary="Run a policy now")
 def run_policy(name: str, ctx: Ctx, caller: AdminCaller) -> dict[str, Any]:
-    """Queued for the daemon's next tick; a run already queued or running is returned."""
+    """Queued for the daemon, which starts it at once; a run already queued or running is
+    returned."""
     return policies.run_policy_now(ctx, name, who=_who(caller)).to_dict()
