@@ -13,6 +13,9 @@ APT_PACKAGES=(
   nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils
   # boot-tested restore points: qemu, firmware, and what the bootable test disk is made of
   qemu-system-x86 ovmf busybox-static syslinux syslinux-common systemd-boot-efi binutils
+  # the PostgreSQL catalog's tests (a throw-away cluster run as the postgres user) and the
+  # console's browser tests
+  postgresql-15 chromium
 )
 
 missing=()
