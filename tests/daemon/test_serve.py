@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from testbed.vsphere.bed import VmInfo, VsphereBed
-from tests.daemon.notifybed import http_receiver
+from tests.daemon.notifybed import PASSWORD, USER, http_receiver, make_cert, smtp_server
 from tests.daemon.servebed import (
     VMACCEL,
     ctx_for,
@@ -243,23 +243,36 @@ def test_policy_test_predicts_each_disk(
     assert "incremental (CBT changes since" in after.out
 
 
-def test_a_failed_run_is_notified_by_the_daemon(
+def test_a_failed_run_is_retried_then_mailed_and_posted_by_the_daemon(
     plugin_bed: VsphereBed, fresh_vm: Callable[[], VmInfo], vcenter: str,
     new_repo: Callable[[str], Path], tmp_path: Path, config_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     repo = new_repo("repo")
     vm = _with_disk(plugin_bed, fresh_vm(), tmp_path, 7)
-    told = _policy("told", vcenter, vm_patterns=[vm.name], retries=0,
-                   notify_channels=["hook"], notify_events=["failure"])  # fmt: skip
+    told = _policy("told", vcenter, vm_patterns=[vm.name], retries=1,
+                   notify_channels=["hook", "mail"], notify_events=["failure"])  # fmt: skip
     add_policy(ctx_for(repo), told)
     plugin_bed.control.inject_fault("snapshot", count=-1)
-    with http_receiver() as receiver:
+    monkeypatch.setenv("VMACCEL_TEST_SMTP_PASSWORD", PASSWORD)  # the daemon inherits it
+    (tmp_path / "tls").mkdir()
+    cert = make_cert(tmp_path / "tls")
+    with http_receiver() as receiver, smtp_server(cert) as (smtp_port, mailbox):
         (config_dir / "notify.toml").write_text(
             f'[channels.hook]\ntype = "webhook"\nformat = "json"\n'
             f'url = "http://127.0.0.1:{receiver.port}/hook"\n'
+            f'[channels.mail]\ntype = "smtp"\nhost = "127.0.0.1"\nport = {smtp_port}\n'
+            f'security = "starttls"\nuser = "{USER}"\n'
+            f'password_env = "VMACCEL_TEST_SMTP_PASSWORD"\nca_file = "{cert.cert}"\n'
+            f'from = "vmaccel@test"\nto = ["ops@test"]\n'
         )
         with serve(repo, tmp_path / "serve.log"):
             wait_for("the webhook", lambda: receiver.posts)
+            wait_for("the mail", lambda: mailbox.mails)
     path, body = receiver.posts[0]
     text = json.dumps(body)
     assert path == "/hook" and "told" in text and "failed" in text and vm.name in text
+    assert '"attempts": 2' in text  # the first try and the one retry, then reported
+    envelope, message, user, over_tls = mailbox.mails[0]
+    assert envelope.rcpt_tos == ["ops@test"] and user == USER and over_tls
+    assert "told" in str(message["Subject"]) and vm.name in message.as_string()
