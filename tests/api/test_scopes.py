@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import SCOPES, VM, Api
+from vmaccel.service import tokens
+from vmaccel.service.instant import instant_root
+from vmaccel.service.instantstate import InstantSession, save
 
 _names = itertools.count()
 Made = tuple[str, dict[str, Any] | None]
@@ -61,6 +64,35 @@ def _task(suffix: str) -> Callable[[Api, Path], Made]:
     return make
 
 
+def _vm_restore(api: Api, tmp: Path) -> Made:
+    # No such vCenter: accepted (202), the task then fails; the scope check comes first.
+    return "/restores/vm", {"backup": "1", "vcenter": "nowhere", "name": f"new{next(_names)}"}
+
+
+def _rollback(api: Api, tmp: Path) -> Made:
+    return "/restores/vm/in-place", {"backup": "1", "vcenter": "nowhere", "confirm": True}
+
+
+def _instant_start(api: Api, tmp: Path) -> Made:
+    return "/instant", {"backup": "1", "vcenter": "nowhere", "host": "h", "name": "ir"}
+
+
+def _session(suffix: str, body: dict[str, Any] | None = None) -> Callable[[Api, Path], Made]:
+    """A session record (nothing made yet) started by the restore token: its owner may stop
+    it, as may admin; migrate needs admin (the task then fails: the session is not running)."""
+
+    def make(api: Api, tmp: Path) -> Made:
+        token = tokens.authenticate(api.ctx, api.tokens["restore"])
+        assert token is not None
+        name = f"s{next(_names)}"
+        record = InstantSession(name, "0", str(api.repo), 1, VM, "nowhere", "h", 0.0,
+                                state="failed", owner=f"api token {token.id}")  # fmt: skip
+        save(instant_root(api.ctx), record)
+        return f"/instant/{name}{suffix}", body
+
+    return make
+
+
 def _policy_body() -> dict[str, Any]:
     return {"name": f"p{next(_names)}", "vcenter": "nowhere", "tags": ["backup:gold"]}
 
@@ -94,10 +126,20 @@ ENDPOINTS = [
     Call("POST", "/backups/{ref}/ack", "admin", fixed(f"/backups/{VM}@latest/ack")),
     Call("GET", "/backups/{ref}/files", "read", fixed("/backups/1/files?path=p1")),
     Call("GET", "/backups/{ref}/download", "read", fixed("/backups/1/download?path=p1/README.txt")),
+    Call("GET", "/backups/{ref}/zip", "read", fixed("/backups/1/zip?path=p1/docs")),
+    Call("GET", "/vcenters", "read", fixed("/vcenters")),
+    # No such vCenter (the scope check comes first); tests/api/test_tags_zip.py asks the bed.
+    Call("GET", "/vcenters/{name}/tags", "read", fixed("/vcenters/nowhere/tags"), 404),
     Call("GET", "/files/search", "read", fixed("/files/search?pattern=README.txt")),
     Call("GET", "/files/diff", "read", fixed("/files/diff?a=1&b=2")),
     Call("GET", "/files/history", "read", fixed("/files/history?path=/README.txt")),
     Call("POST", "/restores/files", "restore", _file_restore, 202),
+    Call("POST", "/restores/vm", "restore", _vm_restore, 202),
+    Call("POST", "/restores/vm/in-place", "admin", _rollback, 202),
+    Call("GET", "/instant", "read", fixed("/instant")),
+    Call("POST", "/instant", "restore", _instant_start, 202),
+    Call("POST", "/instant/{name}/migrate", "admin", _session("/migrate", {"datastore": "d"}), 202),
+    Call("POST", "/instant/{name}/stop", "restore", _session("/stop"), 202),
     Call("POST", "/restores/disk", "restore", _disk_restore, 202),
     Call("GET", "/restores", "read", fixed("/restores")),
     Call("GET", "/restores/{task_id}", "read", _task("")),

@@ -1,10 +1,14 @@
 """Fixtures of the console's browser tests: Debian's Chromium (never a downloaded browser),
 headless, trusting the server's self-signed certificate, with every request the page makes
-recorded; screenshots of each page go to ``tests/console/screenshots`` (the README shows two).
+recorded. Screenshots of each page go to ``$VMACCEL_SCREENSHOTS`` (default: a directory under
+the system's temporary directory): a test run never changes the tree. docs/screenshots holds
+the ones the README shows, taken with ``VMACCEL_SCREENSHOTS=docs/screenshots``.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,10 @@ import pytest
 from playwright.sync_api import Browser, Page, Playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
-SHOTS = Path(__file__).parent / "screenshots"
+SHOTS = Path(
+    os.environ.get("VMACCEL_SCREENSHOTS")
+    or Path(tempfile.gettempdir()) / "vmaccel-console-screenshots"
+)
 PHONE = {"width": 375, "height": 740}
 
 
@@ -50,7 +57,7 @@ class Tab:
         return page
 
     def shot(self, name: str) -> None:
-        SHOTS.mkdir(exist_ok=True)
+        SHOTS.mkdir(parents=True, exist_ok=True)
         self.page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
     def close(self) -> None:

@@ -26,7 +26,17 @@ from vmaccel import console
 from vmaccel.api import errors
 from vmaccel.api.auth import FailedAttempts, ReadCaller
 from vmaccel.api.jsonbody import AsciiJSONResponse
-from vmaccel.api.routes import backups, files, jobs, policies, restores, system
+from vmaccel.api.routes import (
+    backups,
+    files,
+    instant,
+    jobs,
+    policies,
+    restores,
+    system,
+    vcenters,
+    vmrestores,
+)
 from vmaccel.api.tasks import TaskRunner
 from vmaccel.service.context import Context
 
@@ -69,7 +79,7 @@ def create_app(ctx: Context, settings: ApiSettings | None = None) -> FastAPI:
     app.state.tasks = TaskRunner(settings.restore_workers)
     app.state.closing = threading.Event()
     errors.install(app)
-    for module in (system, backups, files, restores, policies, jobs):
+    for module in (system, backups, files, vmrestores, restores, instant, policies, jobs, vcenters):
         app.include_router(module.router, prefix=PREFIX)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     console.mount(app)  # the web console: /console, same port and TLS

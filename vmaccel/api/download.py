@@ -18,7 +18,7 @@ from urllib.parse import quote
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from vmaccel.service import guestfiles
+from vmaccel.service import guestfiles, guestzip
 from vmaccel.service.context import Context
 
 PIECE = 1 << 20  # bytes read from the image per step
@@ -107,3 +107,28 @@ def _pieces(
                 return
             yield bytes(view[:got])
             pos += got
+
+
+def stream_guest_zip(ctx: Context, backup: str, path: str, compress: bool) -> StreamingResponse:
+    """The response for a folder of ``backup`` as a zip archive (chunked: its length is
+    known only at the end). Service errors (not found, not a folder) raise before anything
+    is sent; a file that cannot be read later ends the body early (a truncated archive)."""
+    stack = contextlib.ExitStack()
+    folder = stack.enter_context(guestzip.open_guest_folder(ctx, backup, path))
+    headers = {
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(folder.filename)}",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+    def body() -> Iterator[bytes]:
+        with stack:
+            for piece in guestzip.zip_pieces(folder, compress):
+                if piece:
+                    yield piece
+
+    return StreamingResponse(
+        body(),
+        media_type="application/zip",
+        headers=headers,
+        background=BackgroundTask(stack.close),  # also when the client went away early
+    )

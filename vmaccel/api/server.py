@@ -137,8 +137,8 @@ async def _serve(
     while not task.done():
         if server.started and not announced:
             announced = True
-            logger.info("REST API listening on %s (certificate %s)", info.url,
-                        info.fingerprint_sha256)  # fmt: skip
+            logger.info("REST API listening on %s (certificate %s), web console on %s/console/",
+                        info.url, info.fingerprint_sha256, info.url)  # fmt: skip
             if on_ready is not None:
                 on_ready(info)
         if stop.is_set() and not server.should_exit:

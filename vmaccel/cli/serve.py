@@ -82,6 +82,7 @@ def _start_api(
             made = " (self-signed, made by vmaccel)" if info.self_signed else ""
             say(f"REST API on {info.url}/api/v1; certificate SHA-256 "
                 f"{info.fingerprint_sha256}{made}")  # fmt: skip
+            say(f"web console on {info.url}/console/")
 
     def serve_api() -> None:
         try:

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.datastructures import FormData
 
 from vmaccel.console.pages import crumbs
+from vmaccel.console.tagpicker import PICKED, merged_tags, tag_picker
 from vmaccel.console.web import (
     PREFIX,
     SESSION_COOKIE,
@@ -101,6 +102,8 @@ def policy_fields(form: FormData) -> dict[str, Any]:
     for key in LIST_FIELDS:
         text = str(form.get(key) or "")
         items = [t.strip() for t in text.replace("\n", ",").split(",") if t.strip()]
+        if key == "tags":
+            items = merged_tags(items, [str(v) for v in form.getlist(PICKED)])
         if items or key in form:
             out[key] = items
     for key in TEXT_FIELDS:
@@ -127,7 +130,7 @@ async def add_policy(request: Request, ctx: Ctx, user: Checked) -> HTMLResponse 
         spec = Policy.from_dict(fields)
         record = await _run(policies.add_policy, ctx, spec, _who(user))
     except VmaccelError as exc:
-        return _form_error(request, user, None, exc, form)
+        return await _form_error(request, ctx, user, None, exc, form)
     return _see(f"/policies/{record.policy.name}")
 
 
@@ -141,15 +144,20 @@ async def edit_policy(
         await _run(policies.edit_policy, ctx, name, policy_fields(form), _who(user))
     except VmaccelError as exc:
         record = await _run(policies.get_policy, ctx, name)
-        return _form_error(request, user, record, exc, form)
+        return await _form_error(request, ctx, user, record, exc, form)
     return _see(f"/policies/{name}")
 
 
-def _form_error(
-    request: Request, user: ConsoleUser, record: Any, exc: VmaccelError, form: FormData
+async def _form_error(
+    request: Request, ctx: Ctx, user: ConsoleUser, record: Any, exc: VmaccelError, form: FormData
 ) -> HTMLResponse:
+    """The form again with ``exc``'s message, what was typed and ticked kept."""
+    picked = [str(v) for v in form.getlist(PICKED)]
+    typed = [t.strip() for t in str(form.get("tags") or "").replace("\n", ",").split(",")]
+    vcenter = str(form.get("vcenter") or "").strip() or None
+    picker = await _run(tag_picker, ctx, vcenter, typed + picked)
     return render(request, "policy_form.html", user, http_status(exc), record=record,
-                  error=str(exc), form=dict(form))  # fmt: skip
+                  error=str(exc), form=dict(form), picker=picker)  # fmt: skip
 
 
 @router.post("/policies/{name}/test", response_class=HTMLResponse)

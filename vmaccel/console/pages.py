@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
 from vmaccel.console.dashboard import PROTECTED_HOURS, dashboard
+from vmaccel.console.tagpicker import tag_picker
 from vmaccel.console.web import PREFIX, Ctx, Editor, User, render, secure, templates
 from vmaccel.service import backups, browse, guestfiles, jobs, policies, restorepoints
 from vmaccel.service.restorepoints import BackupQuery
@@ -82,8 +83,14 @@ def policies_page(request: Request, ctx: Ctx, user: User) -> HTMLResponse:
 
 
 @router.get("/policies/new", response_class=HTMLResponse)
-def new_policy_page(request: Request, user: Editor) -> HTMLResponse:
-    return render(request, "policy_form.html", user, record=None, error=None, form={})
+def new_policy_page(
+    request: Request, ctx: Ctx, user: Editor, vcenter: Annotated[str, Query(max_length=200)] = ""
+) -> HTMLResponse:
+    """The form, with the tag picker of ``vcenter`` (default: the only one registered)."""
+    picker = tag_picker(ctx, vcenter or None, ())
+    form = {"vcenter": picker.vcenter} if picker.vcenter else {}
+    return render(request, "policy_form.html", user, record=None, error=None, form=form,
+                  picker=picker)  # fmt: skip
 
 
 @router.get("/policies/{name}", response_class=HTMLResponse)
@@ -98,7 +105,9 @@ def policy_page(request: Request, name: str, ctx: Ctx, user: User) -> HTMLRespon
 @router.get("/policies/{name}/edit", response_class=HTMLResponse)
 def edit_policy_page(request: Request, name: str, ctx: Ctx, user: Editor) -> HTMLResponse:
     record = policies.get_policy(ctx, name)
-    return render(request, "policy_form.html", user, record=record, error=None, form={})
+    picker = tag_picker(ctx, record.policy.vcenter, record.policy.tags)
+    return render(request, "policy_form.html", user, record=record, error=None, form={},
+                  picker=picker)  # fmt: skip
 
 
 @router.get("/jobs", response_class=HTMLResponse)

@@ -150,4 +150,17 @@ def login_redirect(request: Request, exc: LoginRequired) -> RedirectResponse:
 
 def forbidden_page(request: Request, exc: Forbidden) -> HTMLResponse:
     """The 403 page: what was refused and why."""
-    return render(request, "error.html", None, status=403, message=str(exc))
+    return error_page(request, 403, str(exc))
+
+
+ERROR_TITLES = {403: "Refused", 404: "Not found", 405: "Not allowed"}
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """An HTML error page with ``status``; the navigation shows when a session is live."""
+    try:
+        user: ConsoleUser | None = console_user(request)
+    except LoginRequired:
+        user = None
+    title = ERROR_TITLES.get(status, "Error")
+    return render(request, "error.html", user, status=status, message=message, title=title)

@@ -113,7 +113,7 @@ def list_guest_dir(ctx: Context, backup: str, path: str = "") -> GuestDir:
     """The entry ``path`` names in backup ``backup`` (any reference) and, when it is a
     directory, its entries. Raises :class:`NotFound` for a path that names nothing,
     :class:`UsageError` for ``..`` or a path several volumes hold."""
-    with _guest(ctx, backup) as (row_id, vm, guest, volumes):
+    with guest_backup(ctx, backup) as (row_id, vm, guest, volumes):
         parts = [p for p in path.split("/") if p not in ("", ".")]
         if not parts:
             root = GuestEntry("", "dir", 0)
@@ -134,7 +134,7 @@ def open_guest_file(ctx: Context, backup: str, path: str) -> Iterator[OpenGuestF
     """The regular file ``path`` of backup ``backup``, open for reading until the context
     ends. Raises :class:`UsageError` when ``path`` is no regular file (a directory, a
     symlink: never followed), :class:`NotFound` when it names nothing."""
-    with _guest(ctx, backup) as (_, _vm, guest, volumes):
+    with guest_backup(ctx, backup) as (_, _vm, guest, volumes):
         src = resolve_guest_path(guest, volumes, path)
         st = guest.stat(src.image_id, src.volume, src.path)
         if st.kind != "file":
@@ -147,7 +147,7 @@ def open_guest_file(ctx: Context, backup: str, path: str) -> Iterator[OpenGuestF
 
 
 @contextlib.contextmanager
-def _guest(
+def guest_backup(
     ctx: Context, backup: str
 ) -> Iterator[tuple[int, str, GuestFiles, dict[str, tuple[int, str]]]]:
     """The backup's id and VM, its guest file trees and their volumes (shown name ->

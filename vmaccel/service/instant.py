@@ -98,7 +98,8 @@ class StartRequest:
     """``backup``: any backup reference; ``name``: the new VM's (and session's) name, default
     ``<vm>-instant``; ``networks``: source network name -> target network name;
     ``datastore``: where the VM's home (configuration, swap, logs) goes, default the one the
-    saved configuration names (the disks are on the NAS datastore either way)."""
+    saved configuration names (the disks are on the NAS datastore either way); ``owner``:
+    who asked (an API caller; recorded in the session, None from the CLI)."""
 
     backup: str
     vcenter: str
@@ -107,6 +108,7 @@ class StartRequest:
     datastore: str | None = None
     networks: Mapping[str, str] = field(default_factory=dict)
     power_on: bool = False
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,7 @@ def start(ctx: Context, request: StartRequest) -> InstantSession:
             request.vcenter,
             request.host,
             time.time(),
+            owner=request.owner,
         ),
     )
     try:

@@ -55,6 +55,7 @@ class InstantSession:
     vm_created: bool = False
     migrated_to: str | None = None
     error: str | None = None
+    owner: str | None = None  # who started it through the API (None: the CLI, or unknown)
 
     def dir(self, root: Path) -> Path:
         return root / self.name

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmaccel.plugin.registry import Registry, VCenterEntry, parse_url
-from vmaccel.plugin.vcenter.models import Endpoint, TlsTrust
+from vmaccel.plugin.vcenter.models import Endpoint, TagCategory, TlsTrust
 from vmaccel.service.context import Context
 from vmaccel.vocabulary.errors import UsageError
 
@@ -127,3 +127,51 @@ def check_vcenter(ctx: Context, name: str) -> VCenterTested:
         return VCenterTested(
             name, str(vc.content.about.fullName), str(vc.api_version), len(vms), endpoint.user
         )
+
+
+@dataclass(frozen=True)
+class VCenterTags:
+    """The tag categories of vCenter ``name`` (sorted by name, each with its tags), as a
+    policy's ``tags`` names them: ``CATEGORY:TAG`` (see :meth:`specs`)."""
+
+    name: str
+    categories: tuple[TagCategory, ...]
+
+    def specs(self) -> list[str]:
+        """Every tag as ``CATEGORY:TAG``, in category then tag order."""
+        return [f"{c.name}:{t.name}" for c in self.categories for t in c.tags]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``GET /vcenters/{name}/tags`` answers (docs/api.md)."""
+        return {
+            "vcenter": self.name,
+            "categories": [
+                {
+                    "id": c.id,
+                    "name": c.name,
+                    "description": c.description,
+                    "cardinality": c.cardinality,
+                    "associable_types": list(c.associable_types),
+                    "tags": [
+                        {
+                            "id": t.id,
+                            "name": t.name,
+                            "description": t.description,
+                            "spec": f"{c.name}:{t.name}",
+                        }
+                        for t in c.tags
+                    ],
+                }
+                for c in self.categories
+            ],
+        }
+
+
+def list_tags(ctx: Context, name: str) -> VCenterTags:
+    """The tag categories and tags of registered vCenter ``name``, read live through its
+    tagging API (one call per category and per tag). Raises :class:`NotFound` for an
+    unregistered name, :class:`LoginFailed`/:class:`ConnectionFailed` as a login does."""
+    from vmaccel.plugin.vcenter.tags import TagDirectory  # the SDK loads only when needed
+
+    endpoint = Registry(ctx.config_dir).endpoint(name, ctx.env)
+    return VCenterTags(name, TagDirectory(endpoint).categories())

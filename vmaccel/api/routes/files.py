@@ -9,7 +9,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from vmaccel.api.auth import Ctx, ReadCaller
-from vmaccel.api.download import stream_guest_file
+from vmaccel.api.download import stream_guest_file, stream_guest_zip
 from vmaccel.api.jsonbody import DocRoute
 from vmaccel.service import browse, guestfiles
 from vmaccel.service import files as files_service
@@ -63,6 +63,25 @@ def download_file(
     range_: Annotated[str | None, Header(alias="Range")] = None,
 ) -> StreamingResponse:
     return stream_guest_file(ctx, ref, path, range_)
+
+
+@router.get(
+    "/backups/{ref}/zip",
+    summary="Download a guest folder as a zip archive (streamed)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}, "description": "The archive."}},
+)
+def download_folder(
+    ref: str,
+    path: GuestPath,
+    ctx: Ctx,
+    _: ReadCaller,
+    compress: Annotated[bool, Query(description="Deflate files; false: store them.")] = True,
+) -> StreamingResponse:
+    """Every file, folder and safe symlink below ``path`` under one top folder; unsafe
+    names, escaping symlinks and device nodes are left out and listed in the archive's
+    comment. ZIP64 where sizes need it; nothing is held in memory."""
+    return stream_guest_zip(ctx, ref, path, compress)
 
 
 @router.get("/files/search", summary="Search the file catalog of every backup")

@@ -117,3 +117,25 @@ class HttpDiskLocation:
     url: str
     cookie: str = field(repr=False)
     trust: TlsTrust
+
+
+@dataclass(frozen=True)
+class TagInfo:
+    """One vSphere tag: its id (an opaque URN), its name within its category."""
+
+    id: str
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TagCategory:
+    """One tag category with its tags sorted by name; ``cardinality`` is ``SINGLE`` (a VM
+    carries at most one of its tags) or ``MULTIPLE``; ``associable_types`` empty means any."""
+
+    id: str
+    name: str
+    description: str
+    cardinality: str
+    associable_types: tuple[str, ...]
+    tags: tuple[TagInfo, ...]

@@ -14,7 +14,7 @@ from com.vmware.vapi.std.errors_client import Error as VapiError
 from com.vmware.vapi.std.errors_client import Unauthenticated
 from vmware.vapi.vsphere.client import VsphereClient, create_vsphere_client
 
-from vmaccel.plugin.vcenter.models import Endpoint
+from vmaccel.plugin.vcenter.models import Endpoint, TagCategory, TagInfo
 from vmaccel.plugin.vcenter.tls import requests_session
 from vmaccel.vocabulary.errors import (
     CertificateMismatch,
@@ -88,6 +88,24 @@ class TagDirectory:
         except VapiError as exc:
             raise VCenterError(f"tag lookup failed: {exc}") from exc
         return found
+
+    def categories(self) -> tuple[TagCategory, ...]:
+        """Every tag category with its tags, both sorted by name (one vAPI call per category
+        and per tag: vCenter has no bulk read)."""
+        tagging = self._client.tagging
+        found: list[TagCategory] = []
+        try:
+            for cid in tagging.Category.list():
+                cat = tagging.Category.get(cid)
+                tags = [tagging.Tag.get(t) for t in tagging.Tag.list_tags_for_category(cid)]
+                infos = [TagInfo(t.id, t.name, t.description or "") for t in tags]
+                kinds = tuple(sorted(cat.associable_types or ()))
+                about, cardinality = cat.description or "", str(cat.cardinality)
+                ordered = tuple(sorted(infos, key=lambda t: t.name))
+                found.append(TagCategory(cid, cat.name, about, cardinality, kinds, ordered))
+        except VapiError as exc:
+            raise VCenterError(f"listing tag categories failed: {exc}") from exc
+        return tuple(sorted(found, key=lambda c: c.name))
 
     def tagged_vms(self, tag_ids: Sequence[str]) -> set[str]:
         """Morefs of the VMs carrying any of ``tag_ids``."""
