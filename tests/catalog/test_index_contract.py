@@ -86,6 +86,21 @@ def test_condemned_chunks_hide_from_dedup_and_resurrect(index: CatalogIndex) -> 
     assert index.chunk(_entry(1).id) is None and [p.id for p in index.packs()] == [p2]
 
 
+def test_backup_pages_and_vm_spans_are_counted_and_sliced_in_sql(index: CatalogIndex) -> None:
+    with index.writing():
+        for n, (vm, started) in enumerate([("a", 1.0), ("b", 2.0), ("a", 3.0), ("a", 5.0)]):
+            index.restore_backup(BackupRow(10 + n, f"u{n}", vm, started, started + 1, "complete",
+                                           BackupMeta()))  # fmt: skip
+        index.restore_backup(BackupRow(20, "u-run", "a", 9.0, None, "in_progress", BackupMeta()))
+    total, rows = index.backup_page(None, None, None, True, 0, 2)
+    assert total == 4 and [r.id for r in rows] == [13, 12]
+    total, rows = index.backup_page("a", 2.0, 5.0, False, 0, 10)
+    assert total == 1 and [r.id for r in rows] == [12]
+    total, rows = index.backup_page("a", None, None, False, 1, 10)
+    assert total == 3 and [r.id for r in rows] == [12, 13]
+    assert index.vm_backup_spans() == [("a", 3, 1.0, 5.0, 13), ("b", 1, 2.0, 2.0, 11)]
+
+
 def test_backups_and_images_keep_restored_ids(index: CatalogIndex) -> None:
     with index.writing():
         index.restore_backup(BackupRow(40, "u-40", "vm1", 1.0, 2.0, "complete", BackupMeta()))
@@ -237,3 +252,20 @@ def test_console_users_and_sessions(index: CatalogIndex) -> None:
     with index.writing():
         index.update_user(uid, "viewer", "scrypt$y", 3.0)
     assert index.session(b"s" * 32) is None and [u.role for u in index.users()] == ["viewer"]
+
+
+def test_accepted_anomaly_patterns(index: CatalogIndex) -> None:
+    with index.writing():
+        first = index.add_pattern("vm1", 7, 1.0, '[{"kind": "changed"}]')
+        second = index.add_pattern("vm2", 9, 2.0, "[]")
+    assert [p.id for p in index.patterns()] == [first, second]
+    (row,) = index.patterns("vm1")
+    assert (row.vm, row.backup_id, row.created, row.findings) == (
+        "vm1",
+        7,
+        1.0,
+        '[{"kind": "changed"}]',
+    )
+    with index.writing():
+        assert index.delete_pattern(first) and not index.delete_pattern(first)
+    assert [p.id for p in index.patterns()] == [second] and index.patterns("vm1") == []

@@ -15,7 +15,16 @@ figures (thresholds: :class:`Thresholds`):
 - ``dedup``: the share of written blocks dedup found, collapsing towards zero;
 - ``holes``: blocks punched (mass deletion) against the baseline;
 - per volume: the share of files modified, renamed and removed, files with an extension the
-  volume did not have before, and known ransom-note names (:data:`RANSOM_NOTES`).
+  volume did not have before, and known ransom-note names (:data:`RANSOM_NOTES`);
+- ``allocation`` (the volume-metadata signal, :func:`_allocation_signals`): the allocation
+  summary the backup's allocation map already made of each volume, against the previous
+  backup's: a filesystem no longer recognised, a volume's used bytes changed wholesale, or
+  many new bytes while no filesystem's allocation moved (data rewritten in place, as
+  encrypt-in-place ransomware does).
+
+Every signal that fires is a :class:`Finding` (kind, volume, figure, names). A finding that an
+*accepted pattern* covers (``backups ack --pattern``; :mod:`vmaccel.catalog.anomalypatterns`)
+stays in the reasons as ``acknowledged pattern N: ...`` but adds nothing to the level.
 
 History signals need ``Thresholds.learning`` earlier backups of the VM: before that the VM is
 *learning* and only the file signals (which need no history) are judged. A disk's level is its
@@ -27,37 +36,23 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from vmaccel.catalog.anomalyfindings import (
+    LEVELS,
+    RANSOM_NOTES,
+    Acceptor,
+    Finding,
+    Level,
+    parse_level,
+    parse_strings,
+)
 
 if TYPE_CHECKING:  # meta stores a Verdict: a runtime import would be circular
-    from vmaccel.catalog.index.meta import ImageStats
+    from vmaccel.catalog.index.meta import ImageStats, VolumeAllocation
 
-Level = Literal["normal", "unusual", "suspicious"]
-LEVELS: tuple[Level, ...] = ("normal", "unusual", "suspicious")
 MIB = 1 << 20
-
-# Names ransomware families leave in every directory they encrypt (lower case, compared with
-# a file's base name). Documented in docs/json.md; extend through Thresholds.ransom_notes.
-RANSOM_NOTES: frozenset[str] = frozenset(
-    {
-        "how_to_decrypt.txt",
-        "how_to_decrypt.html",
-        "how_to_recover_files.txt",
-        "decrypt_instructions.txt",
-        "decrypt_instructions.html",
-        "readme_for_decrypt.txt",
-        "restore_files.txt",
-        "recover-files.txt",
-        "_readme.txt",
-        "!readme!.txt",
-        "readme-warning.txt",
-        "your_files_are_encrypted.txt",
-        "files_encrypted.txt",
-        "how_to_back_files.html",
-        "ransom_note.txt",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -86,6 +81,11 @@ class Thresholds:
     new_ext_suspicious: float = 0.15
     ransom_notes: frozenset[str] = RANSOM_NOTES
     escalate: int = 2  # this many unusual signals of one disk make it suspicious
+    rewrite_share: float = 0.1  # new bytes >= this share of the filesystems' used bytes...
+    rewrite_alloc_slack: float = 0.01  # ...while their used bytes moved <= this share of them
+    alloc_change_unusual: float = 0.5  # a volume's used bytes changed by this share
+    min_alloc_bytes: int = 16 * MIB  # volumes using less have no wholesale-change signal
+    pattern_tolerance: float = 1.5  # an accepted pattern covers figures up to this factor
 
 
 @dataclass(frozen=True)
@@ -116,22 +116,41 @@ class DiskSignals:
     stats: ImageStats
     history: tuple[ImageStats, ...] = ()
     volumes: tuple[VolumeChanges, ...] = ()
+    allocation: tuple[VolumeAllocation, ...] | None = None  # this image's allocation summary
+    previous_allocation: tuple[VolumeAllocation, ...] | None = None  # the previous image's
 
 
 @dataclass(frozen=True)
 class DiskVerdict:
+    """One disk's level, its reasons (the :attr:`Finding.text` of every finding) and the
+    findings themselves (empty in verdicts stored before findings were)."""
+
     disk: str
     level: Level
     reasons: tuple[str, ...]
+    findings: tuple[Finding, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"disk": self.disk, "level": self.level, "reasons": list(self.reasons)}
+        return {
+            "disk": self.disk,
+            "level": self.level,
+            "reasons": list(self.reasons),
+            "findings": [f.to_json() for f in self.findings],
+        }
 
     @classmethod
     def from_json(cls, raw: Any) -> DiskVerdict:
         if not isinstance(raw, Mapping):
             raise TypeError(raw)
-        return cls(str(raw["disk"]), _level(raw["level"]), _strings(raw["reasons"]))
+        found = raw.get("findings", [])
+        if not isinstance(found, list):
+            raise TypeError(found)
+        return cls(
+            str(raw["disk"]),
+            parse_level(raw["level"]),
+            parse_strings(raw["reasons"]),
+            tuple(Finding.from_json(f) for f in found),
+        )
 
 
 @dataclass(frozen=True)
@@ -166,23 +185,11 @@ class Verdict:
         if not isinstance(disks, list):
             raise TypeError(disks)
         return cls(
-            _level(raw["level"]),
-            _strings(raw["reasons"]),
+            parse_level(raw["level"]),
+            parse_strings(raw["reasons"]),
             tuple(DiskVerdict.from_json(d) for d in disks),
             bool(raw.get("learning", False)),
         )
-
-
-def _level(v: Any) -> Level:
-    if v not in LEVELS:
-        raise ValueError(v)
-    return v  # type: ignore[no-any-return]
-
-
-def _strings(v: Any) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise TypeError(v)
-    return tuple(v)
 
 
 def worst(levels: Sequence[Level]) -> Level:
@@ -192,33 +199,52 @@ def worst(levels: Sequence[Level]) -> Level:
 
 @dataclass
 class _Findings:
-    found: list[tuple[Level, str]] = field(default_factory=list)
+    found: list[Finding] = field(default_factory=list)
 
-    def add(self, level: Level, reason: str) -> None:
+    def add(
+        self,
+        level: Level,
+        reason: str,
+        kind: str,
+        value: float,
+        volume: str = "",
+        names: Sequence[str] = (),
+    ) -> None:
         if level != "normal":
-            self.found.append((level, reason))
+            self.found.append(Finding(kind, volume, level, reason, float(value), tuple(names)))
 
 
-def judge(backup_disks: Sequence[DiskSignals], earlier: int, t: Thresholds) -> Verdict:
-    """The verdict of one backup whose VM had ``earlier`` complete backups before it."""
+def judge(
+    backup_disks: Sequence[DiskSignals],
+    earlier: int,
+    t: Thresholds,
+    accept: Acceptor | None = None,
+) -> Verdict:
+    """The verdict of one backup whose VM had ``earlier`` complete backups before it;
+    ``accept`` says which findings the VM's accepted patterns cover (none without it)."""
     learning = earlier < t.learning
-    disks = tuple(judge_disk(d, learning, t) for d in backup_disks)
+    disks = tuple(judge_disk(d, learning, t, accept) for d in backup_disks)
     reasons = tuple(f"{d.disk}: {r}" for d in disks for r in d.reasons)
     return Verdict(worst([d.level for d in disks]), reasons, disks, learning)
 
 
-def judge_disk(d: DiskSignals, learning: bool, t: Thresholds) -> DiskVerdict:
-    """One disk's level and reasons (see the module doc)."""
+def judge_disk(
+    d: DiskSignals, learning: bool, t: Thresholds, accept: Acceptor | None = None
+) -> DiskVerdict:
+    """One disk's level, reasons and findings (see the module doc). Findings an accepted
+    pattern covers count neither towards the level nor towards escalation."""
     f = _Findings()
     if not learning:
         _byte_signals(d.stats, d.history, t, f)
     for v in d.volumes:
         _file_signals(v, t, f)
-    levels = [lvl for lvl, _ in f.found]
+    _allocation_signals(d, t, f)
+    found = [replace(x, pattern=accept(d.disk, x)) if accept is not None else x for x in f.found]
+    levels = [x.level for x in found if x.pattern is None]
     level = worst(levels)
     if levels.count("unusual") >= t.escalate:
         level = "suspicious"
-    return DiskVerdict(d.disk, level, tuple(r for _, r in f.found))
+    return DiskVerdict(d.disk, level, tuple(x.text for x in found), tuple(found))
 
 
 def robust_z(value: float, history: Sequence[float], floor: float) -> tuple[float, float]:
@@ -240,13 +266,15 @@ def _byte_signals(
     f.add(
         _grade(z, t.z_unusual, t.z_suspicious),
         f"new bytes {s.new_bytes / MIB:.1f} MiB vs median {med / MIB:.1f} MiB (z {z:.1f})",
+        "new_bytes",
+        z,
     )
     ratio = s.stored_bytes / s.new_bytes
     base = [h.stored_bytes / h.new_bytes for h in history if h.new_bytes]
     base_ratio = statistics.median(base) if base else 0.0
     if ratio >= t.stored_ratio_unusual and ratio - base_ratio >= t.stored_ratio_rise:
         why = f"new chunks stored at {ratio:.0%} of their size (median {base_ratio:.0%})"
-        f.add("unusual", why)
+        f.add("unusual", why, "stored_ratio", ratio)
     _entropy_signal(s, history, t, f)
     _dedup_signal(s, history, t, f)
     holes = [float(h.holes_punched) for h in history]
@@ -255,6 +283,8 @@ def _byte_signals(
     f.add(
         _grade(hz, t.z_unusual, t.z_suspicious),
         f"{s.holes_punched} blocks punched vs median {hmed:.0f} (z {hz:.1f})",
+        "holes",
+        hz,
     )
 
 
@@ -271,7 +301,8 @@ def _entropy_signal(
     ]
     med = statistics.median(base) if base else 0.0
     if share >= t.incompressible_unusual and share - med >= t.incompressible_rise:
-        f.add("unusual", f"{share:.0%} of new blocks do not compress (median {med:.0%})")
+        why = f"{share:.0%} of new blocks do not compress (median {med:.0%})"
+        f.add("unusual", why, "incompressible", share)
 
 
 def _dedup_signal(
@@ -287,13 +318,16 @@ def _dedup_signal(
         return
     med = statistics.median(base)
     if med > 0.05 and now < t.dedup_collapse * med:
-        f.add("unusual", f"dedup found {now:.0%} of written blocks (median {med:.0%})")
+        why = f"dedup found {now:.0%} of written blocks (median {med:.0%})"
+        f.add("unusual", why, "dedup", 1 - now / med)
 
 
 def _file_signals(v: VolumeChanges, t: Thresholds, f: _Findings) -> None:
     if v.ransom_notes:
         names = ", ".join(v.ransom_notes[:3])
-        f.add("unusual", f"{v.volume}: ransom-note names appeared ({names})")
+        why = f"{v.volume}: ransom-note names appeared ({names})"
+        notes = sorted({n.rsplit("/", 1)[-1].lower() for n in v.ransom_notes})
+        f.add("unusual", why, "ransom_notes", len(v.ransom_notes), v.volume, notes)
     if v.files < t.min_files:
         return
     changed = v.modified + v.renamed + v.removed
@@ -302,13 +336,69 @@ def _file_signals(v: VolumeChanges, t: Thresholds, f: _Findings) -> None:
         _grade(share, t.changed_unusual, t.changed_suspicious),
         f"{v.volume}: {share:.0%} of {v.files} files changed ({v.modified} modified, "
         f"{v.renamed} renamed, {v.removed} removed)",
+        "changed",
+        share,
+        v.volume,
     )
     ext_share = v.new_extension_files / v.files
     exts = ", ".join(v.new_extensions[:5])
     f.add(
         _grade(ext_share, t.new_ext_unusual, t.new_ext_suspicious),
         f"{v.volume}: {v.new_extension_files} files with new extensions ({exts})",
+        "new_extensions",
+        ext_share,
+        v.volume,
+        v.new_extensions,
     )
+
+
+def _allocation_signals(d: DiskSignals, t: Thresholds, f: _Findings) -> None:
+    """The volume-metadata signal, from the allocation summaries of this image and the
+    previous one (what each backup's allocation map already recorded; no extra read). Only
+    volumes with a recognised filesystem in the previous image are compared:
+
+    - one that now has no filesystem, or another one: ``filesystem_gone`` (volume-level
+      encryption or a wipe rewrites the superblock);
+    - one whose used bytes changed by ``alloc_change_unusual`` of them or more (when it used
+      at least ``min_alloc_bytes``): ``allocation_change`` (mass deletion, reformatting);
+    - new bytes of at least ``min_new_bytes`` and ``rewrite_share`` of the filesystems' used
+      bytes while their used bytes moved by at most ``rewrite_alloc_slack`` of the new bytes:
+      ``rewrite_in_place`` (file data rewritten without any allocation change, as
+      encrypt-in-place ransomware does; a database rewriting preallocated files does too,
+      so each is ``unusual`` only)."""
+    if not d.allocation or not d.previous_allocation:
+        return
+    now = {a.volume: a for a in d.allocation}
+    moved, used = 0, 0
+    for old in d.previous_allocation:
+        new = now.get(old.volume)
+        if old.fstype is None or new is None:
+            continue
+        if new.fstype != old.fstype:
+            why = f"{old.volume}: {old.fstype} no longer recognised (now {new.fstype or 'none'})"
+            f.add("unusual", why, "filesystem_gone", 1.0, old.volume)
+            continue
+        delta = abs(new.used_bytes - old.used_bytes)
+        moved, used = moved + delta, used + new.used_bytes
+        share = delta / old.used_bytes if old.used_bytes else 0.0
+        if old.used_bytes >= t.min_alloc_bytes and share >= t.alloc_change_unusual:
+            why = (
+                f"{old.volume}: used space went from {old.used_bytes / MIB:.1f} MiB to "
+                f"{new.used_bytes / MIB:.1f} MiB"
+            )
+            f.add("unusual", why, "allocation_change", share, old.volume)
+    new_bytes = d.stats.new_bytes
+    if (
+        used
+        and new_bytes >= t.min_new_bytes
+        and new_bytes >= t.rewrite_share * used
+        and moved <= t.rewrite_alloc_slack * new_bytes
+    ):
+        why = (
+            f"{new_bytes / MIB:.1f} MiB of new data but the filesystems' used space moved "
+            f"{moved / 1024:.0f} KiB (data rewritten in place)"
+        )
+        f.add("unusual", why, "rewrite_in_place", new_bytes / used)
 
 
 def _grade(score: float, unusual: float, suspicious: float) -> Level:

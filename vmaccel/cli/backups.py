@@ -1,4 +1,5 @@
-"""``vmaccel backups list|show|ack``: the restore points in a repository and their verdicts."""
+"""``vmaccel backups list|show|ack|thresholds|patterns|forget-pattern``: the restore points in a
+repository, their verdicts, and the verdict's thresholds and accepted patterns."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rich.table import Table
 from vmaccel.cli.options import BackupArg, JsonOpt, RepoOpt
 from vmaccel.cli.output import console, print_json, say
 from vmaccel.cli.settings import context
-from vmaccel.service import backups, bootcheck
+from vmaccel.service import anomaly, backups, bootcheck
 from vmaccel.vocabulary.units import format_bytes
 
 app = typer.Typer(help="List and inspect backups.", no_args_is_help=True)
@@ -85,13 +86,79 @@ def show(
 
 
 @app.command("ack")
-def ack(backup: BackupArg, repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
+def ack(
+    backup: BackupArg,
+    repo: RepoOpt = None,
+    pattern: Annotated[
+        bool,
+        typer.Option(
+            "--pattern",
+            help="Also accept what fired as normal for this VM: similar findings stop "
+            "raising later verdicts.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Acknowledge a suspicious verdict (a false alarm): prune may then remove the backup."""
-    b = backups.ack_backup(context(repo), backup)
+    b = backups.ack_backup(context(repo), backup, pattern)
     if as_json:
         print_json(b.to_dict())
         return
     say(f"backup {b.backup.id} of {b.backup.vm}: verdict {_verdict(b)}")
+    if b.pattern is not None:
+        say(f"  accepted pattern {b.pattern.id}:")
+        for f in b.pattern.findings:
+            say(f"    {f.disk}: {f.finding.reason}")
+
+
+@app.command("thresholds")
+def thresholds(
+    repo: RepoOpt = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="As they apply to this VM.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The anomaly thresholds in effect (the repository's anomaly.toml over the defaults)."""
+    eff = anomaly.effective_thresholds(context(repo), vm)
+    if as_json:
+        print_json(eff.to_dict())
+        return
+    source = eff.file if eff.exists else f"defaults (no {eff.file})"
+    say(f"thresholds from {source}" + (f" for {vm}" if vm else ""))
+    if eff.overrides:
+        tables = ", ".join(f'[vm."{o}"]' for o in eff.overrides)
+        say(f"  overridden by {tables}")
+    for key, value in eff.to_dict()["thresholds"].items():
+        shown = ", ".join(value) if isinstance(value, list) else value
+        say(f"  {key} = {shown}")
+
+
+@app.command("patterns")
+def patterns(
+    repo: RepoOpt = None,
+    vm: Annotated[str | None, typer.Option("--vm", help="Only this VM.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Accepted anomaly patterns (backups ack --pattern), oldest first."""
+    found = anomaly.list_patterns(context(repo), vm)
+    if as_json:
+        print_json([p.to_json() for p in found])
+        return
+    if not found:
+        say("no accepted patterns")
+    for p in found:
+        say(f"pattern {p.id} of {p.vm}, from backup {p.backup_id}:")
+        for f in p.findings:
+            say(f"  {f.disk}: {f.finding.reason}")
+
+
+@app.command("forget-pattern")
+def forget_pattern(
+    pattern_id: Annotated[int, typer.Argument(metavar="ID", help="The pattern's id.")],
+    repo: RepoOpt = None,
+) -> None:
+    """Forget an accepted pattern: its findings raise later verdicts again."""
+    anomaly.forget_pattern(context(repo), pattern_id)
+    say(f"forgot accepted pattern {pattern_id}")
 
 
 def _verdict(b: backups.BackupDetail) -> str:

@@ -15,9 +15,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from vmaccel.catalog.anomalypatterns import AcceptedPattern
 from vmaccel.catalog.disks import find_image
 from vmaccel.catalog.index import BackupRow, ImageRow
 from vmaccel.catalog.repository import Repository
+from vmaccel.service.anomaly import accept_pattern
 from vmaccel.service.context import Context
 from vmaccel.vocabulary.backupref import BackupRef, dir_time
 from vmaccel.vocabulary.errors import BackupNotFound
@@ -32,6 +34,7 @@ class BackupDetail:
 
     backup: BackupRow
     images: tuple[ImageRow, ...]
+    pattern: AcceptedPattern | None = None  # the pattern ``ack --pattern`` accepted
 
     @property
     def time(self) -> str:
@@ -59,6 +62,8 @@ class BackupDetail:
         doc["images"] = [
             {k: v for k, v in i.to_json().items() if k not in _INTERNAL} for i in self.images
         ]
+        if self.pattern is not None:
+            doc["pattern"] = self.pattern.to_json()
         return doc
 
 
@@ -108,16 +113,19 @@ def clean_points(found: list[BackupRow]) -> list[BackupRow]:
     return out
 
 
-def ack_backup(ctx: Context, ref: str) -> BackupDetail:
+def ack_backup(ctx: Context, ref: str, pattern: bool = False) -> BackupDetail:
     """Acknowledge the verdict of the backup ``ref`` names: record the time (UTC, ISO 8601)
     in its meta, so prune no longer keeps it for being suspicious and ``--clean`` counts it
-    as clean. Acknowledging again keeps the first time."""
+    as clean. Acknowledging again keeps the first time. With ``pattern``, also accept what
+    fired as a pattern of the VM (:func:`vmaccel.service.anomaly.accept_pattern`; checked
+    first, so a backup with nothing to accept is not acknowledged either)."""
     with ctx.open(lease="backup") as r:
         b = resolve_backup(r, ref)
+        accepted = accept_pattern(r, b) if pattern else None
         if not b.meta.acked:
             now = datetime.now(UTC).isoformat(timespec="seconds")
             b = r.set_backup_meta(b, replace(b.meta, acked=now))
-        return BackupDetail(b, tuple(r.images(b)))
+        return BackupDetail(b, tuple(r.images(b)), accepted)
 
 
 def show_backup(ctx: Context, ref: str) -> BackupDetail:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from vmaccel.catalog.index import BackupRow
-from vmaccel.catalog.index.records import BackupHead
 from vmaccel.service.backups import BackupDetail, clean_points
 from vmaccel.service.context import Context
 from vmaccel.vocabulary.backupref import dir_time
@@ -98,33 +97,30 @@ def page_backups(ctx: Context, query: BackupQuery) -> BackupPage:
     with ctx.open() as r:
         if query.clean or query.verdict is not None:
             rows = _by_verdict(r.backups(query.vm), query)
-            found = [BackupHead(b.id, b.vm, b.started) for b in rows]
+            if query.newest_first:
+                rows.reverse()
+            total, page = len(rows), rows[query.offset : query.offset + query.limit]
         else:
-            found = [h for h in r.index.backup_heads(query.vm) if _in_time(h, query)]
-        if query.newest_first:
-            found.reverse()
-        page = [r.backup(h.id) for h in found[query.offset : query.offset + query.limit]]
+            total, page = r.index.backup_page(
+                query.vm, query.since, query.until, query.newest_first, query.offset, query.limit
+            )
         items = tuple(BackupDetail(b, tuple(r.images(b))) for b in page)
-    return BackupPage(len(found), query.offset, query.limit, items)
+    return BackupPage(total, query.offset, query.limit, items)
 
 
 def list_vms(ctx: Context) -> list[VmSummary]:
     """Every VM with complete backups, by name (one metadata read per VM: its newest)."""
     with ctx.open() as r:
-        by_vm: dict[str, list[BackupHead]] = {}
-        for h in r.index.backup_heads():  # oldest first
-            by_vm.setdefault(h.vm, []).append(h)
         out = []
-        for vm in sorted(by_vm):
-            found = by_vm[vm]
-            verdict = r.backup(found[-1].id).meta.verdict
+        for vm, count, first, latest, latest_id in r.index.vm_backup_spans():
+            newest = r.backup(latest_id)
+            verdict = newest.meta.verdict if newest is not None else None
             level = verdict.level if verdict is not None else None
-            out.append(VmSummary(vm, len(found), found[0].started, found[-1].started,
-                                 found[-1].id, level))  # fmt: skip
+            out.append(VmSummary(vm, count, first, latest, latest_id, level))
     return out
 
 
-def _in_time(b: BackupHead | BackupRow, q: BackupQuery) -> bool:
+def _in_time(b: BackupRow, q: BackupQuery) -> bool:
     return (q.since is None or b.started >= q.since) and (q.until is None or b.started < q.until)
 
 

@@ -199,6 +199,50 @@ class SqliteBackups(Connection):
         )
         return [BackupHead(*r) for r in rows]
 
+    def backup_page(
+        self,
+        vm: str | None,
+        since: float | None,
+        until: float | None,
+        newest_first: bool,
+        offset: int,
+        limit: int,
+    ) -> tuple[int, list[BackupRow]]:
+        """(how many complete backups match, the ``limit`` of them from ``offset``): of
+        ``vm`` (or all), started in [``since``, ``until``) (UNIX seconds), in the order of
+        :meth:`backups` or its reverse. Counting and slicing happen in SQL, so a page costs
+        the same with ten or ten thousand backups."""
+        where, params = "state = ?", list[Any]([COMPLETE])
+        for clause, value in (("vm = ?", vm), ("started >= ?", since), ("started < ?", until)):
+            if value is not None:
+                where += f" AND {clause}"
+                params.append(value)
+        (total,) = self._query(f"SELECT COUNT(*) FROM backup WHERE {where}", tuple(params))[0]  # noqa: S608 - constant SQL only, values are bound
+        order = "started DESC, id DESC" if newest_first else "started, id"
+        rows = self._query(
+            f"SELECT {_BACKUP_COLS} FROM backup WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",  # noqa: S608 - constant SQL only, values are bound
+            (*params, limit, offset),
+        )
+        return int(total), [_backup(r) for r in rows]
+
+    def vm_backup_spans(self) -> list[tuple[str, int, float, float, int]]:
+        """Per VM with complete backups, by name: (VM, how many, first and latest start time
+        in UNIX seconds, id of the latest), in two grouped queries (no row per backup)."""
+        spans = self._query(
+            "SELECT vm, COUNT(*), MIN(started), MAX(started) FROM backup WHERE state = ?"
+            " GROUP BY vm ORDER BY vm",
+            (COMPLETE,),
+        )
+        latest = dict(
+            self._query(
+                "SELECT b.vm, MAX(b.id) FROM backup b JOIN (SELECT vm, MAX(started) AS s"
+                " FROM backup WHERE state = ? GROUP BY vm) m ON b.vm = m.vm AND b.started = m.s"
+                " WHERE b.state = ? GROUP BY b.vm",
+                (COMPLETE, COMPLETE),
+            )
+        )
+        return [(vm, int(n), float(a), float(z), int(latest[vm])) for vm, n, a, z in spans]
+
     def backup_totals(self) -> tuple[int, int, int, int]:
         """(backups, VMs, images, sum of image sizes in bytes) over complete backups."""
         backups, vms = self._query(

@@ -143,6 +143,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX console_session_user ON console_session(user_id);
         """,
     ),
+    (
+        "0009_anomaly_patterns",
+        f"""
+        CREATE TABLE anomaly_pattern (
+            id {ID}, vm TEXT NOT NULL, backup_id BIGINT NOT NULL,
+            created DOUBLE PRECISION NOT NULL, findings TEXT NOT NULL);
+        CREATE INDEX anomaly_pattern_vm ON anomaly_pattern(vm, id);
+        """,
+    ),
 )
 
 CREATE_TABLE = (

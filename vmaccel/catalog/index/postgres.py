@@ -17,6 +17,7 @@ from vmaccel.catalog.index.chunks import SqliteChunks
 from vmaccel.catalog.index.files import SqliteFiles
 from vmaccel.catalog.index.jobs import SqliteJobs
 from vmaccel.catalog.index.leases import SqliteLeases
+from vmaccel.catalog.index.patterns import SqlitePatterns
 from vmaccel.catalog.index.pgconnection import PgConnection
 from vmaccel.catalog.index.policies import SqlitePolicies
 from vmaccel.catalog.index.records import BackupRow, ImageRow
@@ -34,6 +35,7 @@ class PgIndex(
     SqlitePolicies,
     SqliteJobs,
     SqliteUsers,
+    SqlitePatterns,
 ):
     """The catalog database of one repository on PostgreSQL (see :class:`PgConnection` for
     opening, transactions, the write lock and thread safety)."""
@@ -73,4 +75,7 @@ class PgIndex(
         return True  # every PostgreSQL catalog is created with all its migrations
 
     def _has_users(self) -> bool:
+        return True
+
+    def _has_patterns(self) -> bool:
         return True

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from vmaccel.catalog.index.jobs import DiskTaskRow, JobRow, LogRow, VmJobRow
 from vmaccel.catalog.index.leases import LeaseRow
 from vmaccel.catalog.index.meta import BackupMeta
+from vmaccel.catalog.index.patterns import PatternRow
 from vmaccel.catalog.index.policies import PolicyChangeRow, PolicyRow
 from vmaccel.catalog.index.records import (
     BackupHead,
@@ -92,6 +93,16 @@ class BackupIndex(Transactional, Protocol):
     def delete_backup(self, backup_id: int) -> None: ...
     def backups(self, vm: str | None = None, state: str | None = "complete") -> list[BackupRow]: ...
     def backup_heads(self, vm: str | None = None) -> list[BackupHead]: ...
+    def vm_backup_spans(self) -> list[tuple[str, int, float, float, int]]: ...
+    def backup_page(
+        self,
+        vm: str | None,
+        since: float | None,
+        until: float | None,
+        newest_first: bool,
+        offset: int,
+        limit: int,
+    ) -> tuple[int, list[BackupRow]]: ...
     def backup(self, backup_id: int) -> BackupRow | None: ...
     def backup_by_uuid(self, uuid: str) -> BackupRow | None: ...
     def add_image(self, backup_id: int, image: NewImage) -> int: ...
@@ -199,6 +210,14 @@ class UserIndex(Transactional, Protocol):
     def delete_session(self, digest: bytes) -> None: ...
 
 
+class PatternIndex(Transactional, Protocol):
+    """Accepted anomaly patterns (catalog.index.patterns); changes in ``writing()``."""
+
+    def add_pattern(self, vm: str, backup_id: int, created: float, findings: str) -> int: ...
+    def patterns(self, vm: str | None = None) -> list[PatternRow]: ...
+    def delete_pattern(self, pattern_id: int) -> bool: ...
+
+
 class CatalogIndex(
     ChunkIndex,
     BackupIndex,
@@ -208,6 +227,7 @@ class CatalogIndex(
     PolicyIndex,
     JobIndex,
     UserIndex,
+    PatternIndex,
     Protocol,
 ):
     """The whole index of one repository, and its lifetime."""

@@ -8,7 +8,7 @@ are the manifest format (``backup`` and each of ``images``; see docs/format.md):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from vmaccel.catalog.index.meta import BackupMeta, ImageMeta, ImageStats
@@ -58,7 +58,7 @@ class BackupRow:
     meta: BackupMeta = field(default_factory=BackupMeta)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "meta": self.meta.to_json()}
+        return {**_shallow(self), "meta": self.meta.to_json()}
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> BackupRow:
@@ -121,7 +121,7 @@ class ImageRow:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            **asdict(self),
+            **_shallow(self),
             "root": self.root.hex() if self.root else None,
             "meta": self.meta.to_json(),
             "stats": self.stats.to_json(),
@@ -217,3 +217,9 @@ def _object(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a JSON object, not {type(value).__name__}")
     return value
+
+
+def _shallow(record: BackupRow | ImageRow) -> dict[str, Any]:
+    """The record's fields by name, values as they are: its nested records are written by
+    their own ``to_json`` (``asdict`` would deep-copy them first, only to be replaced)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}

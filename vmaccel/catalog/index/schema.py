@@ -156,9 +156,9 @@ def _m0006(db: sqlite_utils.Database) -> None:
 
 @migrations(name="0007_backup_list")
 def _m0007(db: sqlite_utils.Database) -> None:
-    # Paged lists of backups (index.backup_heads, for the REST API and the console) read
-    # id, VM and start time of every complete backup: a covering index answers that without
-    # scanning the rows (each carries kilobytes of metadata).
+    # Paged lists of backups and per-VM spans (index.backup_page, vm_backup_spans: the REST
+    # API and the console) count and order complete backups by start time: a covering index
+    # answers that without scanning the rows (each carries kilobytes of metadata).
     db.executescript("CREATE INDEX backup_state_started ON backup(state, started, id, vm);")
 
 
@@ -176,5 +176,19 @@ def _m0008(db: sqlite_utils.Database) -> None:
             digest BLOB PRIMARY KEY, user_id INTEGER NOT NULL REFERENCES console_user(id),
             csrf TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL);
         CREATE INDEX console_session_user ON console_session(user_id);
+        """
+    )
+
+
+@migrations(name="0009_anomaly_patterns")
+def _m0009(db: sqlite_utils.Database) -> None:
+    # Accepted anomaly patterns (catalog/index/patterns.py): findings a VM's admin accepted
+    # with `backups ack --pattern`, so that they stop raising later verdicts.
+    db.executescript(
+        """
+        CREATE TABLE anomaly_pattern (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, vm TEXT NOT NULL,
+            backup_id INTEGER NOT NULL, created REAL NOT NULL, findings TEXT NOT NULL);
+        CREATE INDEX anomaly_pattern_vm ON anomaly_pattern(vm, id);
         """
     )

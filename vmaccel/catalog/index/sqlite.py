@@ -13,6 +13,7 @@ from vmaccel.catalog.index.chunks import SqliteChunks
 from vmaccel.catalog.index.files import SqliteFiles
 from vmaccel.catalog.index.jobs import SqliteJobs
 from vmaccel.catalog.index.leases import SqliteLeases
+from vmaccel.catalog.index.patterns import SqlitePatterns
 from vmaccel.catalog.index.policies import SqlitePolicies
 from vmaccel.catalog.index.tokens import SqliteTokens
 from vmaccel.catalog.index.users import SqliteUsers
@@ -27,6 +28,7 @@ class Index(
     SqlitePolicies,
     SqliteJobs,
     SqliteUsers,
+    SqlitePatterns,
 ):
     """The catalog database of one repository (see
     :class:`~vmaccel.catalog.index.connection.Connection` for opening and thread safety)."""

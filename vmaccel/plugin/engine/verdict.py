@@ -2,8 +2,11 @@
 
 Runs after the file catalog (the file signals need it) and reads only the index: the
 image stats of the backup and of the VM's earlier backups, and the file listings of the
-backup and of the previous one. Earlier backups whose own verdict is suspicious and not
-acknowledged are left out of the baseline (an attack must not become the norm).
+backup and of the previous one, the allocation summaries of the backup's images and of the
+previous backup's, and the VM's accepted patterns. Earlier backups whose own verdict is
+suspicious and not acknowledged are left out of the baseline (an attack must not become the
+norm). The thresholds are the repository's ``anomaly.toml`` for the VM
+(:mod:`vmaccel.catalog.anomalyconfig`), read at every verdict.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ from vmaccel.catalog.anomaly import (
     VolumeChanges,
     judge,
 )
+from vmaccel.catalog.anomalyconfig import load_thresholds
+from vmaccel.catalog.anomalypatterns import AcceptedPattern, acceptor, decode_findings
 from vmaccel.catalog.filediff import FileChange, diff_listings
 from vmaccel.catalog.index import BackupRow, FileRecord, ImageRow
+from vmaccel.catalog.index.meta import VolumeAllocation
 from vmaccel.catalog.repository import Repository
 from vmaccel.vocabulary.errors import VmaccelError
 
@@ -47,8 +53,9 @@ def assess_backup(
     repo: Repository, backup: BackupRow, thresholds: Thresholds | None = None
 ) -> Verdict:
     """Judge ``backup`` (see :mod:`vmaccel.catalog.anomaly`) and store the verdict in its
-    meta; returns it."""
-    t = thresholds or Thresholds()
+    meta; returns it. ``thresholds`` default to the repository's for the VM; a malformed
+    ``anomaly.toml`` raises UsageError (the verdict step reports it as a warning)."""
+    t = thresholds or load_thresholds(repo.path, backup.vm)
     earlier = [b for b in repo.backups(backup.vm) if b.id < backup.id]
     previous = earlier[-1] if earlier else None
     baseline = [b for b in earlier if not b.meta.protected][-BASELINE_RUNS:]
@@ -63,13 +70,28 @@ def assess_backup(
             img.stats,
             tuple(h.stats for h in history.get(img.disk, [])),
             tuple(volume_changes(repo, before.get(img.disk), img, t)),
+            img.meta.allocation,
+            _allocation(before.get(img.disk)),
         )
         for img in repo.images(backup)
     ]
-    verdict = judge(disks, len(earlier), t)
+    accept = acceptor(accepted_patterns(repo, backup.vm), t.pattern_tolerance)
+    verdict = judge(disks, len(earlier), t, accept)
     repo.set_backup_meta(backup, replace(backup.meta, verdict=verdict))
     logger.info("verdict of backup %d: %s %s", backup.id, verdict.level, list(verdict.reasons))
     return verdict
+
+
+def accepted_patterns(repo: Repository, vm: str) -> list[AcceptedPattern]:
+    """The accepted patterns of ``vm``, oldest first."""
+    return [
+        AcceptedPattern(p.id, p.vm, p.backup_id, p.created, decode_findings(p.findings))
+        for p in repo.index.patterns(vm)
+    ]
+
+
+def _allocation(img: ImageRow | None) -> tuple[VolumeAllocation, ...] | None:
+    return img.meta.allocation if img is not None else None
 
 
 def volume_changes(
