@@ -210,16 +210,11 @@ def _bring_up(
         disks.append(vmcreate.NewDisk(img.meta.key, attach))
     s = save(root, s.but(vm_created=True))
     backup_meta = _saved_config(ctx, s.backup_id)
-    created = vmcreate.create_vm(
-        vc,
-        backup_meta[0],
-        backup_meta[1],
-        s.name,
-        vmcreate.Placement(datastore=request.datastore, host=request.host),
-        request.networks,
-        False,
-        disks,
+    placement = vmcreate.Placement(datastore=request.datastore, host=request.host)
+    blueprint = vmcreate.Blueprint(
+        backup_meta[0], backup_meta[1], s.name, placement, request.networks, False, disks
     )
+    created = vmcreate.create_vm(vc, blueprint)
     s = save(root, s.but(vm_moref=created.moref))
     if request.power_on:
         vmcreate.power_on(vc, created.moref)

@@ -40,20 +40,10 @@ def import_new_vm(
 ) -> tuple[CreatedVm, tuple[DiskWrite, ...]]:
     """Create VM ``name`` from ``row``'s configuration with ``images`` as its disks, over
     NFC. Returns the VM (complete, powered off) and what each disk took."""
-    from vmaccel.plugin.vcenter import nfc, vmcreate
-    from vmaccel.service.vmrestores import saved_key
+    from vmaccel.plugin.vcenter import nfc
+    from vmaccel.service.vmrestores import blueprint
 
-    assert row.meta.config_xml and row.meta.api_version  # noqa: S101 - restore_vm checked
-    imp = nfc.start_import(
-        vc,
-        row.meta.config_xml,
-        row.meta.api_version,
-        name,
-        vmcreate.Placement(req.datastore, req.folder, req.host, req.cluster, req.resource_pool),
-        dict(req.networks),
-        req.keep_identity,
-        [vmcreate.NewDisk(saved_key(i)) for i in images],
-    )
+    imp = nfc.start_import(vc, blueprint(row, images, req, name))
     try:
         writes = tuple(
             _upload(vc, r, image, imp, url, target.file_name, track)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from vmaccel.plugin.engine.transports import TransportConfig
     from vmaccel.plugin.vcenter.connection import VCenter
     from vmaccel.plugin.vcenter.models import DiskRef
-    from vmaccel.plugin.vcenter.vmcreate import CreatedVm
+    from vmaccel.plugin.vcenter.vmcreate import Blueprint, CreatedVm
 
 logger = logging.getLogger(__name__)
 
@@ -314,16 +314,22 @@ def _create(
 ) -> CreatedVm:
     from vmaccel.plugin.vcenter import vmcreate
 
-    placement = vmcreate.Placement(
-        req.datastore, req.folder, req.host, req.cluster, req.resource_pool
-    )
+    return vmcreate.create_vm(vc, blueprint(row, images, req, name))
+
+
+def blueprint(
+    row: BackupRow, images: list[ImageRow], req: VmRestoreRequest, name: str
+) -> Blueprint:
+    """VM ``name`` as ``req`` asks for it, from ``row``'s saved configuration, with a new disk
+    per image."""
+    from vmaccel.plugin.vcenter import vmcreate
+
     assert row.meta.config_xml and row.meta.api_version  # noqa: S101 - restore_vm checked
-    return vmcreate.create_vm(
-        vc,
+    return vmcreate.Blueprint(
         row.meta.config_xml,
         row.meta.api_version,
         name,
-        placement,
+        vmcreate.Placement(req.datastore, req.folder, req.host, req.cluster, req.resource_pool),
         dict(req.networks),
         req.keep_identity,
         [vmcreate.NewDisk(saved_key(i)) for i in images],

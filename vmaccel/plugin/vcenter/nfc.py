@@ -10,7 +10,6 @@ few minutes of silence) and ended with ``HttpNfcLeaseComplete`` (the VM stays) o
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ from pyVmomi import vim, vmodl
 
 from vmaccel.plugin.vcenter.connection import VCenter
 from vmaccel.plugin.vcenter.models import TlsTrust
-from vmaccel.plugin.vcenter.vmcreate import CreatedVm, NewDisk, Placement, created, prepare
+from vmaccel.plugin.vcenter.vmcreate import Blueprint, CreatedVm, created, prepare
 from vmaccel.vocabulary.errors import RestoreError, VCenterError
 
 STREAM_VMDK = "application/x-vnd.vmware-streamVmdk"
@@ -36,24 +35,13 @@ class NfcImport:
     trust: TlsTrust
 
 
-def start_import(
-    vc: VCenter,
-    config_xml: str,
-    api_version: str,
-    name: str,
-    placement: Placement,
-    networks: Mapping[str, str],
-    keep_identity: bool,
-    disks: Sequence[NewDisk],
-    timeout: float = 600.0,
-) -> NfcImport:
+def start_import(vc: VCenter, bp: Blueprint, timeout: float = 600.0) -> NfcImport:
     """Create the VM (new disks only) through ``ImportVApp`` and wait for the lease to be
     ready. The caller uploads each disk to its URL, then :func:`complete` or :func:`abort`."""
-    if any(d.attach for d in disks):
+    if any(d.attach for d in bp.disks):
         raise RestoreError("an NFC import creates new disks; it cannot attach existing ones")
-    cfg, where, spec = prepare(
-        vc, config_xml, api_version, name, placement, networks, keep_identity, disks
-    )
+    cfg, where, spec = prepare(vc, bp)
+    name, disks = bp.name, bp.disks
     pool = vc.ref(vim.ResourcePool, where.pool)
     folder = vc.ref(vim.Folder, where.folder)
     host = vc.ref(vim.HostSystem, where.host) if where.host else None

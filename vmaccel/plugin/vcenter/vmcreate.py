@@ -58,6 +58,21 @@ class NewDisk:
 
 
 @dataclass(frozen=True)
+class Blueprint:
+    """A new VM as asked: the saved configuration (``config_xml`` read with ``api_version``),
+    its ``name``, ``placement``, ``networks`` (source name -> target name), whether to keep
+    the saved identity (instance UUID, MACs) and its ``disks``."""
+
+    config_xml: str
+    api_version: str
+    name: str
+    placement: Placement
+    networks: Mapping[str, str]
+    keep_identity: bool
+    disks: Sequence[NewDisk]
+
+
+@dataclass(frozen=True)
 class CreatedVm:
     """A VM made by :func:`create_vm` (powered off). ``disks``: (saved device key, the new
     VM's disk) for each requested disk, in request order."""
@@ -71,24 +86,14 @@ class CreatedVm:
     source_cbt: bool = False  # the saved VM had change tracking on
 
 
-def create_vm(
-    vc: VCenter,
-    config_xml: str,
-    api_version: str,
-    name: str,
-    placement: Placement,
-    networks: Mapping[str, str],
-    keep_identity: bool,
-    disks: Sequence[NewDisk],
-) -> CreatedVm:
+def create_vm(vc: VCenter, bp: Blueprint) -> CreatedVm:
     """Create a VM shaped like the saved configuration (see :mod:`vmspec`), powered off.
 
     ``networks`` maps source network names to target ones. Raises :class:`UsageError` or
     :class:`NotFound` for a placement or network that does not exist (nothing is created
     then) and :class:`RestoreError` when vCenter refuses the VM."""
-    cfg, where, spec = prepare(
-        vc, config_xml, api_version, name, placement, networks, keep_identity, disks
-    )
+    cfg, where, spec = prepare(vc, bp)
+    name = bp.name
     folder = vc.ref(vim.Folder, where.folder)
     pool = vc.ref(vim.ResourcePool, where.pool)
     host = vc.ref(vim.HostSystem, where.host) if where.host else None
@@ -98,28 +103,19 @@ def create_vm(
         )
     except TaskFailed as exc:
         raise RestoreError(str(exc)) from None
-    return created(vc, ref, cfg, name, where, disks)
+    return created(vc, ref, cfg, name, where, bp.disks)
 
 
-def prepare(
-    vc: VCenter,
-    config_xml: str,
-    api_version: str,
-    name: str,
-    placement: Placement,
-    networks: Mapping[str, str],
-    keep_identity: bool,
-    disks: Sequence[NewDisk],
-) -> tuple[Any, Where, Any]:
+def prepare(vc: VCenter, bp: Blueprint) -> tuple[Any, Where, Any]:
     """(saved ConfigInfo, resolved placement, ConfigSpec) for a new VM; every name checked."""
-    cfg = load_config(config_xml, api_version)
-    where = _resolve(vc, placement, saved_datastore(cfg))
+    cfg = load_config(bp.config_xml, bp.api_version)
+    where = _resolve(vc, bp.placement, saved_datastore(cfg))
     want = SpecInput(
-        name=name,
+        name=bp.name,
         datastore=where.datastore,
-        networks=_network_map(vc, networks),
-        keep_identity=keep_identity,
-        disks=[DiskChoice(d.key, d.attach) for d in disks],
+        networks=_network_map(vc, bp.networks),
+        keep_identity=bp.keep_identity,
+        disks=[DiskChoice(d.key, d.attach) for d in bp.disks],
     )
     return cfg, where, build_spec(cfg, want)
 
