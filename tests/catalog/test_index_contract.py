@@ -269,3 +269,38 @@ def test_accepted_anomaly_patterns(index: CatalogIndex) -> None:
     with index.writing():
         assert index.delete_pattern(first) and not index.delete_pattern(first)
     assert [p.id for p in index.patterns()] == [second] and index.patterns("vm1") == []
+
+
+def test_the_first_report_of_an_attempt_wins(index: CatalogIndex) -> None:
+    from vmaccel.catalog.index.reports import ReportRow
+
+    with index.writing():
+        assert index.add_report(ReportRow(7, 1, "p1", 10.0, '{"vm": "a"}'))
+        assert not index.add_report(ReportRow(7, 1, "p2", 11.0, '{"vm": "b"}'))
+        assert index.add_report(ReportRow(7, 2, "p2", 12.0, '{"vm": "c"}'))
+    assert index.report(7, 1) == ReportRow(7, 1, "p1", 10.0, '{"vm": "a"}')
+    assert index.report(7, 2) is not None and index.report(7, 3) is None
+
+
+def test_limit_slots_are_counted_across_sessions_and_die_with_them(
+    pg: PostgresServer,  # noqa: F811
+) -> None:
+    from vmaccel.catalog.index.pgslots import PgSlots
+
+    url = pg.database()
+    waited: list[int] = []
+
+    def give_up() -> None:
+        waited.append(1)
+        raise TimeoutError
+
+    two = [PgSlots(url, "datastores/vc", 2, give_up, poll=0.01) for _ in range(3)]
+    with two[0].hold(["ds1"]), two[1].hold(["ds1", "ds2"]):
+        with pytest.raises(TimeoutError):  # both slots of ds1 are held: a third waits
+            with two[2].hold(["ds1"]):
+                pass
+        with two[2].hold(["ds2"]):  # ds2 has one holder: a second fits
+            pass
+    with two[2].hold(["ds1"]):  # the sessions ended, their slots with them
+        pass
+    assert waited == [1]

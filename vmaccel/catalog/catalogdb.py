@@ -19,14 +19,18 @@ another machine is refused (or waits) as it is on one machine.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from vmaccel.catalog.durable import write_file_durably
 from vmaccel.catalog.index import CatalogIndex, Index
 from vmaccel.vocabulary.errors import IndexCorrupt, RepositoryExists, UsageError
+
+if TYPE_CHECKING:
+    from vmaccel.catalog.index.pgslots import PgSlots
 
 # psycopg and the PostgreSQL index are imported only when a repository names one: the
 # embedded default does not pay their import time.
@@ -169,3 +173,16 @@ def with_shared(
     if isinstance(index, SharedLocks):
         return _Pair(local, index.session_lock(name, what, wait))
     return local
+
+
+def shared_slots(
+    index: CatalogIndex, scope: str, per_name: int, checkpoint: Callable[[], None]
+) -> PgSlots | None:
+    """Counted slots every machine sharing the PostgreSQL catalog of ``index`` sees (see
+    :mod:`~vmaccel.catalog.index.pgslots`); None on SQLite, whose limits are the host's."""
+    url = getattr(index, "url", None) if isinstance(index, SharedLocks) else None
+    if url is None:
+        return None
+    from vmaccel.catalog.index.pgslots import PgSlots
+
+    return PgSlots(str(url), scope, per_name, checkpoint)

@@ -38,6 +38,7 @@ from vmaccel.cli import (
     signals,
     token,
     vcenter,
+    worker,
 )
 from vmaccel.cli import user as user_cli
 from vmaccel.cli.output import err_console
@@ -65,6 +66,7 @@ app.add_typer(token.app, name="token")
 app.add_typer(instant.app, name="instant")
 app.add_typer(user_cli.app, name="user")
 serve.register(app)
+worker.register(app)
 
 
 @app.callback()

@@ -131,6 +131,11 @@ _PerVcOpt = Annotated[
     int, typer.Option("--max-per-vcenter", min=1, help="VM backups at once per vCenter.")
 ]
 _LogJsonOpt = Annotated[bool, typer.Option("--log-json", help="Log JSON lines.")]
+_LocalOpt = Annotated[
+    bool,
+    typer.Option("--local-backups",
+                 help="Back VMs up here even on a PostgreSQL catalog (else proxies do)."),
+]  # fmt: skip
 
 
 def serve(
@@ -147,6 +152,7 @@ def serve(
     max_per_host: _PerHostOpt = 4,
     max_per_vcenter: _PerVcOpt = 8,
     log_json: _LogJsonOpt = False,
+    local_backups: _LocalOpt = False,
 ) -> None:
     """Run the daemon: scheduled policy runs, prune, gc, verify, notifications, REST API."""
     debug = logging.getLogger().level == logging.DEBUG
@@ -155,7 +161,8 @@ def serve(
     ctx.require_repo()
     limits = Limits(max_per_datastore, max_per_host, max_per_vcenter)
     options = ServeOptions(tick=tick, stop_timeout=stop_timeout, gc_schedule=_cron(gc_schedule),
-                           verify_schedule=_cron(verify_schedule), limits=limits)  # fmt: skip
+                           verify_schedule=_cron(verify_schedule), limits=limits,
+                           local_backups=local_backups)  # fmt: skip
     daemon, api_stop = Daemon(ctx, options, log_json), threading.Event()
     failed: list[VmaccelError] = []
     api: list[threading.Thread] = []

@@ -22,8 +22,9 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from vmaccel.catalog.index.jobs import (
     CANCELLED,
@@ -44,8 +45,9 @@ from vmaccel.service.policyspec import Policy
 from vmaccel.service.schedule import window_open
 from vmaccel.vocabulary.errors import Interrupted, VmaccelError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (the queue, procrastinate, loads only for a run that uses it)
     from vmaccel.plugin.vcenter.models import VmRef
+    from vmaccel.service.remotepool import RemotePool
 
 logger = logging.getLogger(__name__)
 POLL = 0.5  # seconds between checks of the window, retries, cancel and stop while VMs run
@@ -70,6 +72,45 @@ def _back_up(session: PolicySession, vm: VmRef, rescan: bool) -> VmReport:
         return VmReport(vm.name, None, (), 0.0, error=f"unexpected I/O error: {exc}")
 
 
+class _Pool(AbstractContextManager["_Pool"], Protocol):
+    def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]: ...
+
+
+class _Threads(AbstractContextManager["_Threads"]):
+    """The run's VMs backed up by threads of this process."""
+
+    def __init__(self, session: PolicySession, parallel: int, name: str) -> None:
+        self.session, self.pool = session, ThreadPoolExecutor(parallel, name)
+
+    def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]:
+        return self.pool.submit(_back_up, self.session, vm, rescan)
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class _Queue(AbstractContextManager["_Queue"]):
+    """The run's VMs queued for backup proxies (one queue job per attempt)."""
+
+    def __init__(self, remote: RemotePool, policy: Policy) -> None:
+        self.remote, self.policy = remote, policy
+
+    def __enter__(self) -> _Queue:
+        self.remote.__enter__()
+        return self
+
+    def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]:
+        from vmaccel.service.vmqueue import VmTask
+
+        datastore = vm.disks[0].datastore if vm.disks else ""
+        task = VmTask(row.job_id, row.id, row.attempt, self.policy.name, self.policy.vcenter,
+                      vm.name, vm.moref, datastore, rescan)  # fmt: skip
+        return self.remote.submit(task)
+
+    def __exit__(self, *exc: object) -> None:
+        self.remote.__exit__(None, None, None)
+
+
 class Runner:
     """Runs claimed policy jobs; one :class:`Runner` per worker process of the daemon
     (:mod:`vmaccel.daemon.worker`) or per ``policy run``. ``stopping`` is the stop flag (no
@@ -83,8 +124,12 @@ class Runner:
         limits: Limits | None = None,
         on_finished: Finished = lambda p, j, v: None,
         clock: Callable[[], float] = time.time,
+        queue: str | None = None,
     ) -> None:
+        """``queue``: the catalog database whose VM job queue takes the VMs (backup proxies
+        run them, :mod:`vmaccel.service.remotepool`); None: this process backs them up."""
         self.ctx, self.owner, self.stopping = ctx, owner, stopping
+        self.queue = queue
         self.limits = limits or Limits()
         self.on_finished, self.clock = on_finished, clock
         self._cancels: set[Cancel] = set()
@@ -138,12 +183,21 @@ class Runner:
             rows = book.add_vms(job_id, sorted(by_name))
             book.log(job_id, None, "info", f"{len(rows)} VM(s) selected")
             run = _Run(policy, job_id, list(rows), {})
-            with ThreadPoolExecutor(policy.parallel, f"vmaccel-{policy.name}") as pool:
+            with self._pool(policy, session, cancel) as pool:
                 rescan = self._rescans(session, policy, list(by_name))
                 while run.queue or run.running:
                     self._check(run, book, cancel)
-                    self._start(run, book, pool, session, by_name, rescan)
+                    self._start(run, book, pool, by_name, rescan)
                     self._collect(run, book)
+
+    def _pool(self, policy: Policy, session: PolicySession, cancel: Cancel) -> _Pool:
+        """Where the run's VMs are backed up: threads of this process, or the queue."""
+        if self.queue is None:
+            return _Threads(session, policy.parallel, f"vmaccel-{policy.name}")
+        from vmaccel.service.remotepool import RemotePool
+
+        assert session.repo is not None  # noqa: S101 - open inside the session
+        return _Queue(RemotePool(session.repo.index, self.queue, cancel), policy)
 
     def _rescans(self, session: PolicySession, policy: Policy, names: list[str]) -> set[str]:
         from vmaccel.service.policyplan import rescan_due
@@ -171,8 +225,7 @@ class Runner:
         self,
         run: _Run,
         book: JobBook,
-        pool: ThreadPoolExecutor,
-        session: PolicySession,
+        pool: _Pool,
         by_name: dict[str, VmRef],
         rescan: set[str],
     ) -> None:
@@ -188,7 +241,7 @@ class Runner:
                 continue
             what = "retry " if claimed.attempt > 1 else ""
             book.log(run.job_id, row.id, "info", f"{row.vm}: {what}attempt {claimed.attempt}")
-            future = pool.submit(_back_up, session, by_name[row.vm], row.vm in rescan)
+            future = pool.submit(claimed, by_name[row.vm], row.vm in rescan)
             run.running[future] = claimed
 
     def _collect(self, run: _Run, book: JobBook) -> None:

@@ -52,6 +52,7 @@ class ServeOptions:
     gc_grace: float = 3600.0
     verify_schedule: str | None = "0 4 * * 0"
     checks_every: float = 3600.0
+    local_backups: bool = False  # on a PostgreSQL catalog: back VMs up here, not via proxies
     limits: Limits = field(default_factory=Limits)
 
 

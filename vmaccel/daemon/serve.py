@@ -64,7 +64,7 @@ class Daemon:
         self.owner = owner_id()
         self.stopping = threading.Event()
         self.wake = threading.Event()  # set: the loop should look at the queue (or stop)
-        self.workers = Workers(ctx, options.limits, log_json)
+        self.workers = Workers(ctx, options.limits, log_json, options.local_backups)
         self._aborted = False
         self.held: set[int] = set()  # queued jobs whose worker failed: retried at the next tick
 

@@ -9,12 +9,13 @@ notifications. Commands::
     python -m vmaccel.daemon.worker recover --repo R --parent PID
 
 A ``run`` claims the job row (owner ``host:pid`` of the worker) and runs it as
-:class:`~vmaccel.daemon.runner.Runner` does; the daemon sends the run's notification when
-the worker has exited. Signals from the daemon: SIGTERM — no new VM starts, VMs in flight
-finish; SIGUSR1 — abort the VMs in flight (disks stop at the next progress step, snapshots
-are removed). A cancel (``jobs cancel``, the API) reaches the worker through the job row its
-runner polls. The worker dies with the daemon (``PR_SET_PDEATHSIG``: SIGKILL), so a daemon
-killed with -9 leaves its jobs to the dead-owner recovery at the next start, as before.
+:class:`~vmaccel.daemon.runner.Runner` does (on a PostgreSQL catalog its VMs are queued for
+backup proxies, ``vmaccel worker``, unless ``--local``); the daemon sends the run's
+notification when the worker has exited. Signals from the daemon: SIGTERM — no new VM starts,
+VMs in flight finish; SIGUSR1 — abort the VMs in flight (disks stop at the next progress step,
+snapshots are removed). A cancel (``jobs cancel``, the API) reaches the worker through the job
+row its runner polls. The worker dies with the daemon (``PR_SET_PDEATHSIG``: SIGKILL), so a
+daemon killed with -9 leaves its jobs to the dead-owner recovery at the next start, as before.
 
 The repository, config directory and passphrase come from the environment the daemon passes
 (``VMACCEL_REPO``, ``VMACCEL_CONFIG_DIR``, ``VMACCEL_PASSPHRASE``). Exit status: 0 when the
@@ -50,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--policy", default="")
     parser.add_argument("--job", type=int, default=0)
     parser.add_argument("--limits", default="", help="per-datastore,per-host,per-vcenter")
+    parser.add_argument("--local", action="store_true", help="never queue VMs for proxies")
     parser.add_argument("--log-json", action="store_true")
     parser.add_argument("--log-level", type=int, default=logging.INFO)
     return parser
@@ -74,6 +76,7 @@ def _passphrase() -> str:
 
 
 def _run(ctx: Context, args: argparse.Namespace) -> int:
+    from vmaccel.catalog.catalogdb import catalog_url
     from vmaccel.daemon.runner import Runner
     from vmaccel.service.jobs import owner_id
     from vmaccel.service.policies import get_policy
@@ -91,7 +94,8 @@ def _run(ctx: Context, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGUSR1, on_abort)
     limits = Limits(*(int(n) for n in args.limits.split(","))) if args.limits else Limits()
-    runner = Runner(ctx, owner_id(), stopping, limits)
+    queue = None if args.local else catalog_url(ctx.require_repo())  # proxies take the VMs
+    runner = Runner(ctx, owner_id(), stopping, limits, queue=queue)
 
     def watch() -> None:  # Runner.abort takes a lock: never from the signal handler
         while not done.wait(0.2):

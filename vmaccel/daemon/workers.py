@@ -44,8 +44,13 @@ class Ended:
 class Workers:
     """The worker processes of one daemon, by key (the policy's name, or ``(recover)``)."""
 
-    def __init__(self, ctx: Context, limits: Limits, log_json: bool = False) -> None:
+    def __init__(
+        self, ctx: Context, limits: Limits, log_json: bool = False, local_backups: bool = False
+    ) -> None:
+        """``local_backups``: the runs back their VMs up themselves even on a PostgreSQL
+        catalog (where they are queued for backup proxies otherwise)."""
         self.ctx, self.limits, self.log_json = ctx, limits, log_json
+        self.local_backups = local_backups
         self.running: dict[str, Worker] = {}
 
     def _command(self, command: str, *extra: str) -> list[str]:
@@ -69,6 +74,7 @@ class Workers:
         limits = f"{lim.per_datastore},{lim.per_host},{lim.per_vcenter}"
         argv = self._command("run", "--policy", policy.name, "--job", str(job_id),
                              "--limits", limits)  # fmt: skip
+        argv += ["--local"] if self.local_backups else []
         worker = Worker(policy, job_id, self._spawn(argv))
         self.running[policy.name] = worker
         logger.info("policy %s: run %d started in worker %d", policy.name, job_id,

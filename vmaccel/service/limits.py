@@ -16,10 +16,18 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Protocol
 
 SNAPSHOTS_PER_DATASTORE = 4
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class Slots(Protocol):
+    """Counted slots by name: ``hold(names)`` takes one slot of each name for the block."""
+
+    def hold(self, names: Iterable[str]) -> AbstractContextManager[None]: ...
 
 
 class DatastoreSlots:

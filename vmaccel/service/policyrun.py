@@ -17,13 +17,14 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from vmaccel.catalog.catalogdb import shared_slots
 from vmaccel.catalog.repository import Repository
 from vmaccel.plugin.engine.report import VmReport
 from vmaccel.plugin.engine.selection import Selection, select
 from vmaccel.plugin.registry import Registry
 from vmaccel.service.cancel import Cancel
 from vmaccel.service.context import Context
-from vmaccel.service.limits import SNAPSHOTS_PER_DATASTORE, DatastoreSlots
+from vmaccel.service.limits import SNAPSHOTS_PER_DATASTORE, DatastoreSlots, Slots
 from vmaccel.service.policyspec import Policy
 from vmaccel.service.runs import Tracker, parse_datastore_paths
 from vmaccel.vocabulary.errors import NotFound
@@ -143,7 +144,18 @@ class PolicySession:
         notes += [f"skipping {name}: {why}" for name, why in skipped]
         return chosen, notes
 
-    def options(self, rescan: bool, slots: DatastoreSlots) -> VmBackupOptions:
+    def find(self, moref: str) -> VmRef:
+        """The VM ``moref`` of the policy's vCenter as it is now, with its disks
+        (:class:`NotFound` once it has left the inventory)."""
+        from vmaccel.plugin.vcenter.inventory import list_vms
+
+        assert self.vc is not None  # noqa: S101 - inside with
+        found = list_vms(self.vc, lambda ref, name, folder: ref == moref)
+        if not found:
+            raise NotFound(f"VM {moref} is no longer in the inventory of {self.policy.vcenter}")
+        return found[0]
+
+    def options(self, rescan: bool, slots: Slots) -> VmBackupOptions:
         """The engine's options for one VM of this policy (one VM per engine call)."""
         from vmaccel.plugin.engine.transports import TransportConfig
         from vmaccel.plugin.engine.vmjob import VmBackupOptions
@@ -172,13 +184,18 @@ class PolicySession:
         with slots[0].hold(["vcenter"]), slots[1].hold([vm.host or "unknown-host"]):
             return run_backups(self.vc, self.repo, [vm], opts, self.cancel.guard(track)).vms[0]
 
-    def _slots(self) -> tuple[DatastoreSlots, DatastoreSlots, DatastoreSlots]:
+    def _slots(self) -> tuple[Slots, Slots, Slots]:
+        """The slots of the vCenter, the ESXi host and the datastores: host-wide ``flock``
+        slots, or on a PostgreSQL catalog slots every machine sharing it sees (so proxies on
+        many machines obey one set of limits)."""
+        assert self.repo is not None  # noqa: S101 - inside with
         base, name, check = self.ctx.config_dir / "slots", self.policy.vcenter, self.cancel.check
-        return (
-            DatastoreSlots(base / "vcenters", name, self.limits.per_vcenter, check),
-            DatastoreSlots(base / "hosts", name, self.limits.per_host, check),
-            DatastoreSlots(base, name, self.limits.per_datastore, check),
-        )
+        lim = self.limits
+        per = {"vcenters": lim.per_vcenter, "hosts": lim.per_host, "datastores": lim.per_datastore}
+        shared = {k: shared_slots(self.repo.index, f"{k}/{name}", n, check) for k, n in per.items()}
+        local = {"vcenters": base / "vcenters", "hosts": base / "hosts", "datastores": base}
+        found = [shared[k] or DatastoreSlots(local[k], name, per[k], check) for k in per]
+        return found[0], found[1], found[2]
 
     def remove_leftovers(self, names: Sequence[str]) -> list[str]:
         """Remove vmaccel's leftover snapshots from the VMs named (after a crash); returns

@@ -152,6 +152,15 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         CREATE INDEX anomaly_pattern_vm ON anomaly_pattern(vm, id);
         """,
     ),
+    (
+        "0010_attempt_reports",
+        """
+        CREATE TABLE attempt_report (
+            vm_job_id BIGINT NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL,
+            reported DOUBLE PRECISION NOT NULL, report TEXT NOT NULL,
+            PRIMARY KEY (vm_job_id, attempt));
+        """,
+    ),
 )
 
 CREATE_TABLE = (

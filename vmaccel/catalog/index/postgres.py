@@ -21,6 +21,7 @@ from vmaccel.catalog.index.patterns import SqlitePatterns
 from vmaccel.catalog.index.pgconnection import PgConnection
 from vmaccel.catalog.index.policies import SqlitePolicies
 from vmaccel.catalog.index.records import BackupRow, ImageRow
+from vmaccel.catalog.index.reports import SqliteReports
 from vmaccel.catalog.index.tokens import SqliteTokens
 from vmaccel.catalog.index.users import SqliteUsers
 
@@ -36,6 +37,7 @@ class PgIndex(
     SqliteJobs,
     SqliteUsers,
     SqlitePatterns,
+    SqliteReports,
 ):
     """The catalog database of one repository on PostgreSQL (see :class:`PgConnection` for
     opening, transactions, the write lock and thread safety)."""

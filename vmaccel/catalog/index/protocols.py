@@ -34,6 +34,7 @@ from vmaccel.catalog.index.records import (
     PathVersion,
     VolumeListing,
 )
+from vmaccel.catalog.index.reports import ReportRow
 from vmaccel.catalog.index.tokens import TokenRow
 from vmaccel.catalog.index.users import SessionRow, UserRow
 from vmaccel.catalog.pack import PackEntry
@@ -193,6 +194,8 @@ class JobIndex(Transactional, Protocol):
         self, job_id: int, vm_job_id: int | None, at: float, level: str, message: str
     ) -> bool: ...
     def job_log(self, job_id: int, after_id: int = 0, limit: int = 1000) -> list[LogRow]: ...
+    def add_report(self, row: ReportRow) -> bool: ...
+    def report(self, vm_job_id: int, attempt: int) -> ReportRow | None: ...
 
 
 class UserIndex(Transactional, Protocol):

@@ -192,3 +192,16 @@ def _m0009(db: sqlite_utils.Database) -> None:
         CREATE INDEX anomaly_pattern_vm ON anomaly_pattern(vm, id);
         """
     )
+
+
+@migrations(name="0010_attempt_reports")
+def _m0010(db: sqlite_utils.Database) -> None:
+    # What a backup proxy reports of one attempt of a VM job it ran for a policy run
+    # (catalog/index/reports.py): the run's owner reads it and records the attempt.
+    db.executescript(
+        """
+        CREATE TABLE attempt_report (
+            vm_job_id INTEGER NOT NULL, attempt INTEGER NOT NULL, worker TEXT NOT NULL,
+            reported REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (vm_job_id, attempt));
+        """
+    )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from vmaccel.vocabulary.units import format_bytes, format_duration
@@ -51,6 +52,31 @@ class VmReport:
     @property
     def ok(self) -> bool:
         return self.error is None and all(d.ok for d in self.disks)
+
+    def to_json(self) -> str:
+        """This report as JSON text (every field; :meth:`from_json` reads it back equal)."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> VmReport:
+        """The report :meth:`to_json` wrote; fields it does not know are ignored (a newer
+        writer), fields it lacks take their defaults (an older one). ValueError when the
+        text is not such a report."""
+        try:
+            raw = json.loads(text)
+            disks = tuple(
+                DiskReport(**_known(DiskReport, d, ("warnings",))) for d in raw.get("disks", ())
+            )
+            return cls(**{**_known(cls, raw, ("warnings",)), "disks": disks})
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"not a VM report: {exc}") from exc
+
+
+def _known(kind: type, raw: dict[str, Any], tuples: tuple[str, ...]) -> dict[str, Any]:
+    """The items of ``raw`` that are fields of the dataclass ``kind`` (lists in ``tuples``
+    become tuples, as the frozen dataclasses hold them)."""
+    names = {f.name for f in fields(kind)}
+    return {k: tuple(v) if k in tuples else v for k, v in raw.items() if k in names}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""The run's side of the VM job queue: each queued attempt as a :class:`~concurrent.futures.Future`
+of its :class:`~vmaccel.plugin.engine.report.VmReport`, so a policy run waits for VMs backed
+up by proxies as it waits for its own threads.
+
+:meth:`RemotePool.submit` defers the attempt (:mod:`.vmqueue`); one poller thread then reads,
+every ``poll`` seconds, the attempt's report (``attempt_report``, written by the proxy) and the
+queue job's state. A report resolves the future with it. A queue job that ended without one
+resolves it with a failure: cancelled or aborted before the proxy reported (interrupted), or
+failed (the proxy's task crashed: its log says why). Once the run's :class:`Cancel` is
+requested every queue job still open is aborted: proxies stop those VMs at their next
+progress step and remove their snapshots.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from types import TracebackType
+
+from vmaccel.catalog.index.protocols import JobIndex
+from vmaccel.plugin.engine.report import VmReport
+from vmaccel.service import vmqueue
+from vmaccel.service.cancel import Cancel
+from vmaccel.service.vmqueue import VmTask
+from vmaccel.vocabulary.errors import Interrupted, VmaccelError
+
+logger = logging.getLogger(__name__)
+
+
+class RemotePool:
+    """Queued attempts of one run on the catalog database ``url`` (see the module docstring).
+    A context manager: leaving it aborts what is still open and stops the poller."""
+
+    def __init__(self, index: JobIndex, url: str, cancel: Cancel, poll: float = 0.5) -> None:
+        self.index, self.cancel, self.poll = index, cancel, poll
+        vmqueue.ensure_schema(url)
+        self.app = vmqueue.make_app(url)
+        self._pending: dict[int, tuple[VmTask, Future[VmReport]]] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._aborted = False
+        self._thread = threading.Thread(target=self._run, name="vmaccel-remote", daemon=True)
+
+    def __enter__(self) -> RemotePool:
+        self.app.open()
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._closed.set()
+        self._thread.join()
+        with self._lock:
+            open_jobs = list(self._pending)
+        for queue_job in open_jobs:
+            vmqueue.abort(self.app, queue_job)
+        self.app.close()
+
+    def submit(self, task: VmTask) -> Future[VmReport]:
+        """Queue one attempt; the future resolves with its report."""
+        future: Future[VmReport] = Future()
+        future.set_running_or_notify_cancel()
+        queue_job = vmqueue.defer(self.app, task)
+        with self._lock:
+            self._pending[queue_job] = (task, future)
+        logger.info("%s: attempt %d queued (queue job %d, %s)", task.vm, task.attempt,
+                    queue_job, task.queue)  # fmt: skip
+        return future
+
+    def _run(self) -> None:
+        while not self._closed.wait(self.poll):
+            try:
+                self._check_all()
+            except VmaccelError as exc:  # the catalog database is away: try again next round
+                logger.warning("checking queued VMs failed: %s", exc)
+
+    def _check_all(self) -> None:
+        if self.cancel.requested and not self._aborted:
+            self._aborted = True
+            with self._lock:
+                open_jobs = list(self._pending)
+            for queue_job in open_jobs:
+                vmqueue.abort(self.app, queue_job)
+        with self._lock:
+            pending = list(self._pending.items())
+        for queue_job, (task, future) in pending:
+            report = self._outcome(queue_job, task)
+            if report is not None:
+                with self._lock:
+                    del self._pending[queue_job]
+                future.set_result(report)
+
+    def _outcome(self, queue_job: int, task: VmTask) -> VmReport | None:
+        """The attempt's report once there is one (or its queue job ended without), else None."""
+        state = vmqueue.status(self.app, queue_job)  # read first: a report may follow it
+        row = self.index.report(task.vm_job, task.attempt)
+        if row is not None:
+            try:
+                return VmReport.from_json(row.report)
+            except ValueError as exc:
+                return VmReport(task.vm, None, (), 0.0, error=f"{row.worker} sent {exc}")
+        if state not in vmqueue.ENDED:
+            return None
+        if state == vmqueue.FAILED:
+            why = "the proxy's task failed without a report (see the worker's log)"
+            return VmReport(task.vm, None, (), 0.0, error=why, exit_code=1)
+        if state == vmqueue.SUCCEEDED:  # reported and then lost? never recorded: a failure
+            return VmReport(task.vm, None, (), 0.0, error="the proxy left no report", exit_code=1)
+        why = f"{self.cancel.reason if self.cancel.requested else 'the queue job was ' + state}"
+        return VmReport(task.vm, None, (), 0.0, error=why, exit_code=Interrupted.exit_code)
