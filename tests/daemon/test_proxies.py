@@ -18,7 +18,14 @@ import pytest
 
 from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
 from tests.catalog.pgserver import PostgresServer, pg, postgres
-from tests.daemon.servebed import VMACCEL, ctx_for, vmaccel_snapshots, wait_for
+from tests.daemon.servebed import (
+    VMACCEL,
+    ctx_for,
+    finished_runs,
+    serve,
+    vmaccel_snapshots,
+    wait_for,
+)
 from tests.plugin.conftest import PASSWORD_ENV, Cli, cli, config_dir
 from tests.plugin.test_vcenter_outcomes import MiB, small_disk
 from vmaccel.daemon.runner import Runner
@@ -204,3 +211,20 @@ def _active(repo: Path) -> int:
     from vmaccel.service.jobs import list_jobs
 
     return next(j.id for j in list_jobs(ctx_for(repo), "waiting", limit=5) if j.finished is None)
+
+
+def test_serve_queues_scheduled_runs_for_the_proxies_of_their_datastores(
+    bed: VsphereBed, fleet: list[VmInfo], repo: Path, proxies: Proxies, tmp_path: Path
+) -> None:
+    (vm,) = fleet[:1]
+    _with_disks(bed, [vm], tmp_path, 8 * MiB)
+    policy = _policy("served", [vm], parallel=1)
+    add_policy(ctx_for(repo), Policy.from_dict({**policy.to_dict(), "schedule": "*/2 * * * * *"}))
+    proxies.start("elsewhere", "--datastores", "OtherDS")  # never sees LocalDS_0's queue
+    proxies.start("near", "--datastores", "LocalDS_0")
+    with serve(repo, tmp_path / "serve.log"):
+        runs = wait_for("a scheduled run that backed the VM up", lambda: [
+            r for r in finished_runs(repo, "served") if r.vms and r.vms[0].backup_id], 120)
+    log = [line.message for line in job_log(ctx_for(repo), runs[0].job.id)]
+    assert any(m.endswith("attempt 1 on near") for m in log), log
+    assert not any(" on elsewhere" in m for m in log), log
