@@ -105,6 +105,7 @@ async def _main(
                 update_heartbeat_interval=opts.heartbeat,
                 stalled_worker_timeout=opts.stalled_after,
                 shutdown_graceful_timeout=opts.stop_timeout, install_signal_handlers=True,
+                delete_jobs="successful",  # the catalog keeps the outcome (attempt_report)
             )  # fmt: skip
         finally:
             reaper.cancel()
