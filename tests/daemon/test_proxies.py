@@ -48,8 +48,19 @@ def bed() -> Iterator[VsphereBed]:
 def fleet(bed: VsphereBed, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> list[VmInfo]:
     """The bed registered as vCenter "bed"; its VMs, each a fresh one per test."""
     monkeypatch.setenv(PASSWORD_ENV, bed.password)
-    result = cli("vcenter", "add", VC, "--url", bed.url, "--user", bed.user,
-                 "--password-env", PASSWORD_ENV, "--thumbprint", bed.thumbprint_sha256)
+    result = cli(
+        "vcenter",
+        "add",
+        VC,
+        "--url",
+        bed.url,
+        "--user",
+        bed.user,
+        "--password-env",
+        PASSWORD_ENV,
+        "--thumbprint",
+        bed.thumbprint_sha256,
+    )
     assert result.rc == 0, result.err
     return [vm for vm in sorted(bed.control.vms(), key=lambda v: v.name)
             if not vmaccel_snapshots(bed).get(vm.name)]  # fmt: skip
@@ -223,8 +234,11 @@ def test_serve_queues_scheduled_runs_for_the_proxies_of_their_datastores(
     proxies.start("elsewhere", "--datastores", "OtherDS")  # never sees LocalDS_0's queue
     proxies.start("near", "--datastores", "LocalDS_0")
     with serve(repo, tmp_path / "serve.log"):
-        runs = wait_for("a scheduled run that backed the VM up", lambda: [
-            r for r in finished_runs(repo, "served") if r.vms and r.vms[0].backup_id], 120)
+        runs = wait_for(
+            "a scheduled run that backed the VM up",
+            lambda: [r for r in finished_runs(repo, "served") if r.vms and r.vms[0].backup_id],
+            120,
+        )
     log = [line.message for line in job_log(ctx_for(repo), runs[0].job.id)]
     assert any(m.endswith("attempt 1 on near") for m in log), log
     assert not any(" on elsewhere" in m for m in log), log

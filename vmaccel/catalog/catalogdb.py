@@ -19,13 +19,14 @@ another machine is refused (or waits) as it is on one machine.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from vmaccel.catalog.durable import write_file_durably
+from vmaccel.catalog.durable import create_private_file, write_file_durably
 from vmaccel.catalog.index import CatalogIndex, Index
 from vmaccel.vocabulary.errors import IndexCorrupt, RepositoryExists, UsageError
 
@@ -93,14 +94,15 @@ def open_index(path: Path, index_file: Path, create: bool) -> CatalogIndex:
     SQLite file ``index_file`` (``create``: see :class:`~vmaccel.catalog.index.Index`)."""
     url = catalog_url(path)
     if url is None:
+        if create and not index_file.exists():
+            os.close(create_private_file(index_file))  # 0600; SQLite only opens it
         return Index(index_file, create=create)
-    if create:
-        raise UsageError(
-            "rebuild-index on a PostgreSQL catalog is not supported yet: restore the database"
-            " from its own backup"
-        )
     from vmaccel.catalog.index.postgres import PgIndex
 
+    if create:  # rebuild-index: a new catalog beside the live one (catalog.index.pgrebuild)
+        from vmaccel.catalog.index.pgrebuild import prepare
+
+        return PgIndex(prepare(url), create=True)
     return PgIndex(url)
 
 

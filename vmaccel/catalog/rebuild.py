@@ -19,6 +19,11 @@ records about complete backups. A rebuild:
    partial ``index.db.rebuilding`` that the next rebuild discards: a half-built index is
    never live, so gc can never take packs it does not (yet) list for garbage.
 
+On a PostgreSQL catalog the new catalog is built in a schema of its own beside the live one
+and the two are switched in one transaction; the old tables are kept in a schema
+``vmaccel_broken_<UTC time>`` (catalog.index.pgrebuild). The rebuild refuses while any other
+session on any machine holds one of the catalog's locks.
+
 No manifest is dropped: when two claim the same backup (or image) id, as after backups were
 written against an index that was wrongly empty, the older keeps it and the newer gets a new
 id, its manifest rewritten durably before the new index goes live (reported as renumbered).
@@ -32,16 +37,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vmaccel.catalog.blockmap import HOLE
+from vmaccel.catalog.catalogdb import catalog_url
+from vmaccel.catalog.config import RepositoryConfig
 from vmaccel.catalog.damage import attribute
 from vmaccel.catalog.durable import fsync_dir
 from vmaccel.catalog.index import BackupRow, ImageRow
+from vmaccel.catalog.key import MasterKey
 from vmaccel.catalog.lock import FileLock
 from vmaccel.catalog.manifest import write_manifest
+from vmaccel.catalog.objectstore import ObjectStore
 from vmaccel.catalog.pack import (
     HEADER_SIZE,
     PackEntry,
@@ -52,7 +62,7 @@ from vmaccel.catalog.pack import (
 )
 from vmaccel.catalog.repository import Passphrase, Repository, read_config, read_key
 from vmaccel.catalog.storeconfig import open_store
-from vmaccel.vocabulary.errors import DamageError
+from vmaccel.vocabulary.errors import DamageError, RepositoryLocked
 
 logger = logging.getLogger(__name__)
 
@@ -138,23 +148,52 @@ def rebuild_index(path: Path, passphrase: Passphrase, lock_wait: float = 0.0) ->
             FileLock(path / "writers.lock", exclusive=True, wait=lock_wait),
             FileLock(path / "readers.lock", exclusive=True, wait=lock_wait, what="reader"),
         ):
+            url = catalog_url(path)
+            if url is not None:
+                return _rebuild_postgres(path, url, lambda: _build(path, store, config, key, lock))
             _remove(path, _BUILDING)  # what an interrupted rebuild left: never user data
-            repo = Repository(
-                path, config, key, lock, path / _BUILDING, create_index=True, store=store
-            )
-            try:
-                repo.index.migrate()
-                report = _rebuild(repo)
-            finally:
-                # Not repo.close(): that would drop the writer lock before the switch below.
-                repo.store.close()
-                repo.index.close()
+            report = _build(path, store, config, key, lock)
             moved = _move_aside(path)
             _rename(path, _BUILDING, "index.db")
             fsync_dir(path)
             return replace(report, moved_aside=moved)
     finally:
         lock.release()
+
+
+def _build(
+    path: Path, store: ObjectStore, config: RepositoryConfig, key: MasterKey | None,
+    lock: FileLock,
+) -> RebuildReport:  # fmt: skip
+    """The new index, complete and closed: ``index.db.rebuilding`` on SQLite, the building
+    schema on PostgreSQL (catalog.index.pgrebuild)."""
+    repo = Repository(path, config, key, lock, path / _BUILDING, create_index=True, store=store)
+    try:
+        repo.index.migrate()
+        return _rebuild(repo)
+    finally:
+        # Not repo.close(): that would drop the writer lock before the switch.
+        repo.store.close()
+        repo.index.close()
+
+
+def _rebuild_postgres(
+    path: Path, url: str, build: Callable[[], RebuildReport]
+) -> RebuildReport:
+    """The rebuild on a PostgreSQL catalog: under its maintenance session lock, refused
+    while any other session holds a vmaccel lock (a backup, gc, a VM lock on any machine)."""
+    from vmaccel.catalog.index import pgrebuild
+
+    with pgrebuild.MaintenanceLock(url) as held:
+        if pgrebuild.others_hold_locks(url, own=held.pid):
+            raise RepositoryLocked(
+                "the catalog is in use on some machine (a backup, gc or prune holds one of its"
+                " locks): stop them, then rebuild"
+            )
+        report = build()
+        moved = pgrebuild.switch(url)
+    logger.warning("moved the old catalog tables aside to schema %s", moved)
+    return replace(report, moved_aside=f"schema {moved}")
 
 
 def _suffixed(name: str) -> list[tuple[str, str]]:
@@ -240,7 +279,12 @@ def _add_pack(repo: Repository, name: str, size: int, entries: list[PackEntry]) 
 def _add_backups(repo: Repository, found: _Found) -> tuple[int, int]:
     """Restore every readable manifest, oldest first; returns (backups, images) restored.
 
-    No manifest is dropped: one whose backup or image ids an older manifest already claims
+    On a PostgreSQL catalog the new catalog is built in a schema of its own beside the live one
+and the two are switched in one transaction; the old tables are kept in a schema
+``vmaccel_broken_<UTC time>`` (catalog.index.pgrebuild). The rebuild refuses while any other
+session on any machine holds one of the catalog's locks.
+
+No manifest is dropped: one whose backup or image ids an older manifest already claims
     (written against an index that was wrongly fresh) gets new ids, and its manifest is
     rewritten durably (atomically replaced: a crash leaves the old or the new document,
     never none) before the new index can go live, so the next rebuild finds no clash.

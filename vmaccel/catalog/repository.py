@@ -163,8 +163,6 @@ class Repository:
         level = config.compression_level if config.compression == "zstd" else None
         self.codec = ChunkCodec(level, key)
         index_file = index_path or path / "index.db"
-        if create_index and not index_file.exists():
-            os.close(create_private_file(index_file))  # 0600; SQLite only opens it
         self.index: CatalogIndex = open_index(path, index_file, create_index)
         self.packs = PackStore(self.store)
         self.chunks = ChunkStore(
