@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from types import TracebackType
 
@@ -26,6 +27,7 @@ from vmaccel.service.vmqueue import VmTask
 from vmaccel.vocabulary.errors import Interrupted, VmaccelError
 
 logger = logging.getLogger(__name__)
+UNCLAIMED = 300.0  # seconds a queued VM may wait for a proxy before the log says so
 
 
 class RemotePool:
@@ -37,6 +39,7 @@ class RemotePool:
         vmqueue.ensure_schema(url)
         self.app = vmqueue.make_app(url)
         self._pending: dict[int, tuple[VmTask, Future[VmReport]]] = {}
+        self._queued_at: dict[int, float] = {}  # unclaimed jobs: when they were queued
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._aborted = False
@@ -65,6 +68,7 @@ class RemotePool:
         queue_job = vmqueue.defer(self.app, task)
         with self._lock:
             self._pending[queue_job] = (task, future)
+            self._queued_at[queue_job] = time.monotonic()
         logger.info("%s: attempt %d queued (queue job %d, %s)", task.vm, task.attempt,
                     queue_job, task.queue)  # fmt: skip
         return future
@@ -86,23 +90,42 @@ class RemotePool:
         with self._lock:
             pending = list(self._pending.items())
         for queue_job, (task, future) in pending:
-            report = self._outcome(queue_job, task)
+            report, state = self._outcome(queue_job, task)
+            self._say_if_unclaimed(queue_job, task, state)
             if report is not None:
                 with self._lock:
                     del self._pending[queue_job]
                 future.set_result(report)
 
-    def _outcome(self, queue_job: int, task: VmTask) -> VmReport | None:
-        """The attempt's report once there is one (or its queue job ended without), else None."""
+    def _say_if_unclaimed(self, queue_job: int, task: VmTask, state: str) -> None:
+        """Log once that a VM waits for a proxy longer than :data:`UNCLAIMED` seconds."""
+        if state != vmqueue.TODO:
+            self._queued_at.pop(queue_job, None)
+            return
+        since = self._queued_at.get(queue_job)
+        if since is not None and time.monotonic() - since > UNCLAIMED:
+            del self._queued_at[queue_job]  # said once
+            logger.warning(
+                "%s: no proxy has claimed it for %.0f s: is a `vmaccel worker` running for"
+                " queue %s?", task.vm, UNCLAIMED, task.queue,
+            )  # fmt: skip
+
+    def _outcome(self, queue_job: int, task: VmTask) -> tuple[VmReport | None, str]:
+        """(the attempt's report once there is one, or once its queue job ended without one,
+        else None; the queue job's state)."""
         state = vmqueue.status(self.app, queue_job)  # read first: a report may follow it
         row = self.index.report(task.vm_job, task.attempt)
         if row is not None:
             try:
-                return VmReport.from_json(row.report)
+                return VmReport.from_json(row.report), state
             except ValueError as exc:
-                return VmReport(task.vm, None, (), 0.0, error=f"{row.worker} sent {exc}")
+                return VmReport(task.vm, None, (), 0.0, error=f"{row.worker} sent {exc}"), state
         if state not in vmqueue.ENDED:
-            return None
+            return None, state
+        return self._unreported(task, state), state
+
+    def _unreported(self, task: VmTask, state: str) -> VmReport:
+        """The outcome of a queue job that ended without a report."""
         if state == vmqueue.FAILED:
             why = "the proxy's task failed without a report (see the worker's log)"
             return VmReport(task.vm, None, (), 0.0, error=why, exit_code=1)
