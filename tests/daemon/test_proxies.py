@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -242,3 +244,25 @@ def test_serve_queues_scheduled_runs_for_the_proxies_of_their_datastores(
     log = [line.message for line in job_log(ctx_for(repo), runs[0].job.id)]
     assert any(m.endswith("attempt 1 on near") for m in log), log
     assert not any(" on elsewhere" in m for m in log), log
+
+
+def test_vms_no_proxy_took_before_the_window_closed_fail_unstarted(
+    bed: VsphereBed, fleet: list[VmInfo], repo: Path, tmp_path: Path
+) -> None:
+    """No proxy runs; the window (09:00-10:00 UTC on the run's clock) closes 2 s into the run."""
+    vms = fleet[:2]
+    _with_disks(bed, vms, tmp_path, 8 * MiB)
+    ctx = ctx_for(repo)
+    policy = Policy.from_dict({**_policy("windowed", vms, parallel=2).to_dict(),
+                               "window": "09:00-10:00", "timezone": "UTC"})  # fmt: skip
+    add_policy(ctx, policy)
+    job = run_policy_now(ctx, policy.name)
+    opened = datetime(2026, 12, 4, 9, 59, tzinfo=UTC).timestamp()
+    start = time.monotonic()
+    runner = Runner(ctx, owner_id(), threading.Event(), queue=_catalog(repo),
+                    clock=lambda: opened + (time.monotonic() - start) * 60)  # fmt: skip
+    runner.run(get_policy(ctx, policy.name).policy, job.id)
+    detail = show_job(ctx, job.id)
+    assert [v.state for v in detail.vms] == ["failed", "failed"], detail.vms
+    assert all("window closed" in (v.error or "") for v in detail.vms)
+    assert all(v.backup_id is None for v in detail.vms)

@@ -62,6 +62,7 @@ class _Run:
     job_id: int
     queue: list[VmJobRow]
     running: dict[Future[VmReport], VmJobRow]
+    pool: _Pool
 
 
 def _back_up(session: PolicySession, vm: VmRef, rescan: bool) -> VmReport:
@@ -74,6 +75,7 @@ def _back_up(session: PolicySession, vm: VmRef, rescan: bool) -> VmReport:
 
 class _Pool(AbstractContextManager["_Pool"], Protocol):
     def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]: ...
+    def drop_unstarted(self, why: str) -> None: ...
 
 
 class _Threads(AbstractContextManager["_Threads"]):
@@ -84,6 +86,9 @@ class _Threads(AbstractContextManager["_Threads"]):
 
     def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]:
         return self.pool.submit(_back_up, self.session, vm, rescan)
+
+    def drop_unstarted(self, why: str) -> None:
+        pass  # every VM submitted here has a thread: none waits
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown(wait=True)
@@ -106,6 +111,9 @@ class _Queue(AbstractContextManager["_Queue"]):
         task = VmTask(row.job_id, row.id, row.attempt, self.policy.name, self.policy.vcenter,
                       vm.name, vm.moref, datastore, rescan)  # fmt: skip
         return self.remote.submit(task)
+
+    def drop_unstarted(self, why: str) -> None:
+        self.remote.drop_unstarted(why)
 
     def __exit__(self, *exc: object) -> None:
         self.remote.__exit__(None, None, None)
@@ -182,12 +190,12 @@ class Runner:
             by_name = {vm.name: vm for vm in vms}
             rows = book.add_vms(job_id, sorted(by_name))
             book.log(job_id, None, "info", f"{len(rows)} VM(s) selected")
-            run = _Run(policy, job_id, list(rows), {})
             with self._pool(policy, session, cancel) as pool:
+                run = _Run(policy, job_id, list(rows), {}, pool)
                 rescan = self._rescans(session, policy, list(by_name))
                 while run.queue or run.running:
                     self._check(run, book, cancel)
-                    self._start(run, book, pool, by_name, rescan)
+                    self._start(run, book, by_name, rescan)
                     self._collect(run, book)
 
     def _pool(self, policy: Policy, session: PolicySession, cancel: Cancel) -> _Pool:
@@ -215,6 +223,7 @@ class Runner:
             self._drop(run, book, INTERRUPTED, "the daemon is stopping")
         elif not window_open(run.policy.window, run.policy.timezone, self.clock()):
             self._drop(run, book, FAILED, "the backup window closed before it could start")
+            run.pool.drop_unstarted("the backup window closed before a proxy took it")
 
     def _drop(self, run: _Run, book: JobBook, state: str, why: str) -> None:
         if run.queue:
@@ -225,7 +234,6 @@ class Runner:
         self,
         run: _Run,
         book: JobBook,
-        pool: _Pool,
         by_name: dict[str, VmRef],
         rescan: set[str],
     ) -> None:
@@ -241,7 +249,7 @@ class Runner:
                 continue
             what = "retry " if claimed.attempt > 1 else ""
             book.log(run.job_id, row.id, "info", f"{row.vm}: {what}attempt {claimed.attempt}")
-            future = pool.submit(claimed, by_name[row.vm], row.vm in rescan)
+            future = run.pool.submit(claimed, by_name[row.vm], row.vm in rescan)
             run.running[future] = claimed
 
     def _collect(self, run: _Run, book: JobBook) -> None:

@@ -40,6 +40,7 @@ class RemotePool:
         self.app = vmqueue.make_app(url)
         self._pending: dict[int, tuple[VmTask, Future[VmReport]]] = {}
         self._queued_at: dict[int, float] = {}  # unclaimed jobs: when they were queued
+        self._dropped: dict[int, str] = {}  # jobs cancelled before a proxy claimed them: why
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._aborted = False
@@ -72,6 +73,15 @@ class RemotePool:
         logger.info("%s: attempt %d queued (queue job %d, %s)", task.vm, task.attempt,
                     queue_job, task.queue)  # fmt: skip
         return future
+
+    def drop_unstarted(self, why: str) -> None:
+        """Cancel every queued attempt no proxy has claimed yet; each fails with ``why``
+        (e.g. the backup window closed). Claimed ones go on."""
+        with self._lock:
+            open_jobs = list(self._pending)
+        for queue_job in open_jobs:
+            if queue_job not in self._dropped and vmqueue.cancel_unstarted(self.app, queue_job):
+                self._dropped[queue_job] = why
 
     def _run(self) -> None:
         while not self._closed.wait(self.poll):
@@ -122,10 +132,12 @@ class RemotePool:
                 return VmReport(task.vm, None, (), 0.0, error=f"{row.worker} sent {exc}"), state
         if state not in vmqueue.ENDED:
             return None, state
-        return self._unreported(task, state), state
+        return self._unreported(queue_job, task, state), state
 
-    def _unreported(self, task: VmTask, state: str) -> VmReport:
+    def _unreported(self, queue_job: int, task: VmTask, state: str) -> VmReport:
         """The outcome of a queue job that ended without a report."""
+        if queue_job in self._dropped:
+            return VmReport(task.vm, None, (), 0.0, error=self._dropped[queue_job], exit_code=1)
         if state == vmqueue.FAILED:
             why = "the proxy's task failed without a report (see the worker's log)"
             return VmReport(task.vm, None, (), 0.0, error=why, exit_code=1)

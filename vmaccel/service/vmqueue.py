@@ -130,6 +130,15 @@ def abort(app: procrastinate.App, queue_job: int) -> None:
         logger.debug("queue job %d: %s", queue_job, exc)
 
 
+def cancel_unstarted(app: procrastinate.App, queue_job: int) -> bool:
+    """Cancel a queue job no proxy has claimed yet; False when one has (or it ended)."""
+    try:
+        return bool(app.job_manager.cancel_job_by_id(queue_job, abort=False))
+    except queue_errors.ProcrastinateException as exc:
+        logger.debug("queue job %d: %s", queue_job, exc)
+        return False
+
+
 async def stalled_tasks(app: procrastinate.App, after: float) -> list[tuple[int, VmTask]]:
     """The running backup jobs whose worker sent no heartbeat for ``after`` seconds."""
     jobs = await app.job_manager.get_stalled_jobs(
