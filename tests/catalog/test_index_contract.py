@@ -296,9 +296,8 @@ def test_limit_slots_are_counted_across_sessions_and_die_with_them(
 
     two = [PgSlots(url, "datastores/vc", 2, give_up, poll=0.01) for _ in range(3)]
     with two[0].hold(["ds1"]), two[1].hold(["ds1", "ds2"]):
-        with pytest.raises(TimeoutError):  # both slots of ds1 are held: a third waits
-            with two[2].hold(["ds1"]):
-                pass
+        with pytest.raises(TimeoutError), two[2].hold(["ds1"]):  # both held: a third waits
+            pass
         with two[2].hold(["ds2"]):  # ds2 has one holder: a second fits
             pass
     with two[2].hold(["ds1"]):  # the sessions ended, their slots with them

@@ -445,8 +445,8 @@ class _Sweep:
             for name in orphans:
                 logger.info("deleting orphan pack file %s (no index row names it)", name)
                 size = self.repo.packs.size(name)
-                self.repo.packs.delete(name)
-                self.orphans, self.freed = self.orphans + 1, self.freed + size
+                deleted = self.repo.packs.delete(name)  # else locked: freed on expiry
+                self.orphans, self.freed = self.orphans + 1, self.freed + (size if deleted else 0)
             self.orphans_checked = True
             self.freed += _delete_doomed(self.repo, doomed)
         finally:
@@ -486,6 +486,6 @@ def _delete_doomed(repo: Repository, doomed: list[PackRow]) -> int:
             size = 0
         with repo.index.writing():
             repo.index.delete_pack(pack.id)
-        repo.packs.delete(pack.name)
-        freed += size
+        if repo.packs.delete(pack.name):  # else locked: freed once the lock expires
+            freed += size
     return freed

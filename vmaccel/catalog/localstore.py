@@ -131,7 +131,7 @@ class LocalObjectStore:
         self.make_dirs(self._staging)
         return _LocalUpload(key, self._staging / final.name, final, self)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
         path = self.path(key)
         self._forget(key)
         path.unlink(missing_ok=True)
@@ -139,6 +139,7 @@ class LocalObjectStore:
             fsync_dir(path.parent)
         except FileNotFoundError:
             pass  # no directory, no entry to make durable
+        return True
 
     def staged(self) -> list[StagedUpload]:
         try:

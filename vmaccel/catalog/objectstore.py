@@ -159,8 +159,10 @@ class ObjectStore(Protocol):
         """Every object whose key starts with ``prefix``, sorted by key."""
         ...
 
-    def delete(self, key: str) -> None:
-        """Delete ``key`` (no error when it is missing), durably when this returns."""
+    def delete(self, key: str) -> bool:
+        """Delete ``key`` (no error when it is missing), durably when this returns. False
+        when the store may not delete it yet (an object lock): it records the delete and
+        carries it out once allowed, and the bytes stay stored until then."""
         ...
 
     def staged(self) -> list[StagedUpload]:

@@ -82,9 +82,10 @@ class PackStore:
     def names(self) -> Iterator[str]:
         return (f.name for f in self.files())
 
-    def delete(self, name: str) -> None:
-        """Delete pack ``name`` (durably when this returns; no error when it is gone)."""
-        self.store.delete(pack_key(name))
+    def delete(self, name: str) -> bool:
+        """Delete pack ``name`` (durably when this returns; no error when it is gone); False
+        when an object lock defers it (see :meth:`ObjectStore.delete`)."""
+        return self.store.delete(pack_key(name))
 
     def temporary(self) -> list[PackFile]:
         """Packs begun and never committed (garbage by construction), by name."""

@@ -133,13 +133,14 @@ class S3ObjectStore:
         make_private_dir(self.staging)
         return S3Upload(self, key, self.staging / key.rpartition("/")[2], UPLOAD_THREADS)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str) -> bool:
         check_key(key)
         if key in self._hidden_keys():
-            return  # deferred already
+            return False  # deferred already
         locked = self._erase(self._k(key), key)
         if locked:
             self._defer(key, locked)
+        return not locked
 
     def _erase(self, name: str, key: str) -> float:
         """Delete every version of S3 object ``name``; returns 0, or the latest retain-until
