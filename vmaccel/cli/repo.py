@@ -1,7 +1,9 @@
-"""``vmaccel repo``: create a repository, show its statistics, rebuild its index."""
+"""``vmaccel repo``: create a repository, show its statistics, rebuild its index, move it to
+S3 and PostgreSQL."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,8 +13,11 @@ from vmaccel.catalog.s3lock import DAY
 from vmaccel.catalog.storeconfig import StoreSpec
 from vmaccel.cli.options import JsonOpt, LockWaitOpt, RepoOpt
 from vmaccel.cli.output import emit, say
+from vmaccel.cli.progress import byte_progress
 from vmaccel.cli.settings import context
-from vmaccel.service import repository
+from vmaccel.daemon.lock import DaemonLock
+from vmaccel.service import repomigrate, repository
+from vmaccel.service.jobs import owner_id
 from vmaccel.vocabulary.errors import DamageError, UsageError
 from vmaccel.vocabulary.units import parse_size
 
@@ -96,3 +101,52 @@ def rebuild(repo: RepoOpt = None, lock_wait: LockWaitOpt = 0.0, as_json: JsonOpt
     emit(report, as_json)
     if not report.complete:
         raise typer.Exit(DamageError.exit_code)
+
+
+_DestArg = Annotated[
+    Path, typer.Argument(metavar="DEST", help="The new repository directory.", show_default=False)
+]
+_StoreOpt = Annotated[
+    str | None, typer.Option("--store", help="s3://BUCKET/PREFIX for the objects (empty prefix).")
+]
+_EndpointOpt = Annotated[str | None, typer.Option("--endpoint", help="S3 endpoint URL.")]
+_RegionOpt = Annotated[str, typer.Option("--region", help="S3 region.")]
+_LockModeOpt = Annotated[
+    str | None, typer.Option("--object-lock", help="compliance or governance (needs --lock-days).")
+]
+_LockDaysOpt = Annotated[int, typer.Option("--lock-days", min=0, help="Object Lock days.")]
+_CatalogOpt = Annotated[
+    str | None,
+    typer.Option("--catalog", help="postgresql://USER@HOST/DB, an empty database (no password)."),
+]
+
+
+@app.command("migrate")
+def migrate(
+    dest: _DestArg,
+    repo: RepoOpt = None,
+    store: _StoreOpt = None,
+    endpoint: _EndpointOpt = None,
+    region: _RegionOpt = "us-east-1",
+    object_lock: _LockModeOpt = None,
+    lock_days: _LockDaysOpt = 0,
+    catalog: _CatalogOpt = None,
+    lock_wait: LockWaitOpt = 0.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy the repository (--repo) to DEST, a new one with its objects in S3 and its catalog
+    in PostgreSQL. The source is locked against backups, maintenance and `vmaccel serve`
+    while it is copied, and never changed."""
+    spec = _store_spec(store, endpoint, region, object_lock, lock_days)
+    if spec is None or catalog is None:
+        raise UsageError(
+            "repo migrate needs --store s3://BUCKET/PREFIX (with --endpoint URL) and"
+            " --catalog postgresql://USER@HOST/DB"
+        )
+    ctx, target = context(repo, lock_wait), repomigrate.MigrationTarget(dest, spec, catalog)
+    # No daemon may serve the source meanwhile: it writes policy and job rows without the
+    # repository locks that keep backups and maintenance out.
+    daemon = DaemonLock(ctx.require_repo(), f"{owner_id()} (repo migrate)")
+    with byte_progress(not as_json) as track:
+        report = repomigrate.migrate_repository(ctx, target, track, also_hold=daemon)
+    emit(report, as_json)
