@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # (the queue, procrastinate, loads only for a run that uses i
     from vmaccel.service.remotepool import RemotePool
 
 logger = logging.getLogger(__name__)
+INTERRUPTED_CODE = Interrupted.exit_code
 POLL = 0.5  # seconds between checks of the window, retries, cancel and stop while VMs run
 
 Finished = Callable[[Policy, JobRow, list[VmJobRow]], None]
@@ -75,7 +76,7 @@ def _back_up(session: PolicySession, vm: VmRef, rescan: bool) -> VmReport:
 
 class _Pool(AbstractContextManager["_Pool"], Protocol):
     def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]: ...
-    def drop_unstarted(self, why: str) -> None: ...
+    def drop_unstarted(self, why: str, exit_code: int) -> None: ...
 
 
 class _Threads(AbstractContextManager["_Threads"]):
@@ -87,7 +88,7 @@ class _Threads(AbstractContextManager["_Threads"]):
     def submit(self, row: VmJobRow, vm: VmRef, rescan: bool) -> Future[VmReport]:
         return self.pool.submit(_back_up, self.session, vm, rescan)
 
-    def drop_unstarted(self, why: str) -> None:
+    def drop_unstarted(self, why: str, exit_code: int) -> None:
         pass  # every VM submitted here has a thread: none waits
 
     def __exit__(self, *exc: object) -> None:
@@ -112,8 +113,8 @@ class _Queue(AbstractContextManager["_Queue"]):
                       vm.name, vm.moref, datastore, rescan)  # fmt: skip
         return self.remote.submit(task)
 
-    def drop_unstarted(self, why: str) -> None:
-        self.remote.drop_unstarted(why)
+    def drop_unstarted(self, why: str, exit_code: int) -> None:
+        self.remote.drop_unstarted(why, exit_code)
 
     def __exit__(self, *exc: object) -> None:
         self.remote.__exit__(None, None, None)
@@ -221,9 +222,10 @@ class Runner:
             self._drop(run, book, CANCELLED, "the job was cancelled")
         elif self.stopping.is_set():
             self._drop(run, book, INTERRUPTED, "the daemon is stopping")
+            run.pool.drop_unstarted("the daemon stopped before a proxy took it", INTERRUPTED_CODE)
         elif not window_open(run.policy.window, run.policy.timezone, self.clock()):
             self._drop(run, book, FAILED, "the backup window closed before it could start")
-            run.pool.drop_unstarted("the backup window closed before a proxy took it")
+            run.pool.drop_unstarted("the backup window closed before a proxy took it", 1)
 
     def _drop(self, run: _Run, book: JobBook, state: str, why: str) -> None:
         if run.queue:

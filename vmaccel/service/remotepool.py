@@ -40,7 +40,7 @@ class RemotePool:
         self.app = vmqueue.make_app(url)
         self._pending: dict[int, tuple[VmTask, Future[VmReport]]] = {}
         self._queued_at: dict[int, float] = {}  # unclaimed jobs: when they were queued
-        self._dropped: dict[int, str] = {}  # jobs cancelled before a proxy claimed them: why
+        self._dropped: dict[int, tuple[str, int]] = {}  # cancelled unclaimed: why, exit code
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._aborted = False
@@ -74,14 +74,15 @@ class RemotePool:
                     queue_job, task.queue)  # fmt: skip
         return future
 
-    def drop_unstarted(self, why: str) -> None:
-        """Cancel every queued attempt no proxy has claimed yet; each fails with ``why``
-        (e.g. the backup window closed). Claimed ones go on."""
+    def drop_unstarted(self, why: str, exit_code: int) -> None:
+        """Cancel every queued attempt no proxy has claimed yet; each ends with error ``why``
+        and ``exit_code`` (the window closed: failed; a stop: interrupted). Claimed ones go
+        on."""
         with self._lock:
             open_jobs = list(self._pending)
         for queue_job in open_jobs:
             if queue_job not in self._dropped and vmqueue.cancel_unstarted(self.app, queue_job):
-                self._dropped[queue_job] = why
+                self._dropped[queue_job] = (why, exit_code)
 
     def _run(self) -> None:
         while not self._closed.wait(self.poll):
@@ -137,7 +138,8 @@ class RemotePool:
     def _unreported(self, queue_job: int, task: VmTask, state: str) -> VmReport:
         """The outcome of a queue job that ended without a report."""
         if queue_job in self._dropped:
-            return VmReport(task.vm, None, (), 0.0, error=self._dropped[queue_job], exit_code=1)
+            why, code = self._dropped[queue_job]
+            return VmReport(task.vm, None, (), 0.0, error=why, exit_code=code)
         if state == vmqueue.FAILED:
             why = "the proxy's task failed without a report (see the worker's log)"
             return VmReport(task.vm, None, (), 0.0, error=why, exit_code=1)
