@@ -266,3 +266,12 @@ def test_vms_no_proxy_took_before_the_window_closed_fail_unstarted(
     assert [v.state for v in detail.vms] == ["failed", "failed"], detail.vms
     assert all("window closed" in (v.error or "") for v in detail.vms)
     assert all(v.backup_id is None for v in detail.vms)
+
+
+def test_a_proxy_needs_a_postgresql_catalog(cli: Cli, tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    cli("repo", "init", "--repo", local)
+    refused = cli("worker", "--repo", local)
+    assert refused.rc == 2 and "catalog is on PostgreSQL" in refused.err, refused.err
+    bad = cli("worker", "--repo", local, "--heartbeat", "5", "--stalled-after", "6")
+    assert bad.rc == 2 and "--stalled-after" in bad.err and "Traceback" not in bad.err
