@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,6 +95,25 @@ def vmaccel_snapshots(bed: VsphereBed) -> dict[str, list[str]]:
         finally:
             view.Destroy()
     return out
+
+
+@contextlib.contextmanager
+def most_open_snapshots(bed: VsphereBed) -> Iterator[list[int]]:
+    """While the block runs, the most VMs vSphere showed with a vmaccel snapshot at once
+    (polled), in the yielded one-item list."""
+    most, stop = [0], threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            most[0] = max(most[0], len(vmaccel_snapshots(bed)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield most
+    finally:
+        stop.set()
+        watcher.join()
 
 
 def _snapshot_names(info: Any) -> list[str]:

@@ -24,6 +24,7 @@ from tests.daemon.servebed import (
     VMACCEL,
     ctx_for,
     finished_runs,
+    most_open_snapshots,
     serve,
     vmaccel_snapshots,
     wait_for,
@@ -153,19 +154,8 @@ def test_three_proxies_share_twelve_vms_within_the_datastore_limit(
     _with_disks(bed, vms, tmp_path, 8 * MiB)
     for name in ("p1", "p2", "p3"):
         proxies.start(name, "--max-jobs", "2", "--max-per-datastore", "2")
-    most, stop = [0], threading.Event()
-
-    def watch() -> None:  # what vSphere shows: VMs with a vmaccel snapshot at once
-        while not stop.is_set():
-            most[0] = max(most[0], len(vmaccel_snapshots(bed)))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with most_open_snapshots(bed) as most:
         detail = _run(repo, _policy("fleet", vms, parallel=12), _catalog(repo))
-    finally:
-        stop.set()
-        watcher.join()
     assert detail.job.state in ("succeeded", "warning"), detail.job.summary
     assert sorted(v.vm for v in detail.vms) == sorted(v.name for v in vms)
     assert all(v.backup_id is not None and v.attempt == 1 for v in detail.vms)

@@ -23,6 +23,7 @@ from tests.daemon.servebed import (
     VMACCEL,
     ctx_for,
     finished_runs,
+    most_open_snapshots,
     serve,
     untag,
     vmaccel_snapshots,
@@ -151,19 +152,8 @@ def test_the_datastore_limit_holds_across_the_run(
     vms = [_with_disk(plugin_bed, fresh_vm(), tmp_path, 10 + i, 24 * MiB) for i in range(3)]
     add_policy(ctx_for(repo), _policy("wide", vcenter, vm_patterns=[v.name for v in vms],
                                       parallel=3))  # fmt: skip
-    most, stop = [0], threading.Event()
-
-    def watch() -> None:  # what vSphere shows: VMs with a vmaccel snapshot at once
-        while not stop.is_set():
-            most[0] = max(most[0], len(vmaccel_snapshots(plugin_bed)))
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with most_open_snapshots(plugin_bed) as most:
         detail = show_job(ctx_for(repo), _run_now(repo, "wide", Limits(per_datastore=1)))
-    finally:
-        stop.set()
-        watcher.join()
     assert [v.state in ("succeeded", "warning") for v in detail.vms] == [True] * 3
     assert most[0] == 1  # all three share LocalDS_0: one open backup snapshot at a time
 
