@@ -13,7 +13,6 @@ from vmaccel.cli.options import RepoOpt
 from vmaccel.cli.serve import _LogJsonOpt, _PerDsOpt, _PerHostOpt, _PerVcOpt
 from vmaccel.cli.settings import context
 from vmaccel.daemon.logs import configure
-from vmaccel.daemon.proxy import ProxyOptions, run_proxy
 from vmaccel.service.limits import SNAPSHOTS_PER_DATASTORE
 from vmaccel.service.policyrun import Limits
 from vmaccel.service.vmqueue import HEARTBEAT, STALLED_AFTER
@@ -58,6 +57,8 @@ def worker(
     log_json: _LogJsonOpt = False,
 ) -> None:
     """Run a backup proxy: claim queued VM jobs and back the VMs up until stopped."""
+    from vmaccel.daemon.proxy import ProxyOptions, run_proxy  # psycopg, procrastinate
+
     debug = logging.getLogger().level == logging.DEBUG
     configure(log_json, logging.DEBUG if debug else logging.INFO)
     if stalled_after < 2 * heartbeat:

@@ -63,13 +63,13 @@ def _failed(task: VmTask, exc: VmaccelError) -> VmReport:
 
 def _back_up(ctx: Context, task: VmTask, worker: str, limits: Limits, cancel: Cancel) -> VmReport:
     try:
-        with catalog(ctx) as r:
-            if JobBook(r.index, worker).cancel_requested(task.job):
-                return _failed(task, Interrupted("the run was cancelled before the VM started"))
         policy = get_policy(ctx, task.policy).policy
         with PolicySession(ctx, policy, cancel, limits) as session:
             assert session.repo is not None  # noqa: S101 - inside with
-            JobBook(session.repo.index, worker).log(
+            book = JobBook(session.repo.index, worker)
+            if book.cancel_requested(task.job):
+                return _failed(task, Interrupted("the run was cancelled before the VM started"))
+            book.log(
                 task.job, task.vm_job, "info", f"{task.vm}: attempt {task.attempt} on {worker}"
             )
             return session.back_up(session.find(task.moref), task.rescan)

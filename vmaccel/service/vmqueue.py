@@ -24,13 +24,10 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import procrastinate
-import psycopg
-from procrastinate import exceptions as queue_errors
-
-from vmaccel.catalog.index.pgconnection import NAMESPACE, lock_key, pg_error
+if TYPE_CHECKING:  # procrastinate and psycopg load only where the queue is used, not at
+    import procrastinate  # every command's start (the CLI imports the constants below)
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +83,8 @@ def queue_name(datastore: str) -> str:
 def make_app(url: str) -> procrastinate.App:
     """A procrastinate app on the catalog database ``url`` (connections are opened lazily;
     use as ``with app.open():`` for synchronous calls)."""
+    import procrastinate
+
     connector = procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=4)
     return procrastinate.App(connector=connector)
 
@@ -93,7 +92,10 @@ def make_app(url: str) -> procrastinate.App:
 def ensure_schema(url: str) -> bool:
     """Create procrastinate's tables in the catalog database unless they exist; True when it
     created them. Safe to call from many processes at once (an advisory lock serialises)."""
+    import psycopg
     from procrastinate.schema import SchemaManager
+
+    from vmaccel.catalog.index.pgconnection import NAMESPACE, lock_key, pg_error
 
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -124,6 +126,8 @@ def status(app: procrastinate.App, queue_job: int) -> str:
 def abort(app: procrastinate.App, queue_job: int) -> None:
     """Cancel a queue job not started yet, or ask its worker to abort it (the backup stops
     at its next progress step and removes its snapshot). Idempotent."""
+    from procrastinate import exceptions as queue_errors
+
     try:
         app.job_manager.cancel_job_by_id(queue_job, abort=True)
     except queue_errors.ProcrastinateException as exc:  # already ended
@@ -132,6 +136,8 @@ def abort(app: procrastinate.App, queue_job: int) -> None:
 
 def cancel_unstarted(app: procrastinate.App, queue_job: int) -> bool:
     """Cancel a queue job no proxy has claimed yet; False when one has (or it ended)."""
+    from procrastinate import exceptions as queue_errors
+
     try:
         return bool(app.job_manager.cancel_job_by_id(queue_job, abort=False))
     except queue_errors.ProcrastinateException as exc:
@@ -150,6 +156,9 @@ async def stalled_tasks(app: procrastinate.App, after: float) -> list[tuple[int,
 async def retry(app: procrastinate.App, queue_job: int) -> bool:
     """Put a stalled job back to ``todo`` for the next claimer; False when it is no longer
     running (another worker took it over first)."""
+    import psycopg
+    from procrastinate import exceptions as queue_errors
+
     try:
         await app.job_manager.retry_job_by_id_async(queue_job, retry_at=datetime.now(UTC))
     except (queue_errors.ProcrastinateException, psycopg.Error) as exc:
