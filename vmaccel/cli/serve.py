@@ -22,7 +22,7 @@ import typer
 from vmaccel.cli.options import RepoOpt
 from vmaccel.cli.output import say
 from vmaccel.cli.settings import context
-from vmaccel.daemon.logs import configure
+from vmaccel.daemon.logs import configured
 from vmaccel.daemon.scheduler import ServeOptions
 from vmaccel.daemon.serve import Daemon
 from vmaccel.service.context import Context
@@ -156,7 +156,6 @@ def serve(
 ) -> None:
     """Run the daemon: scheduled policy runs, prune, gc, verify, notifications, REST API."""
     debug = logging.getLogger().level == logging.DEBUG
-    configure(log_json, logging.DEBUG if debug else logging.INFO)
     ctx = context(repo)
     ctx.require_repo()
     limits = Limits(max_per_datastore, max_per_host, max_per_vcenter)
@@ -172,7 +171,7 @@ def serve(
             api.append(_start_api(ctx, listen, tls_cert, tls_key, api_stop, daemon, failed,
                                   not log_json))  # fmt: skip
 
-    with _signals(daemon, api_stop):
+    with _signals(daemon, api_stop), configured(log_json, logging.DEBUG if debug else logging.INFO):
         try:
             daemon.run(on_locked=locked)
         finally:

@@ -12,7 +12,7 @@ import typer
 from vmaccel.cli.options import RepoOpt
 from vmaccel.cli.serve import _LogJsonOpt, _PerDsOpt, _PerHostOpt, _PerVcOpt
 from vmaccel.cli.settings import context
-from vmaccel.daemon.logs import configure
+from vmaccel.daemon.logs import configured
 from vmaccel.service.limits import SNAPSHOTS_PER_DATASTORE
 from vmaccel.service.policyrun import Limits
 from vmaccel.service.vmqueue import HEARTBEAT, STALLED_AFTER
@@ -59,14 +59,14 @@ def worker(
     """Run a backup proxy: claim queued VM jobs and back the VMs up until stopped."""
     from vmaccel.daemon.proxy import ProxyOptions, run_proxy  # psycopg, procrastinate
 
-    debug = logging.getLogger().level == logging.DEBUG
-    configure(log_json, logging.DEBUG if debug else logging.INFO)
     if stalled_after < 2 * heartbeat:
         raise typer.BadParameter("must be at least twice --heartbeat", param_hint="--stalled-after")
+    debug = logging.getLogger().level == logging.DEBUG
     limits = Limits(max_per_datastore, max_per_host, max_per_vcenter)
     stores = tuple(d.strip() for d in datastores.split(",") if d.strip())
     opts = ProxyOptions(name, stores, max_jobs, limits, heartbeat, stalled_after, stop_timeout)
-    run_proxy(context(repo), opts, catalog)
+    with configured(log_json, logging.DEBUG if debug else logging.INFO):
+        run_proxy(context(repo), opts, catalog)
 
 
 def register(app: typer.Typer) -> None:

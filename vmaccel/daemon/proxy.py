@@ -29,7 +29,7 @@ import psycopg
 from procrastinate import JobContext
 
 from vmaccel.catalog.catalogdb import catalog_url
-from vmaccel.catalog.index.pgconnection import NAMESPACE, lock_key
+from vmaccel.catalog.index.pgqueue import try_named_lock
 from vmaccel.service import vmqueue
 from vmaccel.service.context import Context
 from vmaccel.service.policyrun import Limits
@@ -122,17 +122,11 @@ async def _reap(app: Any, ctx: Context, opts: ProxyOptions, url: str) -> None:
 
 
 async def _reap_once(app: Any, ctx: Context, opts: ProxyOptions, url: str) -> None:
-    conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
-    try:
-        cur = await conn.execute("SELECT pg_try_advisory_lock(%s, %s)",
-                                 (NAMESPACE, lock_key(_REAPER_LOCK)))  # fmt: skip
-        row = await cur.fetchone()
-        if not (row and row[0]):
+    async with try_named_lock(url, _REAPER_LOCK) as held:
+        if not held:
             return  # another proxy is taking over stalled jobs right now
         for queue_job, task in await vmqueue.stalled_tasks(app, opts.stalled_after):
             cleared = await asyncio.to_thread(clear_stalled, ctx, task, opts.worker_name)
             if cleared is not None and await vmqueue.retry(app, queue_job):
                 logger.warning("%s: took over attempt %d of a proxy that stopped answering",
                                task.vm, task.attempt)  # fmt: skip
-    finally:
-        await conn.close()  # drops the reaper lock with the session

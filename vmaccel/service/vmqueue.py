@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 TASK_NAME = "vmaccel.backup_vm"
 HEARTBEAT = 5.0  # seconds between a worker's heartbeats
 STALLED_AFTER = 30.0  # seconds without a heartbeat before a worker's jobs are taken over
-_SCHEMA_LOCK = "queue-schema"
 
 # procrastinate job states, as its job manager reports them
 TODO, DOING, SUCCEEDED, FAILED, CANCELLED, ABORTED = (
@@ -92,22 +91,14 @@ def make_app(url: str) -> procrastinate.App:
 def ensure_schema(url: str) -> bool:
     """Create procrastinate's tables in the catalog database unless they exist; True when it
     created them. Safe to call from many processes at once (an advisory lock serialises)."""
-    import psycopg
     from procrastinate.schema import SchemaManager
 
-    from vmaccel.catalog.index.pgconnection import NAMESPACE, lock_key, pg_error
+    from vmaccel.catalog.index.pgqueue import ensure_queue_tables
 
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s, %s)", (NAMESPACE, lock_key(_SCHEMA_LOCK)))
-            row = conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()
-            if row and row[0]:
-                return False
-            conn.execute(SchemaManager.get_schema().encode())
-            logger.info("created the job queue's tables in the catalog database")
-            return True
-    except psycopg.Error as exc:
-        raise pg_error(url, exc, "cannot hold the job queue") from exc
+    created = ensure_queue_tables(url, "procrastinate_jobs", SchemaManager.get_schema())
+    if created:
+        logger.info("created the job queue's tables in the catalog database")
+    return created
 
 
 def defer(app: procrastinate.App, task: VmTask) -> int:
