@@ -55,4 +55,8 @@ if [ ! -f "$stamp" ]; then
   rm -f "$venv"/.installed-*
   touch "$stamp"
 fi
+# Bytecode ahead of time: where PYTHONDONTWRITEBYTECODE is set, Python would otherwise compile
+# every imported module again in every command (0.56 -> 0.26 s for `vmaccel --help` here).
+# Fast when nothing changed (mtimes are compared).
+"$venv/bin/python" -m compileall -q -j 0 "$venv/lib" "$here/vmaccel" >/dev/null 2>&1 || true
 export PATH="$venv/bin:$PATH"
