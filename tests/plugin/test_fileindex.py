@@ -43,8 +43,8 @@ def test_every_volume_is_cataloged_and_unchanged_volumes_are_reused(
         # every filesystem of the disk: FAT32, ext4, NTFS and the ext4 logical volume
         assert len(volumes) == 4
     with Repository.open(repo, write=True) as r:
-        walked, reused = index_image(r, img, parent)
-        assert (walked, reused) == (0, 4)
+        counts = index_image(r, img, parent)
+        assert (counts.walked, counts.followed, counts.reused) == (0, 0, 4)
         for vol in image.volumes:
             for path, expect in vol.files.items():
                 if expect.kind != "file":

@@ -231,6 +231,39 @@ class BlockMap:
                 return False
         return True
 
+    def differing(self, a: MapRoot, b: MapRoot, first: int, count: int) -> Iterator[int]:
+        """The blocks of ``first .. first+count-1`` that map to different chunks in ``a`` and
+        ``b``, ascending; like :meth:`same_range`, equal subtrees are never descended into.
+        Maps of another shape (depth, fanout) differ everywhere."""
+        if (a.depth, a.fanout) != (b.depth, b.fanout):
+            yield from range(first, first + count)
+            return
+        hi = first + count
+        shared = min(hi, a.blocks, b.blocks)
+        if first < shared:
+            yield from self._differing(a.root, b.root, a.depth - 1, 0, first, shared, a.fanout)
+        yield from range(max(first, shared), hi)  # blocks only one of the maps has
+
+    def _differing(
+        self, x: bytes | None, y: bytes | None, level: int, base: int, lo: int, hi: int, fanout: int
+    ) -> Iterator[int]:
+        if x == y:
+            return
+        xs = self.node(x, fanout)[1] if x else [HOLE] * fanout
+        ys = self.node(y, fanout)[1] if y else [HOLE] * fanout
+        span = fanout**level
+        for i in range((lo - base) // span, min(fanout, (hi - base + span - 1) // span)):
+            if xs[i] == ys[i]:
+                continue
+            child_lo = base + i * span
+            if level == 0:
+                yield child_lo
+                continue
+            cx, cy = (None if e == HOLE else e for e in (xs[i], ys[i]))
+            yield from self._differing(
+                cx, cy, level - 1, child_lo, max(lo, child_lo), min(hi, child_lo + span), fanout
+            )
+
     # -- deriving ---------------------------------------------------------------------------
 
     def resize(self, m: MapRoot, blocks: int) -> MapRoot:

@@ -162,6 +162,9 @@ class DamagedVolume:
     def readlink(self, path: str) -> str:
         raise self._error()
 
+    def placement(self) -> None:
+        return None
+
     def _error(self) -> GuestFsError:
         return GuestFsError(f"this {self.fstype} volume cannot be browsed: {self.reason}")
 

@@ -165,6 +165,18 @@ class InodeTable:
             self._verified[key].add(ino)
         return parse_inode(chunk, within, sb.inode_size)
 
+    def record_offset(self, ino: int) -> int:
+        """Volume byte offset of inode ``ino``'s record (``inode_size`` bytes long)."""
+        if not 0 < ino <= self._limit:
+            raise GuestFsError(f"ext4: inode {ino} is out of range")
+        group, index = divmod(ino - 1, self._sb.inodes_per_group)
+        return self._desc(group).inode_table * self._sb.block_size + index * self._sb.inode_size
+
+    def table_blocks(self) -> list[int]:
+        """The first block of every group's inode table, by group."""
+        groups = -(-self._limit // self._sb.inodes_per_group)
+        return [self._desc(g).inode_table for g in range(groups)]
+
     def _read_chunk(self, group: int, chunk_no: int) -> bytes:
         start = self._desc(group).inode_table * self._sb.block_size + chunk_no * self._chunk
         length = min(self._chunk, self._table_bytes - chunk_no * self._chunk, self._end - start)

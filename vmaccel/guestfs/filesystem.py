@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal, Protocol
 
 from vmaccel.guestfs.errors import GuestFsError
+from vmaccel.guestfs.placement import Placement
 
 FileKind = Literal["file", "dir", "symlink", "other"]
 
@@ -138,6 +139,11 @@ class FileSystem(Protocol):
 
     def readlink(self, path: str) -> str:
         """The target text of symlink `path`."""
+        ...
+
+    def placement(self) -> Placement | None:
+        """Where the filesystem keeps its metadata (:mod:`vmaccel.guestfs.placement`), or
+        None when it cannot say."""
         ...
 
 

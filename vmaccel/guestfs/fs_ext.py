@@ -83,6 +83,7 @@ class _ExtBackend:
         self._fs = ExtFS(view)  # checks the superblock as before; used for inline data xattrs
         self.label: str | None = self._fs.volume_name or None
         sb = parse_superblock(view.pread(1024, 1024))
+        self._sb = sb
         self._bs: int = sb.block_size
         self._blocks: int = sb.blocks_count
         self._inodes = InodeTable(view, sb)
@@ -119,6 +120,31 @@ class _ExtBackend:
     def readlink(self, node: int, st: FileStat) -> str:
         assert st.target is not None  # noqa: S101 - stat sets it for every symlink
         return st.target
+
+    # -- placement (vmaccel.guestfs.placement) ----------------------------------------------
+
+    def layout(self) -> bytes:
+        """Block and inode geometry, then every group's inode table block."""
+        sb = self._sb
+        head = (sb.block_size, sb.blocks_count, sb.inode_size, sb.inodes_per_group,
+                self._inodes.inodes_count, self._filetype, sb.csum_seed is not None)  # fmt: skip
+        tables = self._inodes.table_blocks()
+        return struct.pack(f"<{len(head) + len(tables)}Q", *head, *tables)
+
+    def record(self, inode: int) -> tuple[int, int]:
+        return self._inodes.record_offset(inode), self._sb.inode_size
+
+    def entries(self, inode: int) -> list[tuple[int, int]] | None:
+        """The extent tree's index blocks and the data runs of directory ``inode``; None for
+        inline-data and block-mapped (ext2/3) directories."""
+        ino = self._inodes.get(inode)
+        if ino.flags & INLINE_DATA_FL or not ino.flags & EXTENTS_FL:
+            return None
+        what = f"{self.fstype} directory inode {inode}"
+        index: list[tuple[int, int]] = []
+        runs = list(self._extent_runs(ino.block, MAX_EXTENT_DEPTH, what, index))
+        data = check_runs(runs, self._blocks * self._bs, what)
+        return index + [(r.source, r.length) for r in data if r.source is not None]
 
     def _link(self, node: int, ino: Inode) -> str:
         size = ino.size
@@ -170,8 +196,11 @@ class _ExtBackend:
                     yield data[at : at + bs]
                 start += length
 
-    def _extent_runs(self, node: bytes, depth_left: int, what: str) -> Iterator[Run]:
-        """Runs of the extent tree node `node` (bytes), in bytes; unwritten ones as holes."""
+    def _extent_runs(
+        self, node: bytes, depth_left: int, what: str, index: list[tuple[int, int]] | None = None
+    ) -> Iterator[Run]:
+        """Runs of the extent tree node `node` (bytes), in bytes; unwritten ones as holes.
+        The (offset, length) of every index block read is appended to ``index``, if given."""
         magic, entries, max_entries, depth = struct.unpack_from("<HHHH", node, 0)
         if magic != EXTENT_MAGIC or entries > max_entries or depth > depth_left:
             raise GuestFsError(f"{what}: bad extent node (magic {magic:#06x}, depth {depth})")
@@ -191,7 +220,9 @@ class _ExtBackend:
             if not 0 < leaf < self._blocks:
                 raise GuestFsError(f"{what}: extent index points outside the fs ({leaf})")
             child = self._view.pread(leaf * bs, bs)
-            yield from self._extent_runs(child, depth - 1, what)
+            if index is not None:
+                index.append((leaf * bs, bs))
+            yield from self._extent_runs(child, depth - 1, what, index)
 
 
 def _blockmap_runs(

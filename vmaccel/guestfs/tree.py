@@ -25,6 +25,7 @@ from vmaccel.guestfs.filesystem import (
     PathNotFoundError,
     split_path,
 )
+from vmaccel.guestfs.placement import GuardedPlacement, Placement
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +117,14 @@ class TreeFileSystem(Generic[N]):
     @property
     def label(self) -> str | None:
         return self._backend.label
+
+    def placement(self) -> Placement | None:
+        """Where this filesystem keeps its metadata (see :mod:`vmaccel.guestfs.placement`),
+        or None when its backend cannot say."""
+        backend = self._backend
+        if not isinstance(backend, Placement):
+            return None
+        return GuardedPlacement(backend, self._guard)
 
     def stat(self, path: str) -> FileStat:
         return self._resolve(path)[1]
