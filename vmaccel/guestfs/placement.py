@@ -17,8 +17,9 @@ Offsets are bytes within the volume. Inode numbers are those of ``FileStat.inode
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Protocol, runtime_checkable
+
+from vmaccel.guestfs.errors import GuestFsError
 
 Range = tuple[int, int]  # (offset, length) in volume bytes
 
@@ -36,20 +37,32 @@ class Placement(Protocol):
 
 
 class GuardedPlacement:
-    """A backend's :class:`Placement` whose parser failures come out as ``GuestFsError``
-    (through ``guard``, the tree's converter)."""
+    """A backend's :class:`Placement` whose parser failures (``errors``) come out as
+    ``GuestFsError`` made by ``damaged`` (the tree's converter). Called once per entry of a
+    followed listing: the conversion is a plain ``try``, not a context manager."""
 
-    def __init__(self, inner: Placement, guard: Callable[[str], AbstractContextManager[None]]):
-        self._inner, self._guard = inner, guard
+    def __init__(
+        self,
+        inner: Placement,
+        errors: tuple[type[BaseException], ...],
+        damaged: Callable[[str, BaseException], GuestFsError],
+    ) -> None:
+        self._inner, self._errors, self._damaged = inner, errors, damaged
 
     def layout(self) -> bytes:
-        with self._guard("/"):
+        try:
             return self._inner.layout()
+        except self._errors as exc:
+            raise self._damaged("/", exc) from exc
 
     def record(self, inode: int) -> Range:
-        with self._guard(f"inode {inode}"):
+        try:
             return self._inner.record(inode)
+        except self._errors as exc:
+            raise self._damaged(f"inode {inode}", exc) from exc
 
     def entries(self, inode: int) -> list[Range] | None:
-        with self._guard(f"inode {inode}"):
+        try:
             return self._inner.entries(inode)
+        except self._errors as exc:
+            raise self._damaged(f"inode {inode}", exc) from exc

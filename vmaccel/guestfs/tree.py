@@ -124,7 +124,7 @@ class TreeFileSystem(Generic[N]):
         backend = self._backend
         if not isinstance(backend, Placement):
             return None
-        return GuardedPlacement(backend, self._guard)
+        return GuardedPlacement(backend, self._malformed, self._damaged)
 
     def stat(self, path: str) -> FileStat:
         return self._resolve(path)[1]

@@ -4,9 +4,10 @@ A volume whose blocks are the same as in the parent image (compared by map node 
 read) keeps the parent's listing. A volume the backup changed is *followed* where its
 filesystem says where its metadata lives (ext4): the parent's listing, corrected where the
 changed blocks hold a directory's entries or a file's inode (:mod:`.treewalk`); other volumes
-are walked again whole, through guestfs over the verified image reader. Failures here never fail the backup: they are
-returned as warnings (the restore point is complete either way). A full disk is the one
-exception: :class:`NoSpaceLeft` is raised, its message saying that the backup is complete.
+are walked again whole, through guestfs over the verified image reader. Failures here never
+fail the backup: they are returned as warnings (the restore point is complete either way).
+A full disk is the one exception: :class:`NoSpaceLeft` is raised, its message saying that
+the backup is complete.
 
 The catalog is written after the backup is complete, so a run killed in between leaves a
 restore point without its files. A backup whose catalog is done says so in its meta

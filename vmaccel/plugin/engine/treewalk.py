@@ -78,18 +78,22 @@ def walk(fs: FileSystem, top: str = "/", counter: _Counter | None = None) -> Ite
 def volume_touch(volume: Volume, block_size: int, changed: Sequence[int]) -> Touched:
     """:data:`Touched` for ``volume`` from the disk blocks (of ``block_size`` bytes) that
     changed, ascending. Bytes of the volume that are not on this disk count as changed."""
+    segments = [(s.volume_offset, s.disk_offset, s.length) for s in volume.segments]
+
+    def blocks_changed(disk_offset: int, length: int) -> bool:
+        first, last = disk_offset // block_size, (disk_offset + length - 1) // block_size
+        at = bisect_left(changed, first)
+        return at < len(changed) and changed[at] <= last
 
     def touched(span: Range) -> bool:
         offset, length = span
+        for vol_at, disk_at, seg_length in segments:  # the common case: inside one segment
+            if vol_at <= offset and offset + length <= vol_at + seg_length:
+                return blocks_changed(disk_at + offset - vol_at, length)
         on_disk = volume.to_disk([Extent(offset, length)])
         if sum(e.length for e in on_disk) < length:
             return True
-        for e in on_disk:
-            first, last = e.offset // block_size, (e.end - 1) // block_size
-            at = bisect_left(changed, first)
-            if at < len(changed) and changed[at] <= last:
-                return True
-        return False
+        return any(blocks_changed(e.offset, e.length) for e in on_disk)
 
     return touched
 
