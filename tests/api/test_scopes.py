@@ -128,6 +128,7 @@ ENDPOINTS = [
     Call("GET", "/backups/{ref}/download", "read", fixed("/backups/1/download?path=p1/README.txt")),
     Call("GET", "/backups/{ref}/zip", "read", fixed("/backups/1/zip?path=p1/docs")),
     Call("GET", "/vcenters", "read", fixed("/vcenters")),
+    Call("GET", "/proxies", "read", fixed("/proxies")),
     # No such vCenter (the scope check comes first); tests/api/test_tags_zip.py asks the bed.
     Call("GET", "/vcenters/{name}/tags", "read", fixed("/vcenters/nowhere/tags"), 404),
     Call("GET", "/files/search", "read", fixed("/files/search?pattern=README.txt")),

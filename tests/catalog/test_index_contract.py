@@ -303,3 +303,38 @@ def test_limit_slots_are_counted_across_sessions_and_die_with_them(
     with two[2].hold(["ds1"]):  # the sessions ended, their slots with them
         pass
     assert waited == [1]
+
+
+def test_a_proxy_name_is_held_by_one_live_proxy(index: CatalogIndex) -> None:
+    from vmaccel.catalog.index.proxies import NewProxy, ProxyRow
+
+    a = NewProxy("p1", "host-a", 11, ("ds1", "ds2"), 2, 30.0)
+    with index.writing():
+        first, added = index.claim_proxy_name(a, 100.0)
+    assert added and first == ProxyRow(first.id, "p1", "host-a", 11, ("ds1", "ds2"), 2, None,
+                                       30.0, 100.0, 100.0, None)  # fmt: skip
+    with index.writing():
+        holder, added = index.claim_proxy_name(NewProxy("p1", "host-b", 22, (), 4, 30.0), 120.0)
+        assert not added and holder == first  # seen 20 s ago: live, the name is taken
+        assert index.touch_proxy(first.id, 125.0, 7)
+        assert index.touch_proxy(first.id, 126.0, None)  # the worker id stays
+    assert index.proxy(first.id) == ProxyRow(first.id, "p1", "host-a", 11, ("ds1", "ds2"), 2, 7,
+                                             30.0, 100.0, 126.0, None)  # fmt: skip
+    assert index.clock() > 1.7e9  # the database's time, UNIX seconds
+    with index.writing():  # silent for 31 s: the name moves on, the silent row ends
+        second, added = index.claim_proxy_name(NewProxy("p1", "host-b", 22, (), 4, 30.0), 157.0)
+        assert added and second.id > first.id and second.datastores == ()
+        assert not index.touch_proxy(first.id, 158.0, 7)  # stopped rows stay stopped
+        other, added = index.claim_proxy_name(NewProxy("p2", "host-c", 33, ("ds3",), 1, 5.0), 158)
+        index.stop_proxy(other.id, 160.0)
+        index.stop_proxy(other.id, 170.0)  # the first stop time stays
+        assert index.touch_proxy(second.id, 159.0, None)
+    assert [(p.name, p.host, p.stopped, p.last_seen) for p in index.proxies()] == [
+        ("p1", "host-a", 157.0, 126.0),
+        ("p1", "host-b", None, 159.0),
+        ("p2", "host-c", 160.0, 160.0),
+    ]
+    with index.writing():
+        assert index.drop_proxies(158.0) == 1  # p1 on host-a ended at 157
+        assert index.drop_proxies(158.0) == 0
+    assert [p.host for p in index.proxies()] == ["host-b", "host-c"]

@@ -22,6 +22,7 @@ from tests.catalog.s3server import SeaweedServer
 from tests.catalog.standalone import Cli
 from vmaccel.catalog.bootcheck import put_screenshot
 from vmaccel.catalog.index.jobs import DiskTaskRow
+from vmaccel.catalog.index.proxies import NewProxy
 from vmaccel.catalog.index.records import FileRecord
 from vmaccel.catalog.index.reports import ReportRow
 from vmaccel.catalog.index.tablecopy import INTERNAL
@@ -62,6 +63,7 @@ def _add_catalog_rows(path: Path) -> None:
             idx.add_session(b"\x02" * 32, user, "csrf", 6.0, time.time() + 3600)
             idx.add_pattern("vm1", first.id, 7.0, "[]")
             idx.add_report(ReportRow(vm_job, 1, "proxy1", 8.0, "{}"))
+            idx.claim_proxy_name(NewProxy("proxy1", "h", 1, ("ds1",), 2, 30.0), 9.0)
             files = [FileRecord("/etc/passwd", "file", 10, 1, 2, 0o644),
                      FileRecord("/odd-\udcff", "file", 1, None)]  # fmt: skip
             idx.attach_listing(image.id, "p1", "ext4", idx.add_listing(b"\x03" * 32, files))

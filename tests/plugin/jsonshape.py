@@ -355,6 +355,36 @@ SCHEMAS: dict[str, Any] = {
         "failed": list,
         "skipped": list,
     },
+    "proxies": {
+        "catalog": str,
+        "now": NUM,
+        "proxies": [
+            {
+                "name": str,
+                "state": str,
+                "host": str,
+                "pid": int,
+                "datastores": [str],
+                "max_jobs": int,
+                "worker_id": (int, NONE),
+                "started": NUM,
+                "last_seen": NUM,
+                "stopped": (int, float, NONE),
+                "stalled_after": NUM,
+                "silent": NUM,
+                "vms": [
+                    {
+                        "vm": str,
+                        "policy": str,
+                        "job": int,
+                        "vm_job": int,
+                        "attempt": int,
+                        "datastore": str,
+                    }
+                ],
+            }
+        ],
+    },
     "vcenter list": MapOf(
         {
             "host": str,

@@ -32,6 +32,7 @@ from vmaccel.api.routes import (
     instant,
     jobs,
     policies,
+    proxies,
     restores,
     system,
     vcenters,
@@ -79,7 +80,9 @@ def create_app(ctx: Context, settings: ApiSettings | None = None) -> FastAPI:
     app.state.tasks = TaskRunner(settings.restore_workers)
     app.state.closing = threading.Event()
     errors.install(app)
-    for module in (system, backups, files, vmrestores, restores, instant, policies, jobs, vcenters):
+    for module in (
+        system, backups, files, vmrestores, restores, instant, policies, jobs, vcenters, proxies,
+    ):  # fmt: skip
         app.include_router(module.router, prefix=PREFIX)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     console.mount(app)  # the web console: /console, same port and TLS

@@ -1,6 +1,7 @@
 """``vmaccel worker``: a backup proxy taking VM jobs from the queue on the PostgreSQL catalog
 (:mod:`vmaccel.daemon.proxy`). Run as many as wanted, on as many machines; each needs the
-repository directory (its ``store.json`` and ``catalog.json``) and the vCenter registry."""
+repository directory (its ``store.json`` and ``catalog.json``) and the vCenter registry.
+``vmaccel proxies`` lists them (:mod:`vmaccel.service.proxies`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from vmaccel.cli.options import RepoOpt
+from vmaccel.cli.options import JsonOpt, RepoOpt
+from vmaccel.cli.output import emit
 from vmaccel.cli.serve import _LogJsonOpt, _PerDsOpt, _PerHostOpt, _PerVcOpt
 from vmaccel.cli.settings import context
 from vmaccel.daemon.logs import configured
@@ -69,6 +71,17 @@ def worker(
         run_proxy(context(repo), opts, catalog)
 
 
+def proxies(repo: RepoOpt = None, as_json: JsonOpt = False) -> None:
+    """The backup proxies: running, stalled (silent too long) or stopped, what they serve
+    and the VMs they back up now."""
+    from vmaccel.service.proxies import list_proxies  # procrastinate, psycopg
+
+    emit(list_proxies(context(repo)), as_json)
+
+
 def register(app: typer.Typer) -> None:
-    """Adds ``worker`` to the root command."""
+    """Adds ``worker`` and ``proxies`` to the root command. ``proxies`` is a command of its
+    own rather than ``worker list``: ``worker`` takes only options, and a sub-command beside
+    them would make ``vmaccel worker --repo R ...`` ambiguous."""
     app.command("worker")(worker)
+    app.command("proxies")(proxies)

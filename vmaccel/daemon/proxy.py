@@ -7,7 +7,9 @@ ESXi hosts (``datastores``: only the queues of those datastores). The global lim
 snapshots per datastore, VM backups per ESXi host and per vCenter) are slots on the catalog
 database that every proxy and the daemon share.
 
-Liveness: the proxy heartbeats every ``heartbeat`` seconds (procrastinate's worker table).
+Liveness: the proxy heartbeats every ``heartbeat`` seconds (procrastinate's worker table, and
+its own row in the catalog's ``proxy`` table, :mod:`vmaccel.service.proxies`: registered at
+start, refused while a live proxy has the same name, marked stopped when it stops).
 Every live proxy also looks, as often, for jobs whose proxy missed its heartbeats for
 ``stalled_after`` seconds (killed, or its machine gone): one proxy at a time (an advisory
 lock) removes such a VM's leftover snapshot and hands the attempt to the next claimer.
@@ -30,9 +32,11 @@ from procrastinate import JobContext
 
 from vmaccel.catalog.catalogdb import catalog_url
 from vmaccel.catalog.index.pgqueue import try_named_lock
+from vmaccel.catalog.index.proxies import NewProxy
 from vmaccel.service import vmqueue
 from vmaccel.service.context import Context
 from vmaccel.service.policyrun import Limits
+from vmaccel.service.proxies import ProxyRecord
 from vmaccel.service.proxyjob import clear_stalled, run_task
 from vmaccel.vocabulary.errors import UsageError, VmaccelError
 
@@ -89,26 +93,49 @@ def run_proxy(ctx: Context, opts: ProxyOptions, catalog: str | None = None) -> N
                     "done" if report.ok else f"failed: {report.error}")  # fmt: skip
 
     queues = [vmqueue.queue_name(d) for d in opts.datastores] or None
-    logger.info("proxy %s takes VM jobs from %s, %d at once", name,
-                ", ".join(queues) if queues else "every queue", opts.max_jobs)  # fmt: skip
-    asyncio.run(_main(app, ctx, opts, url, queues))
+    new = NewProxy(name, socket.gethostname(), os.getpid(), opts.datastores, opts.max_jobs,
+                   opts.stalled_after)  # fmt: skip
+    with ProxyRecord(ctx, new) as record:  # refused while a live proxy has this name
+        logger.info("proxy %s takes VM jobs from %s, %d at once", name,
+                    ", ".join(queues) if queues else "every queue", opts.max_jobs)  # fmt: skip
+        asyncio.run(_main(app, ctx, opts, url, queues, record))
 
 
 async def _main(
-    app: Any, ctx: Context, opts: ProxyOptions, url: str, queues: list[str] | None
+    app: Any,
+    ctx: Context,
+    opts: ProxyOptions,
+    url: str,
+    queues: list[str] | None,
+    record: ProxyRecord,
 ) -> None:
+    from procrastinate.worker import Worker  # what app.run_worker_async runs; we need its id
+
     async with app.open_async():
+        app.perform_import_paths()
+        worker: Any = Worker(
+            app=app, queues=queues, name=opts.worker_name, concurrency=opts.max_jobs,
+            update_heartbeat_interval=opts.heartbeat, stalled_worker_timeout=opts.stalled_after,
+            shutdown_graceful_timeout=opts.stop_timeout, install_signal_handlers=True,
+            delete_jobs="successful",  # the catalog keeps the outcome (attempt_report)
+        )  # fmt: skip
         reaper = asyncio.create_task(_reap(app, ctx, opts, url))
+        beat = asyncio.create_task(_beat(record, worker, opts))
         try:
-            await app.run_worker_async(
-                queues=queues, name=opts.worker_name, concurrency=opts.max_jobs,
-                update_heartbeat_interval=opts.heartbeat,
-                stalled_worker_timeout=opts.stalled_after,
-                shutdown_graceful_timeout=opts.stop_timeout, install_signal_handlers=True,
-                delete_jobs="successful",  # the catalog keeps the outcome (attempt_report)
-            )  # fmt: skip
+            await worker.run()
         finally:
             reaper.cancel()
+            beat.cancel()
+
+
+async def _beat(record: ProxyRecord, worker: Any, opts: ProxyOptions) -> None:
+    """Refresh the proxy's catalog row (``last_seen``, its worker id), every heartbeat."""
+    while True:
+        await asyncio.sleep(opts.heartbeat)
+        try:
+            await asyncio.to_thread(record.touch, worker.worker_id)
+        except VmaccelError as exc:
+            logger.warning("refreshing this proxy's catalog row failed: %s", exc)
 
 
 async def _reap(app: Any, ctx: Context, opts: ProxyOptions, url: str) -> None:

@@ -161,6 +161,17 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
             PRIMARY KEY (vm_job_id, attempt));
         """,
     ),
+    (
+        "0011_proxies",
+        f"""
+        CREATE TABLE proxy (
+            id {ID}, name TEXT NOT NULL, host TEXT NOT NULL, pid BIGINT NOT NULL,
+            datastores TEXT NOT NULL DEFAULT '[]', max_jobs BIGINT NOT NULL, worker_id BIGINT,
+            stalled_after DOUBLE PRECISION NOT NULL, started DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION NOT NULL, stopped DOUBLE PRECISION);
+        CREATE INDEX proxy_name ON proxy(name, id);
+        """,
+    ),
 )
 
 CREATE_TABLE = (

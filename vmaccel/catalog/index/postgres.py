@@ -20,6 +20,7 @@ from vmaccel.catalog.index.leases import SqliteLeases
 from vmaccel.catalog.index.patterns import SqlitePatterns
 from vmaccel.catalog.index.pgconnection import PgConnection
 from vmaccel.catalog.index.policies import SqlitePolicies
+from vmaccel.catalog.index.proxies import PgProxies
 from vmaccel.catalog.index.records import BackupRow, ImageRow
 from vmaccel.catalog.index.reports import SqliteReports
 from vmaccel.catalog.index.tokens import SqliteTokens
@@ -38,6 +39,7 @@ class PgIndex(
     SqliteUsers,
     SqlitePatterns,
     SqliteReports,
+    PgProxies,
 ):
     """The catalog database of one repository on PostgreSQL (see :class:`PgConnection` for
     opening, transactions, the write lock and thread safety)."""

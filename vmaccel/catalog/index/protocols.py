@@ -22,6 +22,7 @@ from vmaccel.catalog.index.leases import LeaseRow
 from vmaccel.catalog.index.meta import BackupMeta
 from vmaccel.catalog.index.patterns import PatternRow
 from vmaccel.catalog.index.policies import PolicyChangeRow, PolicyRow
+from vmaccel.catalog.index.proxies import NewProxy, ProxyRow
 from vmaccel.catalog.index.records import (
     BackupHead,
     BackupRow,
@@ -221,6 +222,18 @@ class PatternIndex(Transactional, Protocol):
     def delete_pattern(self, pattern_id: int) -> bool: ...
 
 
+class ProxyIndex(Transactional, Protocol):
+    """Backup proxies (catalog.index.proxies); changes in ``writing()``."""
+
+    def clock(self) -> float: ...
+    def claim_proxy_name(self, new: NewProxy, at: float) -> tuple[ProxyRow, bool]: ...
+    def touch_proxy(self, proxy_id: int, at: float, worker_id: int | None) -> bool: ...
+    def stop_proxy(self, proxy_id: int, at: float) -> None: ...
+    def drop_proxies(self, before: float) -> int: ...
+    def proxies(self) -> list[ProxyRow]: ...
+    def proxy(self, proxy_id: int) -> ProxyRow | None: ...
+
+
 class CatalogIndex(
     ChunkIndex,
     BackupIndex,
@@ -231,6 +244,7 @@ class CatalogIndex(
     JobIndex,
     UserIndex,
     PatternIndex,
+    ProxyIndex,
     Protocol,
 ):
     """The whole index of one repository, and its lifetime."""

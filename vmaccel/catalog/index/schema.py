@@ -205,3 +205,20 @@ def _m0010(db: sqlite_utils.Database) -> None:
             reported REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (vm_job_id, attempt));
         """
     )
+
+
+@migrations(name="0011_proxies")
+def _m0011(db: sqlite_utils.Database) -> None:
+    # Backup proxies (catalog/index/proxies.py): one row per start of a `vmaccel worker`,
+    # refreshed with its heartbeats, so that `vmaccel proxies` shows which exist and what
+    # they serve (procrastinate's worker table holds only an id and a heartbeat).
+    db.executescript(
+        """
+        CREATE TABLE proxy (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, host TEXT NOT NULL,
+            pid INTEGER NOT NULL, datastores TEXT NOT NULL DEFAULT '[]',
+            max_jobs INTEGER NOT NULL, worker_id INTEGER, stalled_after REAL NOT NULL,
+            started REAL NOT NULL, last_seen REAL NOT NULL, stopped REAL);
+        CREATE INDEX proxy_name ON proxy(name, id);
+        """
+    )

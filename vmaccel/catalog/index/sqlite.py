@@ -15,6 +15,7 @@ from vmaccel.catalog.index.jobs import SqliteJobs
 from vmaccel.catalog.index.leases import SqliteLeases
 from vmaccel.catalog.index.patterns import SqlitePatterns
 from vmaccel.catalog.index.policies import SqlitePolicies
+from vmaccel.catalog.index.proxies import SqliteProxies
 from vmaccel.catalog.index.reports import SqliteReports
 from vmaccel.catalog.index.tokens import SqliteTokens
 from vmaccel.catalog.index.users import SqliteUsers
@@ -31,6 +32,7 @@ class Index(
     SqliteUsers,
     SqlitePatterns,
     SqliteReports,
+    SqliteProxies,
 ):
     """The catalog database of one repository (see
     :class:`~vmaccel.catalog.index.connection.Connection` for opening and thread safety)."""
