@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from testbed.vsphere.bedrecords import Upload, VmConfig, VmEvent
+from testbed.vsphere.bedrecords import SnapshotEvent, Upload, VmConfig, VmEvent
 
 SOURCE_DIR = Path(__file__).resolve().parent / "vcsim"
 GOPATH = "/usr/share/gocode"
@@ -246,6 +246,12 @@ class BedControl:
         """VMs created, destroyed or unregistered, oldest first, those after seq `since`."""
         events = self._call("GET", "vm-events", params={"since": since})
         return [VmEvent.from_json(e) for e in events]
+
+    def snapshot_events(self, since: int = 0) -> list[SnapshotEvent]:
+        """Snapshots created and removed, in the order the bed applied them, those after seq
+        `since` (pass the last seq seen before an action to get what the action did)."""
+        events = self._call("GET", "snapshot-events", params={"since": since})
+        return [SnapshotEvent.from_json(e) for e in events]
 
     def set_lease_timeout(self, seconds: float) -> None:
         """NFC import leases opened from now on expire after `seconds` without progress or

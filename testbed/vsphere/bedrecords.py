@@ -1,19 +1,22 @@
-"""What the bed's control API reports about restores: VM configurations, VM creations and
-removals, and uploads (datastore `/folder` and NFC).
+"""What the bed's control API reports about restores and snapshots: VM configurations, VM
+creations and removals, uploads (datastore `/folder` and NFC), and snapshot creations and
+removals.
 
 Plain frozen records parsed from the control API's JSON (`BedControl.vm_config`, `vm_events`,
-`uploads` in bed.py). Units: bytes.
+`uploads`, `snapshot_events` in bed.py). Units: bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
 VmEventKind = Literal["created", "destroyed", "unregistered"]
 UploadKind = Literal["folder", "nfc"]
+SnapshotEventKind = Literal["created", "removed"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,31 @@ class Upload:
         return cls(d["seq"], d["kind"], d["method"], d["file_name"], Path(d["path"]),
                    d["bytes_received"], d["data_bytes"], d["size"], d["status"], d["error"],
                    d.get("vm", ""), d.get("disk", 0))
+
+
+@dataclass(frozen=True)
+class SnapshotEvent:
+    """A snapshot the bed created or removed; `seq` counts from 1 in the order the bed applied
+    the changes, so replaying by seq gives the snapshots open at every moment.
+
+    "created" is logged once the snapshot exists, before its CreateSnapshot_Task reports
+    success; "removed" once it is gone (RemoveSnapshot_Task, RemoveAllSnapshots_Task, or its VM
+    destroyed or unregistered), before the removing call returns. A removal repeats the VM and
+    datastores its creation recorded. `datastores`: of the VM's disks when the snapshot was
+    taken, sorted; `time`: when the bed logged it (UTC, microseconds).
+    """
+
+    seq: int
+    event: SnapshotEventKind
+    vm: str  # the VM's name
+    vm_moref: str  # "vm-57"
+    snapshot: str  # the snapshot's name
+    snapshot_moref: str  # "snapshot-123"
+    datastores: tuple[str, ...]
+    time: datetime
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SnapshotEvent:
+        return cls(d["seq"], d["event"], d["vm"], d["vm_moref"], d["snapshot"],
+                   d["snapshot_moref"], tuple(d["datastores"]),
+                   datetime.fromisoformat(d["time"]))

@@ -1,14 +1,14 @@
 """Helpers for the daemon's bed tests: `vmaccel serve` as a real process, waiting on job
-rows, the bed's snapshots as vSphere shows them, and detaching tags."""
+rows, the bed's snapshots as vSphere shows them and as its snapshot log recorded them, and
+detaching tags."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from pyVmomi import vim
 
 from testbed.vsphere import vimclient
 from testbed.vsphere.bed import VsphereBed
+from testbed.vsphere.snaplog import most_open_per_datastore, unpaired
 from tests.plugin.conftest import Tagger
 from vmaccel.service.context import Context
 from vmaccel.service.jobs import JobDetail, list_jobs, show_job
@@ -97,23 +98,28 @@ def vmaccel_snapshots(bed: VsphereBed) -> dict[str, list[str]]:
     return out
 
 
-@contextlib.contextmanager
-def most_open_snapshots(bed: VsphereBed) -> Iterator[list[int]]:
-    """While the block runs, the most VMs vSphere showed with a vmaccel snapshot at once
-    (polled), in the yielded one-item list."""
-    most, stop = [0], threading.Event()
+def snapshot_seq(bed: VsphereBed) -> int:
+    """The last seq of the bed's snapshot log (0 if empty): take it before a run, then read
+    what the run did with `assert_snapshot_limit(bed, since, ...)`."""
+    return max((e.seq for e in bed.control.snapshot_events()), default=0)
 
-    def watch() -> None:
-        while not stop.is_set():
-            most[0] = max(most[0], len(vmaccel_snapshots(bed)))
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        yield most
-    finally:
-        stop.set()
-        watcher.join()
+def assert_snapshot_limit(
+    bed: VsphereBed, since: int, vms: Iterable[str], limit: int
+) -> dict[str, int]:
+    """From the bed's snapshot log after seq ``since``: every VM of ``vms`` had a vmaccel
+    snapshot created and removed, every one of their vmaccel snapshots created was removed and
+    none removed was created before ``since``; no datastore ever held more than ``limit``
+    vmaccel snapshots at once (of any VM). Returns the most open at once per datastore."""
+    names = set(vms)
+    log = bed.control.snapshot_events(since)
+    mine = [e for e in log if e.snapshot.startswith(SNAPSHOT_PREFIX)]
+    ours = [e for e in mine if e.vm in names]
+    assert {e.vm for e in ours if e.event == "created"} == names, ours
+    assert unpaired(ours) == [], unpaired(ours)
+    most = most_open_per_datastore(mine)
+    assert most and max(most.values()) <= limit, most
+    return most
 
 
 def _snapshot_names(info: Any) -> list[str]:

@@ -21,10 +21,11 @@ from testbed.vsphere.bed import VmInfo, VsphereBed
 from tests.daemon.notifybed import PASSWORD, USER, http_receiver, make_cert, smtp_server
 from tests.daemon.servebed import (
     VMACCEL,
+    assert_snapshot_limit,
     ctx_for,
     finished_runs,
-    most_open_snapshots,
     serve,
+    snapshot_seq,
     untag,
     vmaccel_snapshots,
     wait_for,
@@ -152,10 +153,12 @@ def test_the_datastore_limit_holds_across_the_run(
     vms = [_with_disk(plugin_bed, fresh_vm(), tmp_path, 10 + i, 24 * MiB) for i in range(3)]
     add_policy(ctx_for(repo), _policy("wide", vcenter, vm_patterns=[v.name for v in vms],
                                       parallel=3))  # fmt: skip
-    with most_open_snapshots(plugin_bed) as most:
-        detail = show_job(ctx_for(repo), _run_now(repo, "wide", Limits(per_datastore=1)))
+    since = snapshot_seq(plugin_bed)
+    detail = show_job(ctx_for(repo), _run_now(repo, "wide", Limits(per_datastore=1)))
     assert [v.state in ("succeeded", "warning") for v in detail.vms] == [True] * 3
-    assert most[0] == 1  # all three share LocalDS_0: one open backup snapshot at a time
+    # All three share LocalDS_0: one open backup snapshot at any moment.
+    most = assert_snapshot_limit(plugin_bed, since, [v.name for v in vms], limit=1)
+    assert most == {"LocalDS_0": 1}
 
 
 def test_kill_minus_nine_mid_run_then_restart(

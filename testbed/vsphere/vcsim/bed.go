@@ -59,6 +59,7 @@ type bed struct {
 	vapi       *vapiBridge
 
 	events      eventLog                    // VM creations and removals (vmlife.go)
+	snaps       snapshotLog                 // snapshot creations and removals (snaplog.go)
 	uploads     uploadLog                   // /folder and NFC uploads (upload.go, nfc.go)
 	leases      leases                      // NFC import leases (nfc.go)
 	extraRoutes map[string]controlFunc      // control routes of extensions (extensions.go)

@@ -17,6 +17,7 @@ package main
 //	POST /vmaccel-test/power       {vm, state}               -> {}
 //	GET  /vmaccel-test/vm-config?vm=                          -> the VM's config (vmconfig.go)
 //	GET  /vmaccel-test/vm-events?since=                       -> VMs created/removed (vmlife.go)
+//	GET  /vmaccel-test/snapshot-events?since=                 -> snapshots created/removed (snaplog.go)
 //	GET  /vmaccel-test/uploads?since=                         -> /folder and NFC uploads (upload.go)
 //	POST /vmaccel-test/lease-timeout {seconds}               -> {}  (nfc.go)
 //

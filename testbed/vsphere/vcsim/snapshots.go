@@ -37,6 +37,8 @@ func (b *bed) createSnapshot(w http.ResponseWriter, r *http.Request, body []byte
 		if err := b.freeze(req.This, snap); err != nil {
 			log.Printf("freezing disks of %s: %v", snap, err)
 			failFinishedTask(task, err)
+		} else {
+			b.snapshotCreated(req.This, snap, req.Name)
 		}
 	}
 	relay(w, rec)
@@ -135,6 +137,7 @@ func (b *bed) dropVanishedSnapshots(types.ManagedObjectReference) {
 		removeFrozen(rec)
 		delete(b.snapshots, id)
 	}
+	b.snapshotsGone()
 }
 
 // removeFrozen deletes a snapshot's frozen disk copies.
