@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from testbed.vsphere.bed import VmInfo, VsphereBed, start_bed
-from tests.catalog.pgserver import PostgresServer, pg, postgres
+from tests.catalog.pgserver import pg, postgres
+from tests.daemon.proxyfleet import Proxies, proxies, repo
 from tests.daemon.servebed import (
-    VMACCEL,
     assert_snapshot_limit,
     ctx_for,
     finished_runs,
@@ -37,7 +36,7 @@ from vmaccel.service.jobs import JobDetail, job_log, owner_id, show_job
 from vmaccel.service.policies import add_policy, get_policy, run_policy_now
 from vmaccel.service.policyspec import Policy
 
-__all__ = ["cli", "config_dir", "pg", "postgres"]
+__all__ = ["cli", "config_dir", "pg", "postgres", "proxies", "repo"]
 pytestmark = pytest.mark.vsphere
 VC = "bed"
 
@@ -68,52 +67,6 @@ def fleet(bed: VsphereBed, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> list[Vm
     assert result.rc == 0, result.err
     return [vm for vm in sorted(bed.control.vms(), key=lambda v: v.name)
             if not vmaccel_snapshots(bed).get(vm.name)]  # fmt: skip
-
-
-@pytest.fixture
-def repo(tmp_path: Path, cli: Cli, pg: PostgresServer) -> Path:
-    path = tmp_path / "repo"
-    result = cli("repo", "init", "--repo", path, "--catalog", pg.database())
-    assert result.rc == 0, result.err
-    return path
-
-
-class Proxies:
-    """`vmaccel worker` processes of one repository, stopped (or killed) at the end."""
-
-    def __init__(self, repo: Path, log: Path) -> None:
-        self.repo, self.log = repo, log
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            proc = subprocess.Popen(
-                [str(VMACCEL), "worker", "--repo", str(self.repo), "--name", name,
-                 "--heartbeat", "0.5", "--stalled-after", "3", "--stop-timeout", "5", *extra],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.procs[name] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture
-def proxies(repo: Path, tmp_path: Path) -> Iterator[Proxies]:
-    p = Proxies(repo, tmp_path / "workers.log")
-    try:
-        yield p
-    finally:
-        p.stop_all()
 
 
 def _policy(name: str, vms: list[VmInfo], parallel: int) -> Policy:

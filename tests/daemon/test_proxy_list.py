@@ -12,15 +12,12 @@ import asyncio
 import os
 import signal
 import socket
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.catalog.pgserver import PostgresServer, pg, postgres
-from tests.daemon.servebed import VMACCEL, ctx_for, wait_for
+from tests.catalog.pgserver import pg, postgres
+from tests.daemon.proxyfleet import Proxies, proxies, repo
+from tests.daemon.servebed import ctx_for, wait_for
 from tests.plugin.conftest import Cli, cli, config_dir
 from tests.plugin.jsonshape import validate
 from vmaccel.catalog.catalogdb import catalog_url
@@ -28,48 +25,10 @@ from vmaccel.catalog.index.proxies import NewProxy
 from vmaccel.service import vmqueue
 from vmaccel.service.proxies import ProxyRecord, RunningVm, list_proxies
 
-__all__ = ["cli", "config_dir", "pg", "postgres"]
+__all__ = ["cli", "config_dir", "pg", "postgres", "proxies", "repo"]
 
 
-@pytest.fixture
-def repo(tmp_path: Path, cli: Cli, pg: PostgresServer) -> Path:
-    path = tmp_path / "repo"
-    result = cli("repo", "init", "--repo", path, "--catalog", pg.database())
-    assert result.rc == 0, result.err
-    return path
-
-
-class Workers:
-    """`vmaccel worker` processes with short liveness times, killed at the end if alive."""
-
-    def __init__(self, repo: Path, log: Path) -> None:
-        self.repo, self.log = repo, log
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            proc = subprocess.Popen(
-                [str(VMACCEL), "worker", "--repo", str(self.repo), "--name", name,
-                 "--heartbeat", "0.5", "--stalled-after", "2", "--stop-timeout", "1", *extra],
-                stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture
-def workers(repo: Path, tmp_path: Path) -> Iterator[Workers]:
-    w = Workers(repo, tmp_path / "workers.log")
-    try:
-        yield w
-    finally:
-        w.close()
+PROXY_LIVENESS = (2.0, 1.0)  # stalled after 2 s; stop within 1 s
 
 
 def _listed(cli: Cli, repo: Path) -> dict[str, Any]:
@@ -92,10 +51,10 @@ def _when(cli: Cli, repo: Path, name: str, state: str, timeout: float = 30) -> d
 
 
 def test_running_stalled_stopped_and_a_taken_name(
-    cli: Cli, repo: Path, workers: Workers, tmp_path: Path
+    cli: Cli, repo: Path, proxies: Proxies, tmp_path: Path
 ) -> None:
-    a = workers.start("pa", "--datastores", "ds1, ds2", "--max-jobs", "3")
-    b = workers.start("pb")
+    a = proxies.start("pa", "--datastores", "ds1, ds2", "--max-jobs", "3")
+    b = proxies.start("pb")
     pa, pb = _when(cli, repo, "pa", "running"), _when(cli, repo, "pb", "running")
     assert (pa["host"], pa["pid"], pa["datastores"], pa["max_jobs"]) == (
         socket.gethostname(), a.pid, ["ds1", "ds2"], 3)  # fmt: skip
@@ -103,7 +62,7 @@ def test_running_stalled_stopped_and_a_taken_name(
     assert pa["vms"] == [] and pa["stalled_after"] == 2.0 and pa["silent"] <= 2.0
     assert pa["worker_id"] != pb["worker_id"]
 
-    twin = workers.start("pa")  # pa is alive: its name is taken
+    twin = proxies.start("pa")  # pa is alive: its name is taken
     assert twin.wait(60) == 2
     assert "a proxy named 'pa' already runs" in (tmp_path / "workers.log").read_text()
 
@@ -117,7 +76,7 @@ def test_running_stalled_stopped_and_a_taken_name(
     stopped = _listed(cli, repo)["pa"]
     assert stopped["state"] == "stopped" and stopped["stopped"] >= pa["last_seen"]
 
-    again = workers.start("pb")  # the killed proxy's name is free again
+    again = proxies.start("pb")  # the killed proxy's name is free again
     assert _when(cli, repo, "pb", "running")["pid"] == again.pid
     human = cli("proxies", "--repo", repo)
     assert human.rc == 0
