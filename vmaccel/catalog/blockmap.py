@@ -197,39 +197,10 @@ class BlockMap:
         """True if blocks ``first .. first+count-1`` map to the same chunks in ``a`` and ``b``.
 
         Subtrees with equal node ids are identical and are not descended into, so comparing
-        an image with its parent costs node reads only along the paths that changed.
+        an image with its parent costs node reads only along the paths that changed; the
+        first differing block ends the comparison.
         """
-        if (a.depth, a.fanout) != (b.depth, b.fanout) or first + count > min(a.blocks, b.blocks):
-            return False
-        return self._same(a.root, b.root, a.depth - 1, 0, first, first + count, a.fanout)
-
-    def _same(
-        self,
-        x: bytes | None,
-        y: bytes | None,
-        level: int,
-        base: int,
-        lo: int,
-        hi: int,
-        fanout: int,
-    ) -> bool:
-        if x == y:
-            return True
-        xs = self.node(x, fanout)[1] if x else [HOLE] * fanout
-        ys = self.node(y, fanout)[1] if y else [HOLE] * fanout
-        span = fanout**level
-        for i in range((lo - base) // span, min(fanout, (hi - base + span - 1) // span)):
-            if xs[i] == ys[i]:
-                continue
-            if level == 0:
-                return False
-            child_lo = base + i * span
-            cx, cy = (None if e == HOLE else e for e in (xs[i], ys[i]))
-            if not self._same(
-                cx, cy, level - 1, child_lo, max(lo, child_lo), min(hi, child_lo + span), fanout
-            ):
-                return False
-        return True
+        return next(self.differing(a, b, first, count), None) is None
 
     def differing(self, a: MapRoot, b: MapRoot, first: int, count: int) -> Iterator[int]:
         """The blocks of ``first .. first+count-1`` that map to different chunks in ``a`` and
