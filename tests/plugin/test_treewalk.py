@@ -45,12 +45,35 @@ def _catalogued_and_walked(repo: Path) -> dict[str, tuple[list[FileRecord], list
     return out
 
 
-def _followed(repo: Path) -> int:
-    """How many volumes of the newest backup a catalogue pass follows from the parent."""
+def _followed(repo: Path) -> tuple[int, DeltaCounts]:
+    """A catalogue pass over the newest backup again: the volumes it followed from the
+    parent's listing, and what following took."""
     with Repository.open(repo, write=True) as r:
         first, second = r.backups("g")[-2:]
         img, parent = r.image(second, "disk0"), r.image(first, "disk0")
-        return index_image(r, img, parent).followed
+        counts = DeltaCounts()
+        return index_image(r, img, parent, counts).followed, counts
+
+
+def _before_and_after(tmp_path: Path, image: Path, change: Callable[[], Path]) -> Path:
+    """A repository with a backup of ``image``, then one of what ``change()`` returns."""
+    repo = tmp_path / "repo"
+    Repository.init(repo, RepositoryConfig())
+    _backup(repo, image)
+    _backup(repo, change())
+    return repo
+
+
+def _followed_equals_whole(repo: Path, volumes: int) -> tuple[set[str], DeltaCounts]:
+    """Asserts that ``volumes`` volumes were followed and that every catalogued listing of
+    the newest backup equals a whole walk; returns the paths listed and the counts."""
+    followed, counts = _followed(repo)
+    assert followed == volumes
+    paths: set[str] = set()
+    for name, (stored, whole) in _catalogued_and_walked(repo).items():
+        assert stored == whole, name
+        paths |= {r.path for r in stored}
+    return paths, counts
 
 
 def test_a_guest_day_followed_from_the_parent_equals_a_whole_walk(
@@ -59,17 +82,10 @@ def test_a_guest_day_followed_from_the_parent_equals_a_whole_walk(
     guest_day: Callable[..., GuestDay],
 ) -> None:
     image = private_image("gpt")
-    repo = tmp_path / "repo"
-    Repository.init(repo, RepositoryConfig())
-    _backup(repo, image.path)
-    day = guest_day(image, fraction=0.2, seed=5)
-    _backup(repo, day.image.path)
+    repo = _before_and_after(tmp_path, image.path,
+                             lambda: guest_day(image, fraction=0.2, seed=5).image.path)  # fmt: skip
     # both ext4 volumes (the partition and the logical volume) changed and were followed
-    assert _followed(repo) == 2
-    for name, (stored, whole) in _catalogued_and_walked(repo).items():
-        assert stored == whole, name
-    changed = {c.path for cs in day.changes.values() for c in cs}
-    assert changed
+    _followed_equals_whole(repo, 2)
 
 
 def _reshape(root: Path) -> None:
@@ -104,8 +120,8 @@ def ext4_image(tmp_path: Path) -> Path:
     for d in range(400):
         sub = tree / f"dir{d // 20:02d}" / f"sub{d:03d}"
         sub.mkdir(parents=True)
-        for f in range(10):
-            (sub / f"file{f}.txt").write_bytes(b"%d/%d\n" % (d, f) * (f + 1))
+        for n in range(10):
+            (sub / f"file{n}.txt").write_bytes(b"%d/%d\n" % (d, n) * (n + 1))
     image = tmp_path / "ext4.img"
     with open(image, "wb") as f:
         f.truncate(96 * 1024 * 1024)
@@ -127,38 +143,27 @@ def _loop_mounted(image: Path) -> Iterator[Path]:
 def test_a_small_change_lists_only_the_directories_it_touched(
     tmp_path: Path, ext4_image: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    Repository.init(repo, RepositoryConfig())
-    _backup(repo, ext4_image)
-    with _loop_mounted(ext4_image) as root:
-        (root / "dir07" / "sub150" / "file3.txt").write_text("changed\n")
-        (root / "dir11" / "sub222" / "new.txt").write_text("new\n")
-    _backup(repo, ext4_image)
-    with Repository.open(repo, write=True) as r:
-        first, second = r.backups("g")[-2:]
-        img, parent = r.image(second, "disk0"), r.image(first, "disk0")
-        counts = DeltaCounts()
-        fs_counts = index_image(r, img, parent, counts)
-    assert fs_counts.followed == 1
+    def change() -> Path:
+        with _loop_mounted(ext4_image) as root:
+            (root / "dir07" / "sub150" / "file3.txt").write_text("changed\n")
+            (root / "dir11" / "sub222" / "new.txt").write_text("new\n")
+        return ext4_image
+
+    paths, counts = _followed_equals_whole(_before_and_after(tmp_path, ext4_image, change), 1)
     assert counts.kept > 3000 and counts.listed < 100, counts  # of 421 directories
-    for name, (stored, whole) in _catalogued_and_walked(repo).items():
-        assert stored == whole, name
+    assert "/dir11/sub222/new.txt" in paths
 
 
 @pytest.mark.slow
 def test_renames_removals_modes_and_links_followed_equal_a_whole_walk(
     tmp_path: Path, ext4_image: Path
 ) -> None:
-    repo = tmp_path / "repo"
-    Repository.init(repo, RepositoryConfig())
-    _backup(repo, ext4_image)
-    with _loop_mounted(ext4_image) as root:
-        _reshape(root)
-    _backup(repo, ext4_image)
-    assert _followed(repo) == 1
-    for name, (stored, whole) in _catalogued_and_walked(repo).items():
-        assert stored == whole, name
-    paths = {r.path for stored, _ in _catalogued_and_walked(repo).values() for r in stored}
+    def change() -> Path:
+        with _loop_mounted(ext4_image) as root:
+            _reshape(root)
+        return ext4_image
+
+    paths, _ = _followed_equals_whole(_before_and_after(tmp_path, ext4_image, change), 1)
     assert "/fresh/deep/er/leaf.txt" in paths and "/hardlink" in paths
     assert sum(p.startswith("/many/") for p in paths) >= 600
 
@@ -168,14 +173,11 @@ def test_an_entry_written_without_touching_its_directory_inode_is_seen(
 ) -> None:
     """debugfs links a name into a directory block without rewriting the directory's inode:
     only the entry blocks changed, and the catalogue must still list the new name."""
-    repo = tmp_path / "repo"
-    Repository.init(repo, RepositoryConfig())
-    _backup(repo, ext4_image)
-    link = "ln /dir05/sub100/file1.txt /dir05/sub100/second-name"
-    subprocess.run(["debugfs", "-w", "-R", link, str(ext4_image)], check=True,
-                   capture_output=True)  # fmt: skip
-    _backup(repo, ext4_image)
-    assert _followed(repo) == 1
-    for name, (stored, whole) in _catalogued_and_walked(repo).items():
-        assert stored == whole, name
-        assert "/dir05/sub100/second-name" in {r.path for r in stored}
+    def change() -> Path:
+        link = "ln /dir05/sub100/file1.txt /dir05/sub100/second-name"
+        subprocess.run(["debugfs", "-w", "-R", link, str(ext4_image)], check=True,
+                       capture_output=True)  # fmt: skip
+        return ext4_image
+
+    paths, _ = _followed_equals_whole(_before_and_after(tmp_path, ext4_image, change), 1)
+    assert "/dir05/sub100/second-name" in paths
