@@ -12,7 +12,7 @@ under two models of change tracking (``minimal``: the 4 KiB blocks that differ; 
 block the guest wrote, in 64 KiB granules), the same two versions with borg (both chunkers) and
 restic (when installed, settings from ``peers.py``), and the same change on a 64 GiB mostly
 sparse disk. Every tool runs as a child process, so wall time, CPU and peak RSS (``wait4``
-rusage) are that run's own. The targets are those of issue 5 ("Proof").
+rusage) are that run's own. Targets: issue 5's ("Proof"), issue 16's (``refpipe.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after ROOT: bench/bench_catalog.py must not shadow catalog/
 
 import backup_images  # noqa: E402
+import refpipe  # noqa: E402
 from peers import PEERS, Peer, fastest  # noqa: E402
 
 from testbed.vsphere.bed import VsphereBed, start_bed  # noqa: E402
@@ -45,6 +46,7 @@ TARGETS = {
     "incr_over_full_max": 0.15,
     "read_over_changed_max": 1.5,
     "wide_over_small_max": 1.5,
+    "full_vs_reference_min": 0.85,  # issue 16
 }
 
 
@@ -216,8 +218,8 @@ def vmaccel_case(
     started = time.monotonic()
     bed.control.attach_disk(vm.name, day0)
     attach_s = time.monotonic() - started
-    log(f"{label}: full backup")
-    full = tool.backup(vm.name, f"{label}-full")
+    log(f"{label}: full backup, between two runs of the reference pipeline (refpipe.py)")
+    full, ref = refpipe.around(lambda: tool.backup(vm.name, f"{label}-full"), PY, day0, tool.work)
     log(f"{label}: applying day 1" + (" and the guest's write log" if writes else ""))
     started = time.monotonic()
     applied = bed.control.apply_guest_day(vm.name, 0, day1, writes)
@@ -237,6 +239,7 @@ def vmaccel_case(
         "apply_s": round(apply_s, 2),
         "full": full,
         "incr": incr,
+        "reference": ref,
     }
 
 
@@ -303,6 +306,7 @@ def ratios(res: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {
         "headline_cbt_model": model,
         "incr_over_full": round(incr["wall_s"] / full["wall_s"], 3),
+        **refpipe.ratios(full, small["reference"]),  # issue 16
     }
     for m in res["cbt_models"]:
         case = res["vmaccel"][f"small-{m}"]
@@ -335,6 +339,8 @@ def verdicts(r: dict[str, Any]) -> dict[str, bool]:
             out[key] = value <= TARGETS["incr_over_full_max"]
         elif key.startswith("read_over_changed_"):
             out[key] = value <= TARGETS["read_over_changed_max"]
+        elif key == "full_vs_reference":
+            out[key] = value >= TARGETS["full_vs_reference_min"]
         elif key.startswith("wide_over_small"):
             out[key] = value < TARGETS["wide_over_small_max"]
     return out
@@ -376,6 +382,7 @@ def table(res: dict[str, Any]) -> str:
         for kind in ("full", "incr"):
             r = case[kind]
             lines.append(fmt_run(f"vmaccel {label} {kind}", r, phase_note(r)))
+        lines.append(refpipe.table_row(case["reference"]))
         lines.append(
             f"{'':<30} day 1: {case['changed_bytes'] / MiB:.1f} MiB changed in "
             f"{case['changed_extents']} extents, {case['rewritten_bytes'] / MiB:.1f} MiB rewritten "

@@ -49,32 +49,55 @@ from vmaccel.vocabulary.errors import ChunkCorrupt, ChunkMissing, DamageError
 logger = logging.getLogger(__name__)
 
 WRITE_BATCH_BYTES = 1024 * 1024  # pack bytes gathered before one write call
-IO_QUEUE = 8  # gathered buffers queued for the pack I/O thread
+IO_QUEUE = 4  # gathered buffers queued for the pack I/O thread
 RECENT_IDS = 16384  # ids of the last sealed packs still checked in memory (~2 MB)
 READ_GAP_BYTES = 16 * 1024  # neighbouring chunks this close are read with one pread
 READ_RUN_BYTES = 4 * 1024 * 1024  # ... up to this many bytes per pread
+Buffer = bytes | memoryview
 
 
 class _Gather:
     """Collects a pack's many small writes (entry header, payload, ...) into few large ones:
-    the writer thread then hands over one buffer per ``limit`` bytes, not two per chunk."""
+    the writer thread then hands over one buffer of up to ``limit`` bytes (handed over when the
+    next write would not fit), not two per chunk.
 
-    def __init__(self, out: Callable[[bytes], None], limit: int) -> None:
-        self._out, self._limit = out, limit
-        self._parts: list[bytes] = []
-        self._size = 0
+    The buffers are reused: ``out(view, release)`` must call ``release()`` once it has written
+    ``view`` (from any thread), which returns the buffer to this gather. So a pack of any size
+    costs a few fixed buffers, no allocation (and no page faults) per megabyte written. A write
+    larger than a buffer is handed over as is, after what was gathered before it.
+    """
+
+    def __init__(
+        self,
+        out: Callable[[Buffer, Callable[[], None] | None], None],
+        limit: int,
+        free: list[bytearray],
+    ) -> None:
+        """``free``: spare buffers, shared by the gathers of one store (popped by the writer
+        thread, appended by whichever thread releases one)."""
+        self._out, self._limit, self._free = out, limit, free
+        self._buf: bytearray | None = None
+        self._pos = 0
 
     def write(self, data: bytes) -> int:
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size >= self._limit:
+        n = len(data)
+        if self._pos + n > self._limit:
             self.drain()
-        return len(data)
+        if n > self._limit:
+            self._out(data, None)
+            return n
+        if self._buf is None:
+            self._buf = self._free.pop() if self._free else bytearray(self._limit)
+        self._buf[self._pos : self._pos + n] = data  # same length: copied in place
+        self._pos += n
+        return n
 
     def drain(self) -> None:
-        if self._parts:
-            self._out(b"".join(self._parts))
-            self._parts, self._size = [], 0
+        """Hand over what is gathered (the buffer comes back when it is written)."""
+        if self._buf is not None and self._pos:
+            buf, n = self._buf, self._pos
+            self._buf, self._pos = None, 0
+            self._out(memoryview(buf)[:n], functools.partial(self._free.append, buf))
 
 
 class _PackIO:
@@ -91,8 +114,9 @@ class _PackIO:
         self._queued: deque[Future[None]] = deque()
         self._failed: BaseException | None = None
 
-    def write(self, data: bytes) -> None:
-        self._queued.append(self._pool.submit(self._write, data))
+    def write(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
+        """Queue a write of ``data``; ``release()`` is called once it is written."""
+        self._queued.append(self._pool.submit(self._write, data, release))
         while self._queued and (len(self._queued) > IO_QUEUE or self._queued[0].done()):
             self._queued.popleft().result()  # raises a failed write here, early
 
@@ -107,7 +131,7 @@ class _PackIO:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._sink.abort()
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: Buffer, release: Callable[[], None] | None) -> None:
         if self._failed is None:
             try:
                 self._sink.stream.write(data)
@@ -117,6 +141,8 @@ class _PackIO:
                     exc.filename = name  # for the CLI's message
                 self._failed = exc
                 raise
+            if release is not None:
+                release()
 
     def _commit(self, then: Callable[[], None]) -> None:
         if self._failed is not None:
@@ -139,6 +165,7 @@ class ChunkStore:
         self._io: _PackIO | None = None
         self._writer: PackWriter | None = None
         self._gather: _Gather | None = None
+        self._buffers: list[bytearray] = []  # the gathers' spare write buffers
         self._pack_name = ""
         self._sealing: Future[None] | None = None  # the previous pack, being committed
         # A chunk appended by this store is in the open pack (_pending), in the pack being
@@ -321,7 +348,7 @@ class ChunkStore:
         if self._writer is None:
             self._pack_name = secrets.token_hex(16)
             self._io = _PackIO(self.packs.create(self._pack_name))
-            self._gather = _Gather(self._io.write, WRITE_BATCH_BYTES)
+            self._gather = _Gather(self._io.write, WRITE_BATCH_BYTES, self._buffers)
             self._writer = PackWriter(cast(BinaryIO, self._gather), self._repo_id)
         return self._writer
 

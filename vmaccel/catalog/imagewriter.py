@@ -15,14 +15,19 @@ ids pending in this backup (see ``vmaccel.catalog.chunkstore``, "Duplicates"). A
 parent's is therefore not re-stored even if the parent's copy is damaged; verify names those.
 
 Contract: offsets and lengths are bytes, block aligned; only the last block of the disk may be
-short. ``data`` must not change after ``write`` returns (pass ``bytes``). An image writer is
-used by one thread. Nothing it writes is visible until the backup that owns it commits.
+short. ``data`` must not change after ``write`` returns (pass ``bytes``), unless the caller
+passes ``release``: then ``data`` is the caller's reusable buffer (a ``bytearray``), left
+unchanged until the writer calls ``release()`` (on the calling thread, from a later ``write``,
+``punch`` or ``finish``) once no worker reads it any more; a pool of such buffers keeps a full
+backup's read memory flat and free of page faults. An image writer is used by one thread.
+Nothing it writes is visible until the backup that owns it commits.
 """
 
 from __future__ import annotations
 
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -34,9 +39,10 @@ from vmaccel.vocabulary.errors import UsageError
 
 TASK_BYTES = 1024 * 1024
 BATCH_BLOCKS = 32768
-MAX_INFLIGHT_TASKS = 16
+MAX_INFLIGHT_TASKS = 8  # 4 per worker on 2 cores: enough to keep both busy, little memory
 
 _Result = tuple[bytes | None, EncodedChunk | None]
+Release = Callable[[], None]
 
 
 @dataclass
@@ -77,26 +83,39 @@ class ImageWriter:
         self._root = blockmap.resize(base, blocks) if base.blocks != blocks else base
         self._own_pool = pool is None
         self._pool = pool or ThreadPoolExecutor(workers or os.cpu_count() or 2, "vmaccel-chunk")
-        self._inflight: deque[tuple[int, Future[list[_Result]]]] = deque()
+        # (first block, task, release of the caller's buffer after this, its last task)
+        self._inflight: deque[tuple[int, Future[list[_Result]], Release | None]] = deque()
         self._points: list[tuple[int, bytes | None]] = []
         self._holes: list[HoleRange] = []
         self._zero = bytes(block_size)
         self.stats = WriteStats()
         self._closed = False
 
-    def write(self, offset: int, data: bytes) -> None:
-        """Store ``data`` at byte ``offset`` (block aligned; see the module contract)."""
-        self._check(offset, len(data), allow_short_tail=True)
+    def write(
+        self,
+        offset: int,
+        data: bytes | bytearray,
+        release: Release | None = None,
+        length: int | None = None,
+    ) -> None:
+        """Store ``data`` (its first ``length`` bytes when given: a reused buffer may be longer
+        than what it holds) at byte ``offset`` (block aligned; see the module contract for
+        ``data``'s lifetime and ``release``)."""
+        size = len(data) if length is None else length
+        self._check(offset, size, allow_short_tail=True)
         if not isinstance(data, bytes | bytearray):
-            data = bytes(data)
-        for start in range(0, len(data), TASK_BYTES):
-            piece_len = min(TASK_BYTES, len(data) - start)
+            data = bytes(data[:size])
+        if not size and release is not None:
+            release()
+        for start in range(0, size, TASK_BYTES):
+            piece_len = min(TASK_BYTES, size - start)
             first = (offset + start) // self.block_size
             fut = self._pool.submit(self._encode, data, start, piece_len, first)
-            self._inflight.append((first, fut))
+            last = start + piece_len == size
+            self._inflight.append((first, fut, release if last else None))
             if len(self._inflight) >= MAX_INFLIGHT_TASKS:
                 self._consume_one()
-        self.stats.bytes_written += len(data)
+        self.stats.bytes_written += size
 
     def punch(self, offset: int, length: int) -> None:
         """Make ``length`` bytes from ``offset`` holes (read as zeros, store nothing)."""
@@ -128,8 +147,8 @@ class ImageWriter:
         return self._root
 
     def abort(self) -> None:
-        for _, fut in self._inflight:
-            fut.cancel()
+        for _, fut, _ in self._inflight:
+            fut.cancel()  # buffers given with release are not released: the caller drops them
         self._inflight.clear()
         self._close_pool()
         self._closed = True
@@ -150,7 +169,9 @@ class ImageWriter:
         if end % self.block_size and not (allow_short_tail and end == self.size):
             raise UsageError(f"write ending at {end} is not block aligned")
 
-    def _encode(self, data: bytes, start: int, length: int, first: int) -> list[_Result]:
+    def _encode(
+        self, data: bytes | bytearray, start: int, length: int, first: int
+    ) -> list[_Result]:
         """Worker thread: zero check, hash, encode unknown chunks (``first`` is the block at
         ``start``). Hashing and compression release the GIL; blocks are never copied."""
         bs, codec, end = self.block_size, self._store.codec, start + length
@@ -184,8 +205,11 @@ class ImageWriter:
         return ids
 
     def _consume_one(self) -> None:
-        first, fut = self._inflight.popleft()
-        for i, (cid, enc) in enumerate(fut.result()):
+        first, fut, release = self._inflight.popleft()
+        results = fut.result()
+        if release is not None:  # the buffer's last task is done: no worker reads it now
+            release()
+        for i, (cid, enc) in enumerate(results):
             if cid is None:
                 self.stats.zero_blocks += 1
             elif enc is not None and self._store.add(enc, check_index=False):

@@ -49,6 +49,24 @@ class FileSource:
             )
         return data
 
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` (writable, ``len(buffer)`` bytes) from byte ``offset``: ``read``
+        into a caller's reusable buffer, so a full backup allocates no buffer per read."""
+        done = 0
+        while done < len(buffer):
+            try:
+                n = os.preadv(self._fd, [buffer[done:]], offset + done)
+            except OSError as exc:
+                raise TransportError(
+                    f"reading {self.path} at {offset + done}: {exc.strerror}"
+                ) from exc
+            if n == 0:
+                raise TransportError(
+                    f"{self.path} ended at {offset + done} while reading {len(buffer)} bytes "
+                    f"at {offset}; was it truncated during the backup?"
+                )
+            done += n
+
     def data_extents(self) -> list[Extent]:
         """Data extents by ``SEEK_DATA``/``SEEK_HOLE``; the whole file when unsupported."""
         extents, pos = [], 0
