@@ -12,6 +12,7 @@ import asyncio
 import os
 import signal
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,10 @@ def _claim_one(url: str, task: vmqueue.VmTask) -> int:
             assert job is not None and job.status == vmqueue.DOING
             return worker_id
 
-    return asyncio.run(claim())
+    # in a thread of its own: a test before this one (the console's browser) may have left
+    # an event loop running in this thread, where asyncio.run refuses to start
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, claim()).result()
 
 
 def test_the_vms_a_proxy_backs_up_now_come_from_the_queue(repo: Path) -> None:
