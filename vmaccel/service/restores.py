@@ -46,7 +46,10 @@ def restore_disk(
             advance(total - done[0])
             done[0] = total
 
-        with r.open_image(image) as reader:
+        # The restore reads in large pieces (bulk reads that decode into its buffers) and
+        # overlaps them with its own writes: no read-ahead, and a cache only for the few small
+        # extents, so memory stays that of its buffers whatever the disk size.
+        with r.open_image(image, readahead_bytes=0, cache_bytes=0) as reader:
             return write_disk(reader, to, source, overwrite=overwrite, progress=progress)
 
 

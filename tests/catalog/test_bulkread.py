@@ -1,0 +1,166 @@
+"""vmaccel.catalog.imagereader's bulk reads (what a restore issues) against its chunk-at-a-time
+path: the same bytes, byte for byte, from a real repository in tmp_path."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vmaccel.catalog import Repository, RepositoryConfig
+from vmaccel.catalog.imagereader import BULK_BYTES, ImageReader
+from vmaccel.catalog.index import ImageRow
+from vmaccel.catalog.packstore import pack_key
+from vmaccel.vocabulary.errors import DamageError
+
+BS = 4096
+SIZE = 4 * BULK_BYTES + 3 * BS + 123  # several bulk reads, a short last block
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Iterator[Repository]:
+    Repository.init(tmp_path / "r", RepositoryConfig(block_size=BS, map_fanout=16))
+    with Repository.open(tmp_path / "r", write=True) as r:
+        yield r
+
+
+def content() -> bytes:
+    """Random blocks, repeated blocks (one chunk at many places), zero runs (holes), text."""
+    rng = random.Random(24)
+    out = bytearray(rng.randbytes(SIZE))
+    repeated = rng.randbytes(BS)
+    for block in range(0, SIZE // BS, 7):
+        out[block * BS : (block + 1) * BS] = repeated
+    out[BS * 100 : BS * 400] = bytes(BS * 300)  # a hole inside the first bulk read
+    out[BULK_BYTES - 5 * BS : BULK_BYTES + 9 * BS] = bytes(14 * BS)  # one across two reads
+    out[-BS * 50 :] = b"text " * (BS * 10)
+    return bytes(out)
+
+
+def image(repo: Repository, data: bytes) -> ImageRow:
+    with repo.begin_backup("vm1") as bw:
+        w = bw.image_writer("d", len(data))
+        for off in range(0, len(data) - len(data) % BS, BULK_BYTES):
+            w.write(off, data[off : min(off + BULK_BYTES, len(data) - len(data) % BS)])
+        w.write(len(data) - len(data) % BS, data[len(data) - len(data) % BS :])
+        bw.finish_image("d", w)
+        row = bw.commit()
+    return repo.images(row)[0]
+
+
+def restore_reads(r: ImageReader, piece: int = BULK_BYTES) -> bytes:
+    """The image as a restore reads it: data extents only, in pieces of ``piece`` bytes into
+    one reused buffer (stale bytes in it), placed at their offsets; holes stay zero."""
+    out, buf = bytearray(r.size), memoryview(bytearray(b"\xee" * piece))
+    for offset, length, is_data in r.extents():
+        for off in range(offset, offset + length, piece) if is_data else ():
+            n = min(piece, offset + length - off)
+            assert r.read_into(off, buf[:n]) == n
+            out[off : off + n] = buf[:n]
+    return bytes(out)
+
+
+def small_reads(r: ImageReader) -> bytes:
+    """The whole image in reads below BULK_BYTES (chunk-at-a-time path, cache, read-ahead)."""
+    out, off = bytearray(), 0
+    while piece := r.pread(off, 3 * BS + 5):
+        out += piece
+        off += len(piece)
+    return bytes(out)
+
+
+def bulk_reads(r: ImageReader, start: int, length: int) -> bytes:
+    """``start`` onward in reads of ``length`` (at least BULK_BYTES) into one reused buffer
+    that holds stale bytes from the read before (holes must overwrite them)."""
+    buf = memoryview(bytearray(b"\xee" * length))
+    out, off = bytearray(), start
+    while n := r.read_into(off, buf):
+        out += buf[:n]
+        off += n
+    return bytes(out)
+
+
+@pytest.mark.parametrize("options", [{}, {"readahead_bytes": 0, "cache_bytes": 0}, {"workers": 1}])
+def test_bulk_reads_equal_small_reads_byte_for_byte(
+    repo: Repository, options: dict[str, int]
+) -> None:
+    data = content()
+    img = image(repo, data)
+    with repo.open_image(img, **options) as r:
+        slow = small_reads(r)
+    with repo.open_image(img, **options) as r:
+        aligned = bulk_reads(r, 0, BULK_BYTES + 8 * BS)
+        unaligned = bulk_reads(r, 1000, BULK_BYTES + 777)
+    assert slow == data
+    assert aligned == data
+    assert unaligned == data[1000:]
+
+
+def test_restore_pattern_equals_the_image(repo: Repository) -> None:
+    data = content()
+    img = image(repo, data)
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
+        assert restore_reads(r) == data
+        assert restore_reads(r, BULK_BYTES + 64 * BS) == data
+
+
+def test_bulk_read_after_small_reads_uses_cached_chunks(repo: Repository) -> None:
+    data = content()
+    img = image(repo, data)
+    with repo.open_image(img) as r:
+        assert r.pread(BS * 3, BS * 40) == data[BS * 3 : BS * 43]  # some chunks now cached
+        assert bulk_reads(r, 0, BULK_BYTES) == data
+
+
+def damage(repo: Repository, img: ImageRow, block: int) -> bytes:
+    """Flip a byte of the stored chunk of ``block``; returns its id. Close the store after."""
+    cid = repo.blockmap.lookup(repo.map_root(img), block, 1)[0]
+    assert cid is not None
+    loc = repo.index.chunk(cid)
+    assert loc is not None
+    with open(repo.path / pack_key(loc.pack), "r+b") as f:
+        f.seek(loc.offset + 3)
+        byte = f.read(1)
+        f.seek(loc.offset + 3)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    return cid
+
+
+def test_bulk_read_of_a_damaged_chunk_raises_never_data(repo: Repository) -> None:
+    data = content()
+    img = image(repo, data)
+    cid = damage(repo, img, 2 * BULK_BYTES // BS + 152)  # not one of the repeated blocks
+    repo.store.close()  # the reads below open the pack again
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
+        with pytest.raises(DamageError, match=cid.hex()[:16]):
+            restore_reads(r)
+        buf = memoryview(bytearray(BULK_BYTES))
+        assert r.read_into(0, buf) == BULK_BYTES  # the first read does not touch it
+        assert bytes(buf) == data[:BULK_BYTES]
+        with pytest.raises(DamageError, match=cid.hex()[:16]):
+            r.read_into(2 * BULK_BYTES, buf)
+
+
+def test_damage_in_the_callers_own_job_is_raised_in_block_order(repo: Repository) -> None:
+    """The calling thread decodes a bulk read's last job itself: damage there is raised too,
+    and after damage in an earlier job of the same read."""
+    data = content()
+    img = image(repo, data)
+    last = 3 * BULK_BYTES // BS - 3  # the last job of the third 4 MiB read (not repeated)
+    late = damage(repo, img, last)
+    repo.store.close()
+    buf = memoryview(bytearray(BULK_BYTES))
+    with (
+        repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r,
+        pytest.raises(DamageError, match=late.hex()[:16]),
+    ):
+        r.read_into(2 * BULK_BYTES, buf)
+    early = damage(repo, img, 2 * BULK_BYTES // BS + 11)  # its first job (not repeated)
+    repo.store.close()
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
+        with pytest.raises(DamageError, match=early.hex()[:16]):
+            r.read_into(2 * BULK_BYTES, buf)
+        assert r.read_into(BULK_BYTES, buf) == BULK_BYTES  # the read before is intact
+        assert bytes(buf) == data[BULK_BYTES : 2 * BULK_BYTES]
