@@ -3,7 +3,7 @@
 Run by hand, as root (it needs /dev/fuse; dropping caches needs root), on an idle machine::
 
     python bench/mount.py [--json] [--workdir DIR] [--reps 3] [--cache cold|warm]
-                          [--image PATH] [--size-gib 4] [--no-peers]
+                          [--image PATH] [--size-gib 4] [--no-peers] [--mount-only]
 
 The image: ``--image``, by default the realistic 4 GiB Debian disk of the other benches
 (``/var/tmp/vmaccel-bench/day0-4g.img``, built by ``bench/backup_images.py``) when it exists;
@@ -29,6 +29,8 @@ disk whether it holds a debootstrap Debian or the /usr stand-in, is printed and 
   ratios peer wall / vmaccel wall: per configuration, against the faster borg
   (``speedup_vs_borg``) and against the fastest peer (issue 6 asks >= 1.5). The first
   repetition compares every restored image with the source (``cmp``).
+
+``--mount-only`` stops after the read side (no restores, no peers).
 
 Peer backups run once (their times are reported, not compared). Nothing is gated on the
 figures; the 1-minute load average is recorded before each restore: compare only runs taken
@@ -175,6 +177,7 @@ def mounted_run(
             "random_4k_p99_ms": q[98] * 1e3,
             "random_4k_sampling": "data extents only (holes excluded), 4 KiB aligned",
             "mount_peak_rss_bytes": peak_rss(proc.pid),
+            "load_1m": round(os.getloadavg()[0], 2),
         }
     finally:
         subprocess.run(["fusermount", "-u", str(mnt)], check=False)
@@ -367,6 +370,11 @@ def parse_args() -> argparse.Namespace:
         help="page cache before each restore (cold: dropped; needs root)",
     )
     ap.add_argument("--no-peers", action="store_true", help="skip borg and restic")
+    ap.add_argument(
+        "--mount-only",
+        action="store_true",
+        help="only the read side (in-process reader, mount in both modes); no restores",
+    )
     return ap.parse_args()
 
 
@@ -394,9 +402,10 @@ def main() -> None:
                 run["sequential_bytes_per_s"] / result["in_process_bytes_per_s"]
             )
             result[mode] = run
-        result["restore"] = restore_compare(
-            work, work / "repo", image, args.reps, args.cache, not args.no_peers
-        )
+        if not args.mount_only:
+            result["restore"] = restore_compare(
+                work, work / "repo", image, args.reps, args.cache, not args.no_peers
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
@@ -420,8 +429,10 @@ def print_table(result: dict[str, Any]) -> None:
             f"mount ({mode:10s}) {r['sequential_bytes_per_s'] / MiB:8.0f} MiB/s "
             f"= {r['ratio_to_in_process']:.2f}x; random 4 KiB in data extents p50 "
             f"{r['random_4k_p50_ms']:.2f} ms p99 {r['random_4k_p99_ms']:.2f} ms; peak RSS "
-            f"{r['mount_peak_rss_bytes'] / MiB:.0f} MiB"
+            f"{r['mount_peak_rss_bytes'] / MiB:.0f} MiB (load {r['load_1m']:.2f})"
         )
+    if "restore" not in result:
+        return
     res = result["restore"]
     print(f"restore, {res['cache']} cache, median of {res['reps']} (wall includes sync):")
     for name in ("vmaccel", *(p.name for p in PEERS)):

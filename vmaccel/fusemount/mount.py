@@ -24,8 +24,9 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from vmaccel.catalog.repository import Repository
@@ -35,6 +36,7 @@ from vmaccel.fusemount.binding import serve as serve_fuse
 from vmaccel.fusemount.guestfiles import GuestFiles
 from vmaccel.fusemount.openfiles import OpenFiles
 from vmaccel.fusemount.overlay import OverlayError, OverlayImage, OverlaySet
+from vmaccel.fusemount.pattern import PatternedImage
 from vmaccel.fusemount.repoview import RepositoryView
 from vmaccel.fusemount.scratch import Scratch
 from vmaccel.fusemount.source import ImageStream
@@ -44,6 +46,9 @@ from vmaccel.vocabulary.errors import MountError, MountpointError
 logger = logging.getLogger(__name__)
 
 FSTYPE = "fuse.vmaccel"
+# The point reader of an image (random reads, see fusemount.pattern): no read-ahead, and a
+# cache of a few chunks' worth (bytes) for reads that fall into a chunk just decoded.
+POINT_READER = {"readahead_bytes": 0, "cache_bytes": 16 * 1024 * 1024}
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ def serve(repo: Repository, mountpoint: Path, options: MountOptions) -> None:
     """Mount ``repo`` read-only at ``mountpoint`` and block until it is unmounted."""
     check_mountpoint(mountpoint)
     view = RepositoryView(repo)
+    open_image = image_opener(repo, view)
     guest = GuestFiles(view.open_image) if options.guest_files else None
     tree = VirtualTree(
         view, vm=options.vm, backup_id=options.backup_id, ttl=options.ttl,
@@ -94,12 +100,12 @@ def serve(repo: Repository, mountpoint: Path, options: MountOptions) -> None:
     )
     overlays = open_overlays(repo, options)
     if overlays is None:
-        files = OpenFiles(view.open_image)
+        files = OpenFiles(open_image)
     else:
         ov = overlays
 
         def writable_image(image_id: int) -> ImageStream:
-            return OverlayImage(view.open_image(image_id), ov, image_id)
+            return OverlayImage(open_image(image_id), ov, image_id)
 
         files = OpenFiles(writable_image)
     scratch = None
@@ -128,6 +134,17 @@ def serve(repo: Repository, mountpoint: Path, options: MountOptions) -> None:
         if overlays is not None:
             overlays.close()
     logger.info("unmounted %s", mountpoint)
+
+
+def image_opener(repo: Repository, view: RepositoryView) -> Callable[[int], ImageStream]:
+    """How the mount opens an image file's stream: a :class:`PatternedImage` whose bulk reader
+    comes from ``view`` and whose point reader (opened on first use) reads ahead nothing."""
+    point_view = RepositoryView(repo, **POINT_READER)
+
+    def open_image(image_id: int) -> ImageStream:
+        return PatternedImage(view.open_image(image_id), partial(point_view.open_image, image_id))
+
+    return open_image
 
 
 def open_overlays(repo: Repository, options: MountOptions) -> OverlaySet | None:
