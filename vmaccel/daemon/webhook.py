@@ -10,22 +10,21 @@ Shapes (``format`` of the channel):
 - ``json``: ``{"schema": "vmaccel.notice/1", ...Notice.to_dict()}``.
 
 TLS: requests ignore the process environment (``trust_env`` off, so neither proxy variables nor
-``REQUESTS_CA_BUNDLE`` apply) and get ``verify=`` per request: the channel's ``ca_file``, or
-the pinned SHA-256 ``fingerprint`` (checked by urllib3 on every connection, CA chain and host
-name then not consulted), or else requests' default CA bundle. Redirects are not followed.
+``REQUESTS_CA_BUNDLE`` apply) and verify by the channel's ``ca_file``, or the pinned SHA-256
+``fingerprint`` (checked by urllib3 on every connection, CA chain and host name then not
+consulted), or else requests' default CA bundle. Redirects are not followed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from vmaccel.daemon.channels import DeliveryFailed, WebhookChannel
 from vmaccel.daemon.notice import Notice
+
+if TYPE_CHECKING:
+    import requests
 
 SCHEMA = "vmaccel.notice/1"
 _TEAMS_COLOR = {"error": "Attention", "warning": "Warning", "info": "Good"}
@@ -79,36 +78,34 @@ def _teams(notice: Notice) -> dict[str, Any]:
     }
 
 
-class _PinnedAdapter(HTTPAdapter):
-    """Checks the server certificate's SHA-256 against the pin on every connection."""
+def _session(channel: WebhookChannel) -> requests.Session:
+    """A session that verifies as ``channel`` says and ignores the process environment. The
+    pin and the CA file use the project's one pinning helper; ``requests`` (and that helper)
+    load on the first post, so commands that merely import the daemon start without them."""
+    from vmaccel.plugin.vcenter.models import TlsTrust
+    from vmaccel.plugin.vcenter.tls import requests_session
 
-    def __init__(self, fingerprint: str) -> None:
-        self._fingerprint = fingerprint
-        super().__init__()
+    if channel.fingerprint is not None:
+        return requests_session(TlsTrust(thumbprint=channel.fingerprint))
+    if channel.ca_file is not None:
+        return requests_session(TlsTrust(ca_file=channel.ca_file))
+    import requests
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["assert_fingerprint"] = self._fingerprint
-        kwargs["cert_reqs"] = "CERT_NONE"
-        super().init_poolmanager(*args, **kwargs)
+    session = requests.Session()
+    session.trust_env = False
+    return session
 
 
 def post_webhook(channel: WebhookChannel, notice: Notice) -> None:
     """POST ``notice`` to ``channel``; returns on a 2xx answer. Raises
     :class:`DeliveryFailed` (``permanent`` for 3xx and 4xx other than 408/425/429) or
     :class:`requests.RequestException` (an :class:`OSError`: network, TLS, timeout)."""
-    verify: bool | str = channel.ca_file or True
-    with requests.Session() as session:
-        session.trust_env = False
-        if channel.fingerprint is not None:
-            verify = False  # the adapter checks the pin instead of the CA chain
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            session.mount("https://", _PinnedAdapter(channel.fingerprint))
+    with _session(channel) as session:
         proxies = {"http": channel.proxy, "https": channel.proxy} if channel.proxy else {}
         response = session.post(
             channel.url,
             json=payload(channel.format, notice),
             timeout=channel.timeout,
-            verify=verify,
             proxies=proxies,
             allow_redirects=False,
         )
