@@ -136,8 +136,9 @@ def _changed_blocks(
 
 
 def _parent_layout(repo: Repository, parent: ImageRow, vol: BrowsedVolume) -> bytes | None:
-    """The metadata layout of the same volume (same name and place) in the parent image."""
-    with repo.open_image(parent) as reader:
+    """The metadata layout of the same volume (same name and place) in the parent image
+    (a few metadata blocks are read: no read-ahead, a small cache)."""
+    with repo.open_image(parent, readahead_bytes=0, cache_bytes=4 << 20) as reader:
         for old in browse_disk(cast(BinaryIO, reader), parent.size):
             if old.name == vol.name and old.volume == vol.volume and old.filesystem:
                 placement = old.filesystem.placement()
