@@ -112,10 +112,10 @@ def _reshape(root: Path) -> None:
     os.utime(files[3], ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
 
 
-@pytest.fixture
-def ext4_image(tmp_path: Path) -> Path:
-    """A 96 MiB ext4 filesystem made by mkfs from a tree of 400 directories and 4,000 files,
-    so that its inodes span many of the repository's 64 KiB blocks."""
+def _make_ext4(tmp_path: Path, fs_mib: int = 96) -> Path:
+    """A 96 MiB image holding an ext4 filesystem of ``fs_mib`` MiB made by mkfs from a tree of
+    400 directories and 4,000 files, so that its inodes span many of the repository's 64 KiB
+    blocks."""
     tree = tmp_path / "tree"
     for d in range(400):
         sub = tree / f"dir{d // 20:02d}" / f"sub{d:03d}"
@@ -126,8 +126,13 @@ def ext4_image(tmp_path: Path) -> Path:
     with open(image, "wb") as f:
         f.truncate(96 * 1024 * 1024)
     mkfs = ["mkfs.ext4", "-q", "-F", "-b", "4096", "-I", "256", "-d", str(tree), str(image)]
-    subprocess.run(mkfs, check=True)
+    subprocess.run([*mkfs, f"{fs_mib}M"], check=True)
     return image
+
+
+@pytest.fixture
+def ext4_image(tmp_path: Path) -> Path:
+    return _make_ext4(tmp_path)
 
 
 @contextlib.contextmanager
@@ -181,3 +186,21 @@ def test_an_entry_written_without_touching_its_directory_inode_is_seen(
 
     paths, _ = _followed_equals_whole(_before_and_after(tmp_path, ext4_image, change), 1)
     assert "/dir05/sub100/second-name" in paths
+
+
+def test_a_grown_filesystem_is_walked_whole(tmp_path: Path) -> None:
+    """resize2fs adds groups (another layout): the parent's listing is not followed."""
+    image = _make_ext4(tmp_path, fs_mib=64)
+
+    def grow() -> Path:
+        subprocess.run(["e2fsck", "-f", "-y", str(image)], check=True, capture_output=True)
+        subprocess.run(["resize2fs", str(image), "96M"], check=True, capture_output=True)
+        return image
+
+    repo = _before_and_after(tmp_path, image, grow)
+    with Repository.open(repo, write=True) as r:
+        first, second = r.backups("g")[-2:]
+        counts = index_image(r, r.image(second, "disk0"), r.image(first, "disk0"))
+    assert (counts.walked, counts.followed) == (1, 0)
+    for name, (stored, whole) in _catalogued_and_walked(repo).items():
+        assert stored == whole, name
