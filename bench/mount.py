@@ -110,11 +110,14 @@ def in_process_read(repo_path: Path) -> float:
 
 
 def sequential_read(path: Path) -> float:
+    """Bytes per second of reading ``path`` whole in 1 MiB reads into one reused buffer, as
+    ``in_process_read`` and ``dd bs=1M`` do (a new 1 MiB object per read would add an mmap,
+    256 page faults and an munmap to every read of the mount side only)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        total, t = 0, time.perf_counter()
-        while data := os.read(fd, MiB):
-            total += len(data)
+        buf, total, t = bytearray(MiB), 0, time.perf_counter()
+        while n := os.readv(fd, [buf]):
+            total += n
         return total / (time.perf_counter() - t)
     finally:
         os.close(fd)
