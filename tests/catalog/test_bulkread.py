@@ -26,6 +26,15 @@ def repo(tmp_path: Path) -> Iterator[Repository]:
         yield r
 
 
+@pytest.fixture
+def sealed(tmp_path: Path) -> Iterator[Repository]:
+    """An encrypted repository (chunks sealed with AES-GCM before they are decoded)."""
+    config = RepositoryConfig(block_size=BS, map_fanout=16, encryption="repokey")
+    Repository.init(tmp_path / "e", config, passphrase="bulk")
+    with Repository.open(tmp_path / "e", passphrase="bulk", write=True) as r:
+        yield r
+
+
 def content() -> bytes:
     """Random blocks, repeated blocks (one chunk at many places), zero runs (holes), text."""
     rng = random.Random(24)
@@ -96,6 +105,36 @@ def test_bulk_reads_equal_small_reads_byte_for_byte(
     assert slow == data
     assert aligned == data
     assert unaligned == data[1000:]
+
+
+def test_an_encrypted_repository_reads_the_same_bytes_both_ways(sealed: Repository) -> None:
+    data = content()
+    img = image(sealed, data)
+    with sealed.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
+        assert small_reads(r) == data
+        assert restore_reads(r) == data
+        assert bulk_reads(r, 1000, BULK_BYTES + 777) == data[1000:]
+
+
+def test_a_chunk_decoded_into_its_block_equals_the_decoded_chunk(repo: Repository) -> None:
+    """ChunkStore.load_into (the bulk path) against load_many, chunk for chunk: the same
+    bytes, and the same damage error for a damaged chunk, a wrong length and a missing one."""
+    data = content()
+    img = image(repo, data)
+    ids = [c for c in dict.fromkeys(repo.blockmap.lookup(repo.map_root(img), 0, 64)) if c]
+    views = {cid: memoryview(bytearray(BS)) for cid in ids}
+    assert repo.chunks.load_into(views) == {}
+    loaded = repo.chunks.load_many(ids)
+    assert all(bytes(views[cid]) == loaded[cid] for cid in ids)
+    bad = damage(repo, img, 5)
+    repo.store.close()
+    missing = bytes(32)
+    views = {cid: memoryview(bytearray(BS)) for cid in [*ids, missing]}
+    views[ids[-1]] = memoryview(bytearray(BS - 1))  # a block of another length
+    errors = repo.chunks.load_into(views)
+    assert set(errors) == {bad, missing, ids[-1]}
+    assert str(errors[bad]) == str(repo.chunks.load_many([bad])[bad])
+    assert all(bytes(views[c]) == loaded[c] for c in ids[:-1] if c != bad)
 
 
 def test_restore_pattern_equals_the_image(repo: Repository) -> None:

@@ -35,6 +35,8 @@ FLAG_ZSTD = 0x01
 FLAG_ENCRYPTED = 0x02
 _NONCE = 12
 
+Buffer = bytes | memoryview
+
 
 @dataclass(frozen=True)
 class EncodedChunk:
@@ -83,28 +85,52 @@ class ChunkCodec:
 
     def decode(self, chunk_id: bytes, flags: int, raw_len: int, payload: bytes) -> bytes:
         """Return the plaintext of a stored chunk, verified against ``chunk_id``."""
-        data = payload
-        if flags & FLAG_ENCRYPTED:
-            if self._aead is None:
-                raise ChunkCorrupt(
-                    f"chunk {chunk_id.hex()[:16]} is encrypted but the repository is not"
-                )
-            try:
-                data = self._aead.decrypt(data[:_NONCE], data[_NONCE:], chunk_id + bytes([flags]))
-            except InvalidTag:
-                raise ChunkCorrupt(
-                    f"chunk {chunk_id.hex()[:16]} fails authentication (damaged or tampered)"
-                ) from None
+        data = self._open(chunk_id, flags, payload)
         if flags & FLAG_ZSTD:
             try:
                 data = self._decompressor().decompress(data, max_output_size=raw_len)
             except zstandard.ZstdError as exc:
-                raise ChunkCorrupt(
-                    f"chunk {chunk_id.hex()[:16]} does not decompress: {exc}"
-                ) from exc
+                raise _undecodable(chunk_id, exc) from exc
         if len(data) != raw_len or self.chunk_id(data) != chunk_id:
-            raise ChunkCorrupt(f"chunk {chunk_id.hex()[:16]} does not match its content hash")
-        return data
+            raise _mismatch(chunk_id)
+        return data if isinstance(data, bytes) else bytes(data)
+
+    def decode_into(
+        self, chunk_id: bytes, flags: int, payload: Buffer, out: memoryview
+    ) -> None:
+        """Write the plaintext of a stored chunk into ``out`` (exactly its length in bytes),
+        verified against ``chunk_id``: :meth:`decode` without the plaintext object and the copy
+        out of it. On :class:`ChunkCorrupt` the bytes in ``out`` are unspecified."""
+        data = self._open(chunk_id, flags, payload)
+        if flags & FLAG_ZSTD:
+            n = 0
+            try:
+                with self._decompressor().stream_reader(data) as reader:
+                    while n < len(out) and (got := reader.readinto(out[n:])):
+                        n += got
+            except zstandard.ZstdError as exc:
+                raise _undecodable(chunk_id, exc) from exc
+        elif (n := len(data)) == len(out):
+            out[:] = data
+        if n != len(out) or self.chunk_id(out) != chunk_id:
+            raise _mismatch(chunk_id)
+
+    def _open(self, chunk_id: bytes, flags: int, payload: Buffer) -> Buffer:
+        """The payload, decrypted and authenticated when the chunk is encrypted."""
+        if not flags & FLAG_ENCRYPTED:
+            return payload
+        if self._aead is None:
+            raise ChunkCorrupt(
+                f"chunk {chunk_id.hex()[:16]} is encrypted but the repository is not"
+            )
+        try:
+            return self._aead.decrypt(
+                bytes(payload[:_NONCE]), payload[_NONCE:], chunk_id + bytes([flags])
+            )
+        except InvalidTag:
+            raise ChunkCorrupt(
+                f"chunk {chunk_id.hex()[:16]} fails authentication (damaged or tampered)"
+            ) from None
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         comp: zstandard.ZstdCompressor | None = getattr(self._local, "comp", None)
@@ -119,3 +145,11 @@ class ChunkCodec:
             dec = zstandard.ZstdDecompressor()
             self._local.dec = dec
         return dec
+
+
+def _undecodable(chunk_id: bytes, exc: zstandard.ZstdError) -> ChunkCorrupt:
+    return ChunkCorrupt(f"chunk {chunk_id.hex()[:16]} does not decompress: {exc}")
+
+
+def _mismatch(chunk_id: bytes) -> ChunkCorrupt:
+    return ChunkCorrupt(f"chunk {chunk_id.hex()[:16]} does not match its content hash")

@@ -16,8 +16,9 @@ calling thread, skipping the pool. Decoded chunks go to an LRU cache bounded in 
 the read-ahead in flight, memory does not grow with the image size.
 
 Bulk reads (at least ``BULK_BYTES``, as a restore issues them) take another path: their
-blocks are split into jobs of ``BULK_JOB_BLOCKS`` that decode and copy straight into the
-caller's buffer, without the cache, the read-ahead or a future per chunk; the calling thread
+blocks are split into jobs of ``BULK_JOB_BLOCKS`` that decode each chunk straight into its
+block of the caller's buffer (zstd writes there and BLAKE3 checks it there: no plaintext
+object, no copy), without the cache, the read-ahead or a future per chunk; the calling thread
 runs the last job itself instead of waiting idle. Memory is then the caller's buffers plus
 what the jobs of one read hold, whatever the image size; overlap comes from the caller (it
 writes one buffer while the next one fills). Loading the next run ahead as well was measured
@@ -34,7 +35,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from vmaccel.catalog.blockmap import BlockMap, MapRoot
 from vmaccel.catalog.chunkstore import ChunkStore
@@ -203,20 +204,39 @@ class ImageReader(io.RawIOBase):
         have: dict[bytes, bytes],
     ) -> None:
         """One job of a bulk read (a pool thread or the caller): blocks ``first + lo ...``
-        (``part``) into ``buf``; chunks in ``have`` copied, the others loaded."""
-        wanted = [cid for cid in dict.fromkeys(part) if cid is not None and cid not in have]
-        loaded = self._store.load_many(wanted) if wanted else {}
-        bs, end = self.block_size, offset + len(buf)
-        for i, cid in enumerate(part, first + lo):
-            start = i * bs
-            a, b = max(offset, start), min(end, start + bs)
+        (``part``) into ``buf``. Chunks in ``have`` are copied; a block that ``buf`` holds
+        whole is decoded straight into it (a chunk repeated in the job once, then copied); the
+        rest (blocks cut by the read's ends) are loaded and copied. Raises the first damaged
+        block's error in block order."""
+        bs, end, first = self.block_size, offset + len(buf), first + lo
+        spans = [
+            (max(offset, i * bs) - offset, min(end, i * bs + bs) - offset)
+            for i in range(first, first + len(part))
+        ]
+        whole: dict[bytes, int] = {}  # chunk -> the block (index in part) decoded into
+        for k, cid in enumerate(part):
+            a, b = spans[k]
+            fresh = cid is not None and cid not in have and cid not in whole
+            if fresh and b - a == self._len(first + k):
+                whole[cast(bytes, cid)] = k
+        errors = self._store.load_into({cid: buf[slice(*spans[k])] for cid, k in whole.items()})
+        rest = [c for c in dict.fromkeys(part) if c and c not in have and c not in whole]
+        loaded: _Loaded = {**self._store.load_many(rest), **errors} if rest else dict(errors)
+        for k, cid in enumerate(part):
+            a, b = spans[k]
+            skip = (first + k) * bs - offset  # where the block starts, relative to buf
             if cid is None:
-                buf[a - offset : b - offset] = self._zero[a - start : b - start]
-                continue
-            data = have.get(cid)
-            if data is None:
-                data = _result(loaded, cid)
-            buf[a - offset : b - offset] = memoryview(data)[a - start : b - start]
+                buf[a:b] = self._zero[a - skip : b - skip]
+            elif cid in loaded:
+                buf[a:b] = memoryview(_result(loaded, cid))[a - skip : b - skip]
+            elif cid in have:
+                buf[a:b] = memoryview(have[cid])[a - skip : b - skip]
+            elif whole[cid] != k:  # a repeat of a chunk decoded into another block of buf
+                buf[a:b] = buf[slice(*spans[whole[cid]])][a - skip : b - skip]
+
+    def _len(self, block: int) -> int:
+        """Bytes in ``block`` (the last block of the image may be short)."""
+        return min(self.block_size, self._size - block * self.block_size)
 
     def extents(self) -> Iterator[tuple[int, int, bool]]:
         """(offset, length, is_data) runs covering the image, from the map alone (no I/O)."""
