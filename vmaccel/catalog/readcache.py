@@ -90,9 +90,12 @@ class ReadCache:
         missing = []
         for i in range(first, last + 1):
             lo, hi = wanted(i)
-            data = self._load(f"{tag}-{i}", lo, hi)
+            # A read-ahead on its way first: it stores its segment before it stops being in
+            # flight, so a segment neither in flight nor stored after it is a real miss (the
+            # other order could miss a read-ahead finishing in between, and fetch it twice).
+            data = self._awaited(f"{tag}-{i}", lo, hi)
             if data is None:
-                data = self._awaited(f"{tag}-{i}", lo, hi)
+                data = self._load(f"{tag}-{i}", lo, hi)
             if data is None:
                 missing.append(i)
                 continue
