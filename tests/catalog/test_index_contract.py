@@ -338,3 +338,33 @@ def test_a_proxy_name_is_held_by_one_live_proxy(index: CatalogIndex) -> None:
         assert index.drop_proxies(158.0) == 1  # p1 on host-a ended at 157
         assert index.drop_proxies(158.0) == 0
     assert [p.host for p in index.proxies()] == ["host-b", "host-c"]
+
+
+def test_opening_checks_the_newest_migration_alone_and_still_migrates_an_old_index(
+    tmp_path: Path,
+) -> None:
+    """``NEWEST_MIGRATION`` names the last migration of both dialects, and an index that
+    lacks it (here: the last migration's row removed, as an index written before it) is
+    reported pending and brought up to date."""
+    from vmaccel.catalog.index.connection import NEWEST_MIGRATION
+    from vmaccel.catalog.index.pgschema import MIGRATIONS
+    from vmaccel.catalog.index.schema import migrations
+
+    assert [m.name for m in migrations._migrations][-1] == NEWEST_MIGRATION
+    assert MIGRATIONS[-1][0] == NEWEST_MIGRATION
+    index = Index(tmp_path / "index.db", create=True)
+    try:
+        assert index.pending_migrations()  # a new index: nothing applied yet
+        index.migrate()
+        assert not index.pending_migrations()
+        with index.writing():
+            index._conn.execute(
+                "DELETE FROM _sqlite_migrations WHERE name = ?", (NEWEST_MIGRATION,)
+            )
+            index._conn.execute("DROP TABLE proxy")
+        assert index.pending_migrations()
+        index.migrate()
+        assert not index.pending_migrations()
+        assert index._conn.execute("SELECT count(*) FROM proxy").fetchone() == (0,)
+    finally:
+        index.close()

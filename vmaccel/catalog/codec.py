@@ -21,14 +21,17 @@ import secrets
 import threading
 import zlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from vmaccel.catalog.key import MasterKey
 from vmaccel.vocabulary.errors import ChunkCorrupt
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from vmaccel.catalog.key import MasterKey
 
 ID_SIZE = 32
 FLAG_ZSTD = 0x01
@@ -60,7 +63,7 @@ class ChunkCodec:
         """``compression_level`` None disables compression; ``key`` None disables encryption."""
         self._level = compression_level
         self._key = key
-        self._aead = AESGCM(key.enc_key) if key else None
+        self._aead = _aesgcm(key.enc_key) if key else None
         self._local = threading.local()
 
     def chunk_id(self, data: bytes | memoryview) -> bytes:
@@ -123,6 +126,8 @@ class ChunkCodec:
             raise ChunkCorrupt(
                 f"chunk {chunk_id.hex()[:16]} is encrypted but the repository is not"
             )
+        from cryptography.exceptions import InvalidTag  # loaded with the key (see _aesgcm)
+
         try:
             return self._aead.decrypt(
                 bytes(payload[:_NONCE]), payload[_NONCE:], chunk_id + bytes([flags])
@@ -145,6 +150,14 @@ class ChunkCodec:
             dec = zstandard.ZstdDecompressor()
             self._local.dec = dec
         return dec
+
+
+def _aesgcm(key: bytes) -> AESGCM:
+    """The AEAD of an encrypted repository (cryptography is imported only for those: ~19 ms
+    of every command's start-up otherwise)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
 
 
 def _undecodable(chunk_id: bytes, exc: zstandard.ZstdError) -> ChunkCorrupt:

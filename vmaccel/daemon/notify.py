@@ -33,7 +33,6 @@ from vmaccel.daemon.channels import (
     WebhookChannel,
     load_channels,
 )
-from vmaccel.daemon.mail import send_mail
 from vmaccel.daemon.notice import (
     Event,
     Notice,
@@ -221,6 +220,8 @@ class Notifier:
             return
         try:
             if isinstance(channel, SmtpChannel):
+                from vmaccel.daemon.mail import send_mail  # smtplib and email: on first mail
+
                 send_mail(channel, entry.notice, self._env)
             else:
                 post_webhook(channel, entry.notice)

@@ -19,12 +19,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import sqlite_utils
-
 from vmaccel.catalog.index.opening import database_error, open_index
-from vmaccel.catalog.index.schema import migrations
 from vmaccel.vocabulary.errors import IndexCorrupt
 
+MIGRATION_SET = "vmaccel.catalog"  # schema.migrations' set in sqlite-utils' table
+NEWEST_MIGRATION = "0011_proxies"  # the last of schema.migrations (a test keeps them equal)
 ID_BATCH = 500  # ids per IN (...) query: under every engine's bound-parameter limit
 
 
@@ -59,6 +58,12 @@ class Connection:
     def migrate(self) -> None:
         """Apply pending schema migrations (each in its own transaction)."""
         with self._lock:
+            if self._up_to_date():
+                return
+            import sqlite_utils
+
+            from vmaccel.catalog.index.schema import migrations
+
             try:
                 migrations.apply(sqlite_utils.Database(self._conn))
             except sqlite3.DatabaseError as exc:
@@ -67,10 +72,31 @@ class Connection:
     def pending_migrations(self) -> bool:
         """Whether schema migrations are waiting to be applied (read-only)."""
         with self._lock:
+            if self._up_to_date():
+                return False
+            import sqlite_utils
+
+            from vmaccel.catalog.index.schema import migrations
+
             try:
                 return bool(migrations.pending(sqlite_utils.Database(self._conn)))
             except sqlite3.DatabaseError as exc:
                 raise database_error(self.path, exc, "cannot be read") from exc
+
+    def _up_to_date(self) -> bool:
+        """Whether the newest migration is recorded: then none is pending (they are applied
+        in order). One query, so that opening an index that is up to date does not load
+        sqlite-utils and the schema (~37 ms of every command's start-up)."""
+        try:
+            row = self._conn.execute(
+                "SELECT 1 FROM _sqlite_migrations WHERE migration_set = ? AND name = ?",
+                (MIGRATION_SET, NEWEST_MIGRATION),
+            ).fetchone()
+        except sqlite3.OperationalError:  # no migrations table: a new index
+            return False
+        except sqlite3.DatabaseError as exc:
+            raise database_error(self.path, exc, "cannot be read") from exc
+        return row is not None
 
     def close(self) -> None:
         # Readers first: the last connection to close checkpoints the WAL into the database.

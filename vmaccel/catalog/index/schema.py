@@ -1,12 +1,16 @@
 """The catalog's schema: sqlite-utils migrations, each applied once in its own transaction and
-recorded in the database (``_sqlite_migrations``). Add a migration; never edit an applied one."""
+recorded in the database (``_sqlite_migrations``). Add a migration; never edit an applied one.
+The newest one's name is also ``connection.NEWEST_MIGRATION``: opening an index checks for it
+alone before loading this module."""
 
 from __future__ import annotations
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-migrations = Migrations("vmaccel.catalog")
+from vmaccel.catalog.index.connection import MIGRATION_SET
+
+migrations = Migrations(MIGRATION_SET)
 
 
 @migrations(name="0001_initial")
