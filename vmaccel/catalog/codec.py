@@ -9,7 +9,9 @@ Contract:
   chunk id and flags as associated data (a payload cannot be swapped under another id).
   Stored layout when encrypted: ``nonce (12) || ciphertext || tag (16)``.
 - ``decode`` reverses it and checks the content hash; any mismatch raises
-  :class:`ChunkCorrupt`. Wrong bytes are never returned.
+  :class:`ChunkCorrupt`. Wrong bytes are never returned. ``decode_into`` does the same into a
+  buffer the caller gives (no plaintext object); after :class:`ChunkCorrupt` that buffer holds
+  unspecified bytes, which the caller must not use.
 
 Thread safety: a codec may be shared by threads. zstd contexts are per thread; BLAKE3, zstd
 and AES-GCM all release the GIL, so hashing and compression scale across cores.
