@@ -316,10 +316,19 @@ class SessionLock:
         self._conn = conn
 
     def release(self) -> None:
-        """Drop the lock (closing its session). Idempotent."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Drop the lock, then close its session. Idempotent. The unlock is explicit because
+        the server ends a closed session's backend (and frees its locks) a moment after the
+        client has gone: without it, a caller that released could still see its own lock
+        held, and be refused it, for a few milliseconds."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute("SELECT pg_advisory_unlock_all()")
+        except psycopg.Error:  # the session is gone already: so is its lock
+            pass
+        finally:
+            conn.close()
 
     def __enter__(self) -> SessionLock:
         self.acquire()
