@@ -197,25 +197,12 @@ class ChunkStore:
         pack (chunks written together are read together). Damage is per chunk: the result
         for a chunk is exactly what :meth:`load` would return or raise.
         """
-        locs = self.index.chunk_locations(ids)
-        out: dict[bytes, bytes | DamageError] = {
-            cid: ChunkMissing(_not_indexed(cid)) for cid in ids if cid not in locs
-        }
-        for run in _runs(sorted(locs.values(), key=lambda c: (c.pack, c.offset))):
-            start = run[0].offset
-            end = max(c.offset + c.stored_len for c in run)
-            try:
-                data = self.packs.read(run[0].pack, start, end - start)
-            except DamageError:
-                for loc in run:  # missing or truncated pack: find out chunk by chunk
-                    out[loc.id] = self._load_one(loc)
-                continue
-            for loc in run:
-                a = loc.offset - start
-                try:
-                    out[loc.id] = self._decode(loc, data[a : a + loc.stored_len])
-                except DamageError as exc:
-                    out[loc.id] = exc
+        out: dict[bytes, bytes | DamageError] = {}
+
+        def keep(loc: ChunkLocation, payload: Buffer) -> None:
+            out[loc.id] = self._decode(loc, payload)
+
+        out.update(self._each_stored(ids, keep))
         return out
 
     def load_into(self, targets: Mapping[bytes, memoryview]) -> dict[bytes, DamageError]:
@@ -223,38 +210,41 @@ class ChunkStore:
         straight into its view, verified, batched as :meth:`load_many` is. Returns id -> the
         :class:`DamageError` of each chunk that failed; the bytes in a failed chunk's view are
         unspecified."""
-        locs = self.index.chunk_locations(targets)
+        return self._each_stored(
+            targets, lambda loc, payload: self._decode_into(loc, payload, targets[loc.id])
+        )
+
+    def _each_stored(
+        self, ids: Iterable[bytes], use: Callable[[ChunkLocation, Buffer], None]
+    ) -> dict[bytes, DamageError]:
+        """Call ``use(location, payload)`` for each stored chunk of ``ids``: one index query,
+        one ``pread`` per run of neighbouring chunks (a run whose pack is missing or short is
+        read again chunk by chunk, to find out which). Returns id -> the :class:`DamageError`
+        of each chunk that is not indexed, cannot be read, or that ``use`` raised."""
+        locs = self.index.chunk_locations(ids)
         errors: dict[bytes, DamageError] = {
-            cid: ChunkMissing(_not_indexed(cid)) for cid in targets if cid not in locs
+            cid: ChunkMissing(_not_indexed(cid)) for cid in ids if cid not in locs
         }
         for run in _runs(sorted(locs.values(), key=lambda c: (c.pack, c.offset))):
             start = run[0].offset
             end = max(c.offset + c.stored_len for c in run)
+            data: memoryview | None
             try:
                 data = memoryview(self.packs.read(run[0].pack, start, end - start))
-            except DamageError:  # missing or truncated pack: find out chunk by chunk
-                for loc in run:
-                    try:
-                        payload = self.packs.read(loc.pack, loc.offset, loc.stored_len)
-                        self._decode_into(loc, payload, targets[loc.id])
-                    except DamageError as exc:
-                        errors[loc.id] = exc
-                continue
+            except DamageError:
+                data = None
             for loc in run:
-                a = loc.offset - start
                 try:
-                    self._decode_into(loc, data[a : a + loc.stored_len], targets[loc.id])
+                    if data is None:
+                        payload: Buffer = self.packs.read(loc.pack, loc.offset, loc.stored_len)
+                    else:
+                        payload = data[loc.offset - start : loc.offset - start + loc.stored_len]
+                    use(loc, payload)
                 except DamageError as exc:
                     errors[loc.id] = exc
         return errors
 
-    def _load_one(self, loc: ChunkLocation) -> bytes | DamageError:
-        try:
-            return self._decode(loc, self.packs.read(loc.pack, loc.offset, loc.stored_len))
-        except DamageError as exc:
-            return exc
-
-    def _decode(self, loc: ChunkLocation, payload: bytes) -> bytes:
+    def _decode(self, loc: ChunkLocation, payload: Buffer) -> bytes:
         try:
             return self.codec.decode(loc.id, loc.flags, loc.raw_len, payload)
         except ChunkCorrupt as exc:

@@ -88,7 +88,7 @@ class ChunkCodec:
             payload = nonce + self._aead.encrypt(nonce, payload, cid + bytes([flags]))
         return EncodedChunk(cid, flags, len(data), payload, zlib.crc32(payload))
 
-    def decode(self, chunk_id: bytes, flags: int, raw_len: int, payload: bytes) -> bytes:
+    def decode(self, chunk_id: bytes, flags: int, raw_len: int, payload: Buffer) -> bytes:
         """Return the plaintext of a stored chunk, verified against ``chunk_id``."""
         data = self._open(chunk_id, flags, payload)
         if flags & FLAG_ZSTD:
