@@ -17,10 +17,14 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vmaccel.catalog.index.opening import database_error, open_index
 from vmaccel.vocabulary.errors import IndexCorrupt
+
+if TYPE_CHECKING:
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
 
 MIGRATION_SET = "vmaccel.catalog"  # schema.migrations' set in sqlite-utils' table
 NEWEST_MIGRATION = "0011_proxies"  # the last of schema.migrations (a test keeps them equal)
@@ -60,12 +64,9 @@ class Connection:
         with self._lock:
             if self._up_to_date():
                 return
-            import sqlite_utils
-
-            from vmaccel.catalog.index.schema import migrations
-
+            db, migrations = self._schema()
             try:
-                migrations.apply(sqlite_utils.Database(self._conn))
+                migrations.apply(db)
             except sqlite3.DatabaseError as exc:
                 raise database_error(self.path, exc, "cannot be migrated") from exc
 
@@ -74,14 +75,20 @@ class Connection:
         with self._lock:
             if self._up_to_date():
                 return False
-            import sqlite_utils
-
-            from vmaccel.catalog.index.schema import migrations
-
+            db, migrations = self._schema()
             try:
-                return bool(migrations.pending(sqlite_utils.Database(self._conn)))
+                return bool(migrations.pending(db))
             except sqlite3.DatabaseError as exc:
                 raise database_error(self.path, exc, "cannot be read") from exc
+
+    def _schema(self) -> tuple[sqlite_utils.Database, Migrations]:
+        """sqlite-utils over this connection, and the schema's migrations (loaded here, on the
+        rare opening that has migrations to apply or check: see :meth:`_up_to_date`)."""
+        import sqlite_utils
+
+        from vmaccel.catalog.index.schema import migrations
+
+        return sqlite_utils.Database(self._conn), migrations
 
     def _up_to_date(self) -> bool:
         """Whether the newest migration is recorded: then none is pending (they are applied
