@@ -54,6 +54,7 @@ def seaweed(data: Path) -> Iterator[str]:
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
     args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
             "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=200",  # not from the free disk
             *(f"-{n}={p}" for n, p in ports.items())]  # fmt: skip
     os.environ.update(AWS_ACCESS_KEY_ID=KEY_ID, AWS_SECRET_ACCESS_KEY=SECRET)
     with open(data / "weed.log", "wb") as log:

@@ -32,6 +32,11 @@ _PORTS = (
     *("filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc"),
 )
 
+# Every bucket is a SeaweedFS collection with volumes of its own. Left to itself, ``weed mini``
+# allows (free disk / 1 GiB) volumes, so a session's few hundred buckets run out of volumes on a
+# fuller disk ("No writable volumes and no free volumes left"). Small sparse volumes, many of them.
+VOLUMES = ("-master.volumeSizeLimitMB=64", "-volume.max=4000")
+
 
 def _free_ports(count: int) -> list[int]:
     socks = []
@@ -71,6 +76,7 @@ def _start(data: Path) -> SeaweedServer:
     ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
     args = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             "-webdav=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            *VOLUMES,
             *(f"-{name}={port}" for name, port in ports.items())]  # fmt: skip
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     log = open(data / "weed.log", "wb")  # noqa: SIM115 - the server's whole life
