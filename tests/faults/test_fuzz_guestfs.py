@@ -43,7 +43,7 @@ from tests.faults.treefuzz import CASE_LIMIT, Verdict, Walk, browse_all, judge, 
 from tests.guestfs.conftest import gpt_disk, mbr_disk, xfs_disk
 from tests.guestfs.corruption import Mutation, PatchedDisk, Target, Truth, time_limit, uncovered
 from tests.guestfs.corruption_facts import LvmFacts, lvm_facts
-from tests.guestfs.corruption_fixtures import fat12_disk, prepared
+from tests.guestfs.corruption_fixtures import PLACES, fat12_disk, prepared
 from tests.guestfs.corruption_targets import Get, Prepared
 from tests.guestfs.imaging import DiskImage
 from vmaccel.guestfs.allocation import build_allocation_map
@@ -101,7 +101,8 @@ def test_damage_stays_in_its_volume(
     p = prepared(name)
     disk = whole_disk(p.target, gpt_disk.size)
     pristine = browse_all(disk, Mutation("none", "pristine", ()))
-    mine = volume_name_of(pristine, p.target)
+    mine = volume_name_of(name, p.target)
+    assert mine in pristine, f"{mine} is not among the disk's volumes {sorted(pristine)}"
     tally = Tally(SUITE, "fuzz_case", notes=[f"isolation {name}"])
     failures = []
     for seed in _seeds(scale(3, 100)):
@@ -117,10 +118,11 @@ def test_damage_stays_in_its_volume(
     assert not failures, "\n".join(failures)
 
 
-def volume_name_of(volumes: dict[str, Walk | str], target: Target) -> str:
-    """The browse name of the target's volume ("p2", or the LV's "vg-data")."""
-    if target.volume in volumes:
-        return target.volume
+def volume_name_of(name: str, target: Target) -> str:
+    """The browse name of the target's volume on its whole disk: its partition there ("p3"; the
+    target's own `volume` is its name behind the synthetic MBR), or the LV's ("vg-data")."""
+    if name in PLACES:
+        return PLACES[name][1]
     vg, _, lv = target.volume.partition("/")
     return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 

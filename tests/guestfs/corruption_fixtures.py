@@ -35,19 +35,23 @@ def _spec(image: DiskImage, name: str) -> FsSpec:
     return next(s for s in image.filesystems if s.name == name or s.name.endswith("/" + name))
 
 
+# Where each partition target lies: (the disk image fixture, its partition there). A target
+# itself is seen behind a synthetic MBR, as that MBR's "p1".
+PLACES: dict[str, tuple[str, str]] = {
+    "ext4": ("gpt_disk", "p2"),
+    "ntfs": ("gpt_disk", "p3"),
+    "fat32": ("gpt_disk", "p1"),
+    "ext3": ("mbr_disk", "p6"),
+    "fat16": ("mbr_disk", "p5"),
+    "xfs": ("xfs_disk", "p1"),
+    "fat12": ("fat12_disk", "p1"),
+}
+
+
 @pytest.fixture(scope="session")
 def prepared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Get:
     """name -> Prepared, built on first use and kept for the session."""
     cache: dict[str, Prepared] = {}
-    where = {
-        "ext4": ("gpt_disk", "p2"),
-        "ntfs": ("gpt_disk", "p3"),
-        "fat32": ("gpt_disk", "p1"),
-        "ext3": ("mbr_disk", "p6"),
-        "fat16": ("mbr_disk", "p5"),
-        "xfs": ("xfs_disk", "p1"),
-        "fat12": ("fat12_disk", "p1"),
-    }
 
     def get(name: str) -> Prepared:
         if name not in cache:
@@ -56,7 +60,7 @@ def prepared(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
                 spec = _spec(image, "data")
                 target = lv_target(name, image.path, "p4", "data")
             else:
-                fixture, part = where[name]
+                fixture, part = PLACES[name]
                 image = request.getfixturevalue(fixture)
                 spec = _spec(image, part)
                 target = partition_target(name, spec.fstype, image.path, spec.offset, spec.size)
