@@ -193,16 +193,15 @@ class ChunkStore:
     def load_many(self, ids: Sequence[bytes]) -> dict[bytes, bytes | DamageError]:
         """id -> verified plaintext, or the :class:`DamageError` that reading it raises.
 
-        One index query for all ``ids`` and one ``pread`` per run of neighbouring chunks of a
-        pack (chunks written together are read together). Damage is per chunk: the result
-        for a chunk is exactly what :meth:`load` would return or raise.
+        One index query for all ``ids``, one ``pread`` per run of neighbouring chunks of a
+        pack (chunks written together are read together) and one decode batch. Damage is per
+        chunk: the result for a chunk is exactly what :meth:`load` would return or raise.
         """
-        out: dict[bytes, bytes | DamageError] = {}
-
-        def keep(loc: ChunkLocation, payload: Buffer) -> None:
-            out[loc.id] = self._decode(loc, payload)
-
-        out.update(self._each_stored(ids, keep))
+        found, errors = self._stored(ids)
+        out: dict[bytes, bytes | DamageError] = dict(errors)
+        items = [(loc.id, loc.flags, loc.raw_len, payload) for loc, payload in found]
+        for (loc, _), got in zip(found, self.codec.decode_many(items), strict=True):
+            out[loc.id] = _located(got, loc) if isinstance(got, ChunkCorrupt) else got
         return out
 
     def load_into(self, targets: Mapping[bytes, memoryview]) -> dict[bytes, DamageError]:
@@ -210,21 +209,34 @@ class ChunkStore:
         straight into its view, verified, batched as :meth:`load_many` is. Returns id -> the
         :class:`DamageError` of each chunk that failed; the bytes in a failed chunk's view are
         unspecified."""
-        return self._each_stored(
-            targets, lambda loc, payload: self._decode_into(loc, payload, targets[loc.id])
-        )
+        found, errors = self._stored(targets)
+        sized = []
+        for loc, payload in found:
+            if loc.raw_len == len(targets[loc.id]):
+                sized.append((loc, payload))
+            else:
+                errors[loc.id] = ChunkCorrupt(
+                    f"chunk {loc.id.hex()[:16]} holds {loc.raw_len} bytes where its block has "
+                    f"{len(targets[loc.id])} (pack {loc.pack}, offset {loc.offset})"
+                )
+        items = [(loc.id, loc.flags, payload, targets[loc.id]) for loc, payload in sized]
+        for (loc, _), exc in zip(sized, self.codec.decode_many_into(items), strict=True):
+            if exc is not None:
+                errors[loc.id] = _located(exc, loc)
+        return errors
 
-    def _each_stored(
-        self, ids: Iterable[bytes], use: Callable[[ChunkLocation, Buffer], None]
-    ) -> dict[bytes, DamageError]:
-        """Call ``use(location, payload)`` for each stored chunk of ``ids``: one index query,
-        one ``pread`` per run of neighbouring chunks (a run whose pack is missing or short is
-        read again chunk by chunk, to find out which). Returns id -> the :class:`DamageError`
-        of each chunk that is not indexed, cannot be read, or that ``use`` raised."""
+    def _stored(
+        self, ids: Iterable[bytes]
+    ) -> tuple[list[tuple[ChunkLocation, Buffer]], dict[bytes, DamageError]]:
+        """The location and stored payload of each chunk of ``ids`` that can be read, and
+        id -> the :class:`DamageError` of each that is not indexed or cannot be read. One index
+        query, one ``pread`` per run of neighbouring chunks (a run whose pack is missing or
+        short is read again chunk by chunk, to find out which)."""
         locs = self.index.chunk_locations(ids)
         errors: dict[bytes, DamageError] = {
             cid: ChunkMissing(_not_indexed(cid)) for cid in ids if cid not in locs
         }
+        found: list[tuple[ChunkLocation, Buffer]] = []
         for run in _runs(sorted(locs.values(), key=lambda c: (c.pack, c.offset))):
             start = run[0].offset
             end = max(c.offset + c.stored_len for c in run)
@@ -234,32 +246,22 @@ class ChunkStore:
             except DamageError:
                 data = None
             for loc in run:
+                if data is not None:
+                    found.append(
+                        (loc, data[loc.offset - start : loc.offset - start + loc.stored_len])
+                    )
+                    continue
                 try:
-                    if data is None:
-                        payload: Buffer = self.packs.read(loc.pack, loc.offset, loc.stored_len)
-                    else:
-                        payload = data[loc.offset - start : loc.offset - start + loc.stored_len]
-                    use(loc, payload)
+                    found.append((loc, self.packs.read(loc.pack, loc.offset, loc.stored_len)))
                 except DamageError as exc:
                     errors[loc.id] = exc
-        return errors
+        return found, errors
 
     def _decode(self, loc: ChunkLocation, payload: Buffer) -> bytes:
         try:
             return self.codec.decode(loc.id, loc.flags, loc.raw_len, payload)
         except ChunkCorrupt as exc:
-            raise ChunkCorrupt(f"{exc} (pack {loc.pack}, offset {loc.offset})") from None
-
-    def _decode_into(self, loc: ChunkLocation, payload: Buffer, out: memoryview) -> None:
-        if loc.raw_len != len(out):
-            raise ChunkCorrupt(
-                f"chunk {loc.id.hex()[:16]} holds {loc.raw_len} bytes where its block has "
-                f"{len(out)} (pack {loc.pack}, offset {loc.offset})"
-            )
-        try:
-            self.codec.decode_into(loc.id, loc.flags, payload, out)
-        except ChunkCorrupt as exc:
-            raise ChunkCorrupt(f"{exc} (pack {loc.pack}, offset {loc.offset})") from None
+            raise _located(exc, loc) from None
 
     def load_node(self, node_id: bytes) -> bytes:
         with self._lock:
@@ -411,3 +413,8 @@ def _runs(locs: list[ChunkLocation]) -> list[list[ChunkLocation]]:
 
 
 __all__ = ["ChunkStore", "DamageError"]
+
+
+def _located(exc: ChunkCorrupt, loc: ChunkLocation) -> ChunkCorrupt:
+    """``exc`` with where the chunk is stored (pack and offset) added to its message."""
+    return ChunkCorrupt(f"{exc} (pack {loc.pack}, offset {loc.offset})")

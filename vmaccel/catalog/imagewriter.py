@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from typing import cast
 
 from vmaccel.catalog.blockmap import BlockMap, HoleRange, MapRoot
 from vmaccel.catalog.chunkstore import ChunkStore
@@ -87,7 +88,6 @@ class ImageWriter:
         self._inflight: deque[tuple[int, Future[list[_Result]], Release | None]] = deque()
         self._points: list[tuple[int, bytes | None]] = []
         self._holes: list[HoleRange] = []
-        self._zero = bytes(block_size)
         self.stats = WriteStats()
         self._closed = False
 
@@ -173,28 +173,24 @@ class ImageWriter:
         self, data: bytes | bytearray, start: int, length: int, first: int
     ) -> list[_Result]:
         """Worker thread: zero check, hash, encode unknown chunks (``first`` is the block at
-        ``start``). Hashing and compression release the GIL; blocks are never copied."""
-        bs, codec, end = self.block_size, self._store.codec, start + length
-        view = memoryview(data)
-        ids: list[bytes | None] = []
-        for pos in range(start, end, bs):
-            n = min(bs, end - pos)
-            # startswith compares in place (memcmp), where slicing would copy the block
-            zero = data.startswith(self._zero if n == bs else self._zero[:n], pos)
-            ids.append(None if zero else codec.chunk_id(view[pos : pos + n]))
+        ``start``), each step one batch of the codec (one GIL release with the compiled
+        codec). Blocks are never copied."""
+        bs, codec = self.block_size, self._store.codec
+        view = memoryview(data)[start : start + length]
+        ids = codec.chunk_ids(view, bs)
         parent = self._parent_ids(first, len(ids))
         unknown = self._store.unknown(
             cid for i, cid in enumerate(ids) if cid is not None and cid != parent[i]
         )
-        out: list[_Result] = []
+        todo: list[int] = []
         for i, cid in enumerate(ids):
-            enc = None
             if cid in unknown:
                 unknown.discard(cid)  # a block repeated within the task is encoded once
-                pos = start + i * bs
-                enc = codec.encode(view[pos : min(pos + bs, end)], cid)
-            out.append((cid, enc))
-        return out
+                todo.append(i)
+        blocks = [view[i * bs : (i + 1) * bs] for i in todo]
+        todo_ids = [cast(bytes, ids[i]) for i in todo]  # unknown ids: never a hole's None
+        encoded = dict(zip(todo, codec.encode_many(blocks, todo_ids), strict=True))
+        return [(cid, encoded.get(i)) for i, cid in enumerate(ids)]
 
     def _parent_ids(self, first: int, count: int) -> list[bytes | None]:
         """The parent's chunk ids for blocks ``first .. first+count-1`` (None past its end)."""
