@@ -183,3 +183,20 @@ def test_threads_share_a_codec() -> None:
     for t in threads:
         t.join()
     assert results == [True] * 90
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2048), st.integers(0, 4096), st.booleans(), st.booleans())
+def test_hostile_payloads_are_refused_never_crash(
+    payload: bytes, raw_len: int, compressed: bool, into: bool
+) -> None:
+    """Any bytes as a stored chunk (a damaged or forged pack): refused as ChunkCorrupt by the
+    compiled path as by the Python path; no crash, no other exception, no bytes returned."""
+    cid = bytes(range(32))  # no payload here has this id
+    flags = FLAG_ZSTD if compressed else 0
+    for codec in (ChunkCodec(3, None), ChunkCodec(3, None, native=False)):
+        if into:
+            got = codec.decode_many_into([(cid, flags, payload, memoryview(bytearray(raw_len)))])
+        else:
+            got = codec.decode_many([(cid, flags, raw_len, payload)])  # type: ignore[assignment]
+        assert isinstance(got[0], ChunkCorrupt)

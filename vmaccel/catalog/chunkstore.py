@@ -412,9 +412,9 @@ def _runs(locs: list[ChunkLocation]) -> list[list[ChunkLocation]]:
     return runs
 
 
-__all__ = ["ChunkStore", "DamageError"]
-
-
 def _located(exc: ChunkCorrupt, loc: ChunkLocation) -> ChunkCorrupt:
     """``exc`` with where the chunk is stored (pack and offset) added to its message."""
     return ChunkCorrupt(f"{exc} (pack {loc.pack}, offset {loc.offset})")
+
+
+__all__ = ["ChunkStore", "DamageError"]
