@@ -31,7 +31,8 @@ b3=(blake3.c blake3_dispatch.c blake3_portable.c)
 case "$(uname -m)" in
   x86_64) b3+=(blake3_sse2_x86-64_unix.S blake3_sse41_x86-64_unix.S
                blake3_avx2_x86-64_unix.S blake3_avx512_x86-64_unix.S) ;;
-  *) cflags+=(-DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512) ;;
+  *) cflags+=(-DBLAKE3_NO_SSE2 -DBLAKE3_NO_SSE41 -DBLAKE3_NO_AVX2 -DBLAKE3_NO_AVX512
+              -DBLAKE3_USE_NEON=0) ;;  # portable C: only its sources are compiled
 esac
 key="$(cat "$source_c" "$blake3_src/blake3.h" | sha256sum | cut -c1-16) ${cflags[*]} $suffix"
 stamp="$venv/native/chunkcodec.stamp"
