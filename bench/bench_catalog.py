@@ -42,6 +42,7 @@ from workload import (
     baseline_full,
     baseline_hash,
     baseline_threads,
+    baseline_threads_stored,
     load_avg,
     rss_mib,
     timed,
@@ -89,6 +90,8 @@ def phase_write(a: argparse.Namespace) -> dict[str, Any]:
     bs = a.block
     base_s, base_cpu, base_stored = timed_cpu(lambda: baseline_full(content, bs))
     par_s, par_cpu, _ = timed_cpu(lambda: baseline_threads(content, bs, 2))
+    store_path = str(a.dir / "reference-store")
+    sto_s, sto_cpu, _ = timed_cpu(lambda: baseline_threads_stored(content, bs, 2, store_path))
     repo_path = a.dir / "repo"
     shutil.rmtree(repo_path, ignore_errors=True)
     Repository.init(repo_path, RepositoryConfig(block_size=bs))
@@ -112,6 +115,9 @@ def phase_write(a: argparse.Namespace) -> dict[str, Any]:
         "baseline2_net_GBps": size / (par_s - gen_s) / 1e9,
         "ratio_baseline2_vs_baseline": (base_s - gen_s) / (par_s - gen_s),
         "ratio_write_vs_baseline2": (par_s - gen_s) / (write_s - gen_s),
+        "baseline2_stored_s": sto_s,
+        "baseline2_stored_cpu_s": sto_cpu,
+        "ratio_write_vs_baseline2_stored": (sto_s - gen_s) / (write_s - gen_s),
         "baseline_cpu_s": base_cpu,
         "write_cpu_s": write_cpu,
         "stored_bytes": img.stats.stored_bytes,

@@ -23,6 +23,8 @@ def _write(res: dict[str, Any]) -> list[str]:
         f"  baseline, same work 2 thr    {w['baseline2_s']:7.2f} s   net {w['baseline2_net_GBps']:.2f} GB/s"
         f"   ({w['ratio_baseline2_vs_baseline']:.2f} x 1 thr: ~1.9 when 2 cores are free)",
         f"  ratio vmaccel/baseline 2 thr {w['ratio_write_vs_baseline2']:7.2f} x",
+        f"  2 thr, storing to one file   {w['baseline2_stored_s']:7.2f} s   "
+        f"ratio vmaccel/it {w['ratio_write_vs_baseline2_stored']:.2f} x",
         f"  ratio vmaccel/baseline       {w['ratio_write_vs_baseline']:7.2f} x   "
         f"(CPU {w['write_cpu_s']:.2f} s vs {w['baseline_cpu_s']:.2f} s; load avg {w['load_avg']:.1f})",
         f"  stored {g(w['stored_bytes'])} (baseline {g(w['baseline_stored_bytes'])}), {w['zero_blocks']} zero blocks, "
