@@ -4,7 +4,7 @@
 # reference C implementation. Debian 12 packages no BLAKE3 C library, but it ships those C
 # sources inside librust-blake3-dev: the package is downloaded at the pinned version (apt checks
 # its signature) and only its c/ directory is used, nothing is installed.
-# Keyed on the sources and flags: a second run only checks. Sourced by setup.sh.
+# Keyed on the sources and flags: a second run only checks. Run by setup.sh.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$here/.venv"
