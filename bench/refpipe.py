@@ -20,7 +20,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,12 +27,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import blake3
-import zstandard
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from workload import block_encoder  # noqa: E402
 
 from vmaccel.guestfs.extent import Extent  # noqa: E402
 from vmaccel.plugin.engine.disk import allocation_of  # noqa: E402
@@ -58,34 +56,13 @@ def plan_extents(image: Path, block_size: int = 64 << 10) -> list[Extent]:
         src.close()
 
 
-def _encoder(bs: int) -> Callable[[bytes], list[bytes]]:
-    """(thread-safe) A piece's non-zero blocks, hashed, compressed (kept raw when not smaller)."""
-    local = threading.local()
-    zero = bytes(bs)
-
-    def work(data: bytes) -> list[bytes]:
-        comp = getattr(local, "comp", None)
-        if comp is None:
-            comp = local.comp = zstandard.ZstdCompressor(level=3, write_content_size=True)
-        view, out = memoryview(data), []
-        for p in range(0, len(data), bs):
-            if not data.startswith(zero, p):
-                block = view[p : p + bs]
-                blake3.blake3(block).digest()
-                packed = comp.compress(block)
-                out.append(packed if len(packed) < len(block) else bytes(block))
-        return out
-
-    return work
-
-
 def reference_pipeline(
     image: Path, extents: list[Extent], out_dir: Path, threads: int = 2, bs: int = 64 << 10
 ) -> dict[str, Any]:
     """Read ``extents`` of ``image``, hash + compress on ``threads`` threads, write the
     compressed non-zero blocks to a file in ``out_dir`` (deleted after). Wall and CPU seconds
     of this process, bytes read and written."""
-    work = _encoder(bs)
+    work = block_encoder(bs)
     fd_in = os.open(image, os.O_RDONLY)
     fd_out, tmp = tempfile.mkstemp(dir=out_dir, prefix="refpipe-")
     written = read = 0

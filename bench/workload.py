@@ -152,26 +152,34 @@ def baseline_threads(content: Content, bs: int, threads: int) -> None:
             fut.result()
 
 
-def baseline_threads_stored(content: Content, bs: int, threads: int, out: str) -> int:
-    """:func:`baseline_threads`, plus the least a backup must also do with the result: the
-    calling thread appends every non-zero block's stored form (its zstd frame, or the block
-    when that is not smaller) to one file and fsyncs it at the end. No index, no dedup, no
-    crash safety beyond that one fsync. Returns the bytes written."""
+def block_encoder(bs: int) -> Callable[[bytes], list[bytes]]:
+    """(thread-safe) piece -> its non-zero ``bs`` blocks' stored forms: each hashed with BLAKE3
+    and zstd-3-compressed, kept raw when compression does not make it smaller."""
     local = threading.local()
+    zero = bytes(bs)
 
     def work(data: bytes) -> list[bytes]:
         comp = getattr(local, "comp", None)
         if comp is None:
             comp = local.comp = zstandard.ZstdCompressor(level=3, write_content_size=True)
-        view, zero, stored = memoryview(data), bytes(bs), []
+        view, out = memoryview(data), []
         for p in range(0, len(data), bs):
             if not data.startswith(zero, p):
                 block = view[p : p + bs]
                 blake3.blake3(block).digest()
-                frame = comp.compress(block)
-                stored.append(frame if len(frame) < len(block) else bytes(block))
-        return stored
+                packed = comp.compress(block)
+                out.append(packed if len(packed) < len(block) else bytes(block))
+        return out
 
+    return work
+
+
+def baseline_threads_stored(content: Content, bs: int, threads: int, out: str) -> int:
+    """:func:`baseline_threads`, plus the least a backup must also do with the result: the
+    calling thread appends every non-zero block's stored form (its zstd frame, or the block
+    when that is not smaller) to one file and fsyncs it at the end. No index, no dedup, no
+    crash safety beyond that one fsync. Returns the bytes written."""
+    work = block_encoder(bs)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     written = 0
     try:
