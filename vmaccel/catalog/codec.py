@@ -119,12 +119,10 @@ class ChunkCodec:
         out = []
         for block, cid, (frame, crc) in zip(blocks, ids, frames, strict=True):
             payload, flags = (frame, FLAG_ZSTD) if frame is not None else (bytes(block), 0)
-            if self._aead is not None:
-                flags |= FLAG_ENCRYPTED
-                nonce = secrets.token_bytes(_NONCE)
-                payload = nonce + self._aead.encrypt(nonce, payload, cid + bytes([flags]))
-                crc = zlib.crc32(payload)
-            out.append(EncodedChunk(cid, flags, len(block), payload, crc))
+            stored, flags = self._sealed(cid, payload, flags)
+            if stored is not payload:  # the compiled crc covers the unsealed payload
+                crc = zlib.crc32(stored)
+            out.append(EncodedChunk(cid, flags, len(block), stored, crc))
         return out
 
     def decode_many(self, items: Sequence[StoredItem]) -> list[bytes | ChunkCorrupt]:
@@ -199,11 +197,17 @@ class ChunkCodec:
             payload, flags = packed, FLAG_ZSTD
         else:  # copied only when stored as is (a memoryview ``data`` is not kept)
             payload = data if isinstance(data, bytes) else bytes(data)
-        if self._aead is not None:
-            flags |= FLAG_ENCRYPTED
-            nonce = secrets.token_bytes(_NONCE)
-            payload = nonce + self._aead.encrypt(nonce, payload, cid + bytes([flags]))
+        payload, flags = self._sealed(cid, payload, flags)
         return EncodedChunk(cid, flags, len(data), payload, zlib.crc32(payload))
+
+    def _sealed(self, chunk_id: bytes, payload: bytes, flags: int) -> tuple[bytes, int]:
+        """(payload, flags) as stored: in a ``repokey`` repository sealed with AES-256-GCM under
+        a fresh nonce, the id and flags as associated data; otherwise as given."""
+        if self._aead is None:
+            return payload, flags
+        flags |= FLAG_ENCRYPTED
+        nonce = secrets.token_bytes(_NONCE)
+        return nonce + self._aead.encrypt(nonce, payload, chunk_id + bytes([flags])), flags
 
     def decode(self, chunk_id: bytes, flags: int, raw_len: int, payload: Buffer) -> bytes:
         """Return the plaintext of a stored chunk, verified against ``chunk_id``."""
