@@ -4,13 +4,16 @@ on top: modes, layout, zero-copy commits and crash behaviour."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import signal
 import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,6 +175,21 @@ def test_missing_objects_raise_damage(store: ObjectStore) -> None:
             call()
 
 
+def test_prefetch_is_only_a_hint(store: ObjectStore) -> None:
+    """Ranges inside, across the end of and past an object, and a missing object: no error,
+    and the reads after it return exactly the object's bytes."""
+    _stage(store, "packs/ab/ab01", DATA)
+    store.prefetch("packs/ab/ab01", 1000, 100_000)
+    store.prefetch("packs/ab/ab01", len(DATA) - 10, 1 << 20)
+    store.prefetch("packs/ab/ab01", len(DATA) + 4096, 4096)
+    store.prefetch("packs/00/0001", 0, 4096)
+    assert store.get("packs/ab/ab01", 1000, 100_000) == DATA[1000:101_000]
+    assert store.get("packs/ab/ab01", len(DATA) - 10, 100) == DATA[-10:]
+    assert store.get("packs/ab/ab01") == DATA
+    with pytest.raises(ObjectMissing):
+        store.get("packs/00/0001", 0, 1)
+
+
 # -- the directory store --------------------------------------------------------------------
 
 
@@ -217,6 +235,53 @@ def test_the_layout_of_existing_repositories(local: LocalObjectStore) -> None:
     (local.root / "backups" / ".u2.tmp").write_bytes(b"half")
     (local.root / "packs" / "tmp" / "cd01").write_bytes(b"half")
     assert [i.key for i in local.list_prefix("")] == ["backups/u1", "packs/ab/ab01"]
+
+
+def _resident(path: Path, start: int, length: int) -> float:
+    """The share of the pages of ``path``'s bytes ``start .. start + length`` that are in the
+    page cache (mincore(2) of a read-only shared map)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    )
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    page, size = mmap.PAGESIZE, path.stat().st_size
+    pages = -(-size // page)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value)
+        vec = (ctypes.c_ubyte * pages)()
+        try:
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    wanted = range(start // page, -(-(start + length) // page))
+    return sum(vec[i] & 1 for i in wanted) / len(wanted)
+
+
+def test_prefetch_reads_the_range_into_the_page_cache(local: LocalObjectStore) -> None:
+    big = os.urandom(16 << 20)
+    _stage(local, "packs/ab/ab02", big)
+    path = local.path("packs/ab/ab02")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+    finally:
+        os.close(fd)
+    if _resident(path, 0, len(big)) > 0.1:
+        pytest.skip("this filesystem keeps the file's pages whatever the hint (tmpfs)")
+    local.prefetch("packs/ab/ab02", 4 << 20, 6 << 20)
+    deadline = time.monotonic() + 10
+    while _resident(path, 4 << 20, 6 << 20) < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _resident(path, 4 << 20, 6 << 20) == 1
+    assert local.get("packs/ab/ab02", 4 << 20, 6 << 20) == big[4 << 20 : 10 << 20]
 
 
 def test_commit_links_the_staged_file_without_copying(local: LocalObjectStore) -> None:

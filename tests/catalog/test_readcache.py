@@ -63,3 +63,39 @@ def test_a_failed_read_ahead_is_fetched_again_by_the_reader(tmp_path: Path) -> N
     cache = ReadCache(tmp_path / "cache", max_bytes=1 << 20, segment=4096, readahead=2)
     got = b"".join(cache.read("packs/k", at, 4096, fetch) for at in range(0, len(obj), 4096))
     assert got == obj
+
+
+def test_prefetched_segments_are_fetched_in_the_background_once(tmp_path: Path) -> None:
+    obj = random.Random(5).randbytes(20 * 4096 + 100)  # ends inside segment 20
+    asked: list[tuple[str, int]] = []
+
+    def fetch(offset: int, length: int) -> bytes:
+        asked.append((threading.current_thread().name, offset // 4096))
+        return obj[offset : offset + length]
+
+    cache = ReadCache(tmp_path / "cache", max_bytes=1 << 20, segment=4096, readahead=2)
+    cache.prefetch("packs/k", 3 * 4096 + 10, 5 * 4096, fetch)  # segments 3 .. 8
+    cache.prefetch("packs/k", 4 * 4096, 4096, fetch)  # on their way already: nothing more
+    got = cache.read("packs/k", 3 * 4096 + 10, 5 * 4096, fetch)
+    assert got == obj[3 * 4096 + 10 : 8 * 4096 + 10]
+    assert sorted(i for _, i in asked) == [3, 4, 5, 6, 7, 8]
+    assert all(name.startswith("readahead") for name, _ in asked)
+    # the object's end is known once a fetch came back short: nothing is asked past it
+    cache.read("packs/k", 20 * 4096, 4096, fetch)
+    before = len(asked)
+    cache.prefetch("packs/k", 19 * 4096, 10 * 4096, fetch)  # 19 and 20; 20 is cached
+    assert cache.read("packs/k", 19 * 4096, 4096, fetch) == obj[19 * 4096 : 20 * 4096]
+    assert [i for _, i in asked[before:]] == [19]
+    assert asked[-1][0].startswith("readahead")
+
+
+def test_prefetch_without_read_ahead_threads_fetches_nothing(tmp_path: Path) -> None:
+    asked: list[int] = []
+
+    def fetch(offset: int, length: int) -> bytes:
+        asked.append(offset)
+        return bytes(length)
+
+    cache = ReadCache(tmp_path / "cache", max_bytes=1 << 20, segment=4096, readahead=0)
+    cache.prefetch("packs/k", 0, 8 * 4096, fetch)
+    assert asked == []

@@ -204,6 +204,15 @@ class ChunkStore:
             out[loc.id] = _located(got, loc) if isinstance(got, ChunkCorrupt) else got
         return out
 
+    def prefetch(self, ids: Iterable[bytes]) -> None:
+        """Ask the store to start reading the stored bytes of ``ids`` (one index query, one
+        hint per run of neighbouring chunks of a pack) and return without waiting for them.
+        Best effort: ids that are not indexed are skipped; their read reports them."""
+        locs = self.index.chunk_locations(ids)
+        for run in _runs(sorted(locs.values(), key=lambda c: (c.pack, c.offset))):
+            end = max(c.offset + c.stored_len for c in run)
+            self.packs.prefetch(run[0].pack, run[0].offset, end - run[0].offset)
+
     def load_into(self, targets: Mapping[bytes, memoryview]) -> dict[bytes, DamageError]:
         """Decode each chunk of ``targets`` (id -> a view of exactly its plaintext length)
         straight into its view, verified, batched as :meth:`load_many` is. Returns id -> the

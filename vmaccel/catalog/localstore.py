@@ -176,6 +176,20 @@ class LocalObjectStore:
         finally:
             self._release(key)
 
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        """``posix_fadvise(WILLNEED)``: the kernel starts reading the range into the page
+        cache and returns; a cold restore's preads then find it there."""
+        try:
+            fd = self._acquire(key)
+        except ObjectMissing:
+            return
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a hint only: the read that follows reports any real problem
+        finally:
+            self._release(key)
+
     def stat(self, key: str) -> ObjectInfo:
         try:
             st = self.path(key).stat()

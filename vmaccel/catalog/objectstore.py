@@ -153,6 +153,12 @@ class ObjectStore(Protocol):
         the object ends first, or all the rest when ``length`` is None."""
         ...
 
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        """Hint that ``length`` bytes of ``key`` at ``offset`` (bytes) will be read soon: the
+        store may start reading them in the background. Best effort: returns without waiting
+        for the bytes and never raises (a missing object is reported by the read itself)."""
+        ...
+
     def stat(self, key: str) -> ObjectInfo: ...
 
     def list_prefix(self, prefix: str) -> Iterator[ObjectInfo]:

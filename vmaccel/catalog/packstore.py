@@ -58,6 +58,11 @@ class PackStore:
             )
         return data
 
+    def prefetch(self, name: str, offset: int, length: int) -> None:
+        """Hint that ``length`` bytes of pack ``name`` at ``offset`` will be read soon (best
+        effort, returns at once: see :meth:`ObjectStore.prefetch`)."""
+        self.store.prefetch(pack_key(name), offset, length)
+
     def stat(self, name: str) -> PackFile:
         try:
             info = self.store.stat(pack_key(name))

@@ -122,6 +122,22 @@ class ReadCache:
                 break  # the object ends in this segment
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def prefetch(self, key: str, offset: int, length: int, fetch: Fetch) -> None:
+        """Fetch the segments of ``key`` that bytes ``offset .. offset + length`` touch and
+        that are neither cached nor on their way, in the background; returns at once (a
+        later :meth:`read` waits for them or finds them cached). Nothing without read-ahead
+        threads, and nothing past the object's known end."""
+        if self._ahead is None or length <= 0:
+            return
+        tag = hashlib.sha256(key.encode()).hexdigest()[:32]
+        last = (offset + length - 1) // self.segment
+        with self._lock:
+            last = min(last, self._ends.get(tag, last))
+            for i in range(offset // self.segment, last + 1):
+                name = f"{tag}-{i}"
+                if name not in self._inflight and name not in self._files:
+                    self._inflight[name] = self._ahead.submit(self._fetch_ahead, tag, i, fetch)
+
     def _awaited(self, name: str, lo: int, hi: int) -> bytes | None:
         """Bytes ``lo .. hi`` of a segment being fetched ahead, once it is here (None when
         none is, or it failed: the caller fetches it itself)."""

@@ -268,6 +268,12 @@ class S3ObjectStore:
             data: bytes = got["Body"].read()
         return data
 
+    def prefetch(self, key: str, offset: int, length: int) -> None:
+        """Packs only, through the read cache (its read-ahead threads fetch the segments);
+        without a cache there is nowhere to keep what would be fetched, so nothing."""
+        if self.cache is not None and key.startswith("packs/") and length > 0:
+            self.cache.prefetch(key, offset, length, lambda o, n: self._fetch(key, o, n))
+
     def stat(self, key: str) -> ObjectInfo:
         check_key(key)
         if key in self._hidden_keys():
