@@ -4,6 +4,8 @@ path: the same bytes, byte for byte, from a real repository in tmp_path."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from vmaccel.catalog import Repository, RepositoryConfig
 from vmaccel.catalog.imagereader import BULK_BYTES, ImageReader
 from vmaccel.catalog.index import ImageRow
 from vmaccel.catalog.packstore import pack_key
-from vmaccel.vocabulary.errors import DamageError
+from vmaccel.vocabulary.errors import DamageError, IndexCorrupt
 
 BS = 4096
 SIZE = 4 * BULK_BYTES + 3 * BS + 123  # several bulk reads, a short last block
@@ -182,9 +184,10 @@ def test_bulk_read_of_a_damaged_chunk_raises_never_data(repo: Repository) -> Non
             r.read_into(2 * BULK_BYTES, buf)
 
 
-def test_damage_in_the_callers_own_job_is_raised_in_block_order(repo: Repository) -> None:
-    """The calling thread decodes a bulk read's last job itself: damage there is raised too,
-    and after damage in an earlier job of the same read."""
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_damage_in_any_job_is_raised_in_block_order(repo: Repository, workers: int) -> None:
+    """A bulk read's jobs are shared by the pool and the calling thread, in any order: damage
+    in its last job is raised, and damage in an earlier job of the same read first."""
     data = content()
     img = image(repo, data)
     last = 3 * BULK_BYTES // BS - 3  # the last job of the third 4 MiB read (not repeated)
@@ -192,14 +195,112 @@ def test_damage_in_the_callers_own_job_is_raised_in_block_order(repo: Repository
     repo.store.close()
     buf = memoryview(bytearray(BULK_BYTES))
     with (
-        repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r,
+        repo.open_image(img, readahead_bytes=0, cache_bytes=0, workers=workers) as r,
         pytest.raises(DamageError, match=late.hex()[:16]),
     ):
         r.read_into(2 * BULK_BYTES, buf)
     early = damage(repo, img, 2 * BULK_BYTES // BS + 11)  # its first job (not repeated)
     repo.store.close()
-    with repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0, workers=workers) as r:
         with pytest.raises(DamageError, match=early.hex()[:16]):
             r.read_into(2 * BULK_BYTES, buf)
         assert r.read_into(BULK_BYTES, buf) == BULK_BYTES  # the read before is intact
         assert bytes(buf) == data[BULK_BYTES : 2 * BULK_BYTES]
+
+
+def hints(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, str]]:
+    """Record every prefetch hint the repository's packs get: (pack, offset, length, thread)."""
+    seen: list[tuple[str, int, int, str]] = []
+    real = repo.chunks.packs.prefetch
+
+    def record(name: str, offset: int, length: int) -> None:
+        seen.append((name, offset, length, threading.current_thread().name))
+        real(name, offset, length)
+
+    monkeypatch.setattr(repo.chunks.packs, "prefetch", record)
+    return seen
+
+
+def test_bulk_reads_hint_the_packs_of_the_blocks_ahead_once(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content()
+    img = image(repo, data)
+    seen = hints(repo, monkeypatch)
+    asked: list[bytes] = []
+    real = repo.chunks.prefetch
+
+    def record(ids: list[bytes]) -> None:
+        asked.extend(ids)
+        real(ids)
+
+    monkeypatch.setattr(repo.chunks, "prefetch", record)
+    first_read = BULK_BYTES // BS
+    ids = repo.blockmap.lookup(repo.map_root(img), first_read, -(-SIZE // BS) - first_read)
+    wanted = [c for c in ids if c is not None]
+    window = 2 * BULK_BYTES
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0, prefetch_bytes=window) as r:
+        assert bulk_reads(r, 0, BULK_BYTES) == data
+        deadline = time.monotonic() + 10  # hints run behind the reads; close cancels the rest
+        while len(asked) < len(wanted) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen and {thread for *_, thread in seen} == {"vmaccel-prefetch_0"}
+    # every block past the first read is hinted once (a hole not at all) ...
+    assert asked == wanted
+    # ... and the packs are asked for every byte of those chunks
+    for cid in {c for c in ids if c is not None}:
+        loc = repo.index.chunk(cid)
+        assert loc is not None
+        assert any(
+            p == loc.pack and o <= loc.offset and loc.offset + loc.stored_len <= o + n
+            for p, o, n, _ in seen
+        ), cid.hex()
+
+
+def test_no_hints_without_a_prefetch_window(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content()
+    img = image(repo, data)
+    seen = hints(repo, monkeypatch)
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0, prefetch_bytes=0) as r:
+        assert restore_reads(r) == data
+    assert seen == []
+
+
+def test_bulk_reads_that_jump_around_hint_nothing(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a stream is hinted: reads that go backwards or further than a window do not make
+    the store read a window nobody will ask for."""
+    data = content()
+    img = image(repo, data)
+    seen = hints(repo, monkeypatch)
+    buf = memoryview(bytearray(BULK_BYTES))
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0, prefetch_bytes=BS * 8) as r:
+        for at in (3 * BULK_BYTES, BULK_BYTES, 0, 3 * BULK_BYTES):
+            assert r.read_into(at, buf) == BULK_BYTES
+            assert bytes(buf) == data[at : at + BULK_BYTES]
+    assert seen == []
+
+
+def test_a_failing_hint_costs_the_reads_nothing(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = content()
+    img = image(repo, data)
+    failed: list[str] = []
+
+    def broken(ids: object) -> None:
+        failed.append(threading.current_thread().name)
+        raise IndexCorrupt("catalog query failed: database disk image is malformed")
+
+    monkeypatch.setattr(repo.chunks, "prefetch", broken)
+    with repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
+        assert restore_reads(r) == data
+        assert bulk_reads(r, 1000, BULK_BYTES + 777) == data[1000:]
+        deadline = time.monotonic() + 10
+        while not failed and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert failed == ["vmaccel-prefetch_0"] * len(failed) != []
+    assert not [t for t in threading.enumerate() if t.name.startswith("vmaccel-prefetch")]

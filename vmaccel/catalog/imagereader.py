@@ -19,11 +19,15 @@ Bulk reads (at least ``BULK_BYTES``, as a restore issues them) take another path
 blocks are split into jobs of ``BULK_JOB_BLOCKS`` that decode each chunk straight into its
 block of the caller's buffer (zstd writes there and BLAKE3 checks it there: no plaintext
 object, no copy), without the cache, the read-ahead or a future per chunk; the calling thread
-runs the last job itself instead of waiting idle. Memory is then the caller's buffers plus
-what the jobs of one read hold, whatever the image size; overlap comes from the caller (it
-writes one buffer while the next one fills). Loading the next run ahead as well was measured
-and dropped: it kept about two reads' worth of chunks alive and the allocator's trimming of
-them cost more system time than the overlap saved.
+and the pool take the jobs from one queue, so no thread idles while another still has two
+jobs to do. Memory is then the caller's buffers plus what the jobs of one read hold, whatever
+the image size; overlap comes from the caller (it writes one buffer while the next one
+fills). Decoding the next run ahead as well was measured and dropped: it kept about two
+reads' worth of chunks alive and the allocator's trimming of them cost more system time than
+the overlap saved. What is read ahead instead is the stored bytes: a bulk read that goes on
+forward hints the store (:meth:`ChunkStore.prefetch`) to read the packs of the next
+``prefetch_bytes`` of the image, on a thread of its own, so that a cold restore's preads find
+them in the page cache instead of waiting for the disk one by one.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ import functools
 import io
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, cast
 
 from vmaccel.catalog.blockmap import BlockMap, MapRoot
 from vmaccel.catalog.chunkstore import ChunkStore
-from vmaccel.vocabulary.errors import DamageError
+from vmaccel.vocabulary.errors import DamageError, VmaccelError
 
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 DEFAULT_READAHEAD_BYTES = 16 * 1024 * 1024
@@ -47,6 +51,7 @@ SEQUENTIAL_SLACK_BYTES = 4 * 1024 * 1024
 JOB_BLOCKS = 64  # chunks per fetch job: one index query, few preads, one future
 BULK_BYTES = 4 * 1024 * 1024  # reads this large fill the caller's buffer directly
 BULK_JOB_BLOCKS = 16  # blocks per job of a bulk read: several jobs per read keep workers even
+DEFAULT_PREFETCH_BYTES = 32 * 1024 * 1024  # image bytes past a bulk read whose packs are hinted
 
 _Loaded = dict[bytes, bytes | DamageError]
 
@@ -62,6 +67,7 @@ class ImageReader(io.RawIOBase):
         workers: int | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         readahead_bytes: int = DEFAULT_READAHEAD_BYTES,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
     ) -> None:
         super().__init__()
         self._store, self._map, self._root = store, blockmap, root
@@ -79,6 +85,9 @@ class ImageReader(io.RawIOBase):
         self._pos = 0
         self._last_end = -1
         self._ra_next = 0  # first block not yet requested by read-ahead
+        self._pf_blocks = max(prefetch_bytes // block_size, 1) if prefetch_bytes > 0 else 0
+        self._pf_next = 0  # first block whose packs bulk reads have not hinted yet
+        self._pf_pool: ThreadPoolExecutor | None = None  # one thread, started by the first hint
         self._zero = memoryview(bytes(block_size))
 
     @property
@@ -120,6 +129,8 @@ class ImageReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pf_pool is not None:
+                self._pf_pool.shutdown(wait=True, cancel_futures=True)
             with self._lock:
                 self._cache.clear()
                 self._cached = 0
@@ -171,28 +182,37 @@ class ImageReader(io.RawIOBase):
 
     def _read_bulk(self, offset: int, buf: memoryview, first: int, ids: list[bytes | None]) -> None:
         """Fill ``buf`` (image bytes from ``offset``; ``ids`` the map of its blocks from block
-        ``first``) by jobs of ``BULK_JOB_BLOCKS``: the pool runs all but the last, the calling
-        thread that one (instead of idling until the pool is done). Cached chunks are copied,
+        ``first``) by jobs of ``BULK_JOB_BLOCKS``, taken in order by the calling thread and up
+        to ``_workers`` pool threads alike until none is left (so the read ends when its last
+        job does, whichever thread is slow). A read that moves forward by at most a prefetch
+        window also hints the packs of the window after it. Cached chunks are copied,
         the others loaded and decoded into ``buf`` (not cached; a chunk another reader's job is
         fetching is loaded again rather than awaited). Raises the first damaged chunk's error
         in block order, once no job of the read touches ``buf`` any more."""
+        if 0 <= offset - max(self._last_end, 0) <= self._pf_blocks * self.block_size:
+            self._prefetch_packs(first + len(ids))  # forward, within a window: a stream
         have, _, _ = self._claim([cid for cid in ids if cid is not None])
-        starts = range(0, len(ids), BULK_JOB_BLOCKS)
-        jobs = [
-            self._pool.submit(
-                self._fill, offset, buf, first, ids[lo : lo + BULK_JOB_BLOCKS], lo, have
-            )
-            for lo in starts[:-1]
-        ]
-        own: BaseException | None = None
-        try:
-            self._fill(offset, buf, first, ids[starts[-1] :], starts[-1], have)
-        except Exception as exc:  # noqa: BLE001 - raised below, in block order
-            own = exc
-        errors = [job.exception() for job in jobs]  # waits for every pool job
-        for error in [*errors, own]:
-            if error is not None:
-                raise error
+        todo = deque(range(0, len(ids), BULK_JOB_BLOCKS))  # job starts, taken in order
+        failed: dict[int, BaseException] = {}
+
+        def drain() -> None:  # take jobs until none is left (deque.popleft is atomic)
+            while todo:
+                try:
+                    lo = todo.popleft()
+                except IndexError:
+                    return
+                try:
+                    self._fill(offset, buf, first, ids[lo : lo + BULK_JOB_BLOCKS], lo, have)
+                except Exception as exc:  # noqa: BLE001 - raised below, in block order
+                    failed[lo] = exc
+
+        helpers = [self._pool.submit(drain) for _ in range(min(self._workers, len(todo) - 1))]
+        drain()
+        for helper in helpers:  # one that has not started (a busy pool) finds nothing left
+            if not helper.cancel():
+                helper.result()  # no job of this read touches buf once every helper is back
+        if failed:
+            raise failed[min(failed)]
 
     def _fill(
         self,
@@ -328,6 +348,32 @@ class ImageReader(io.RawIOBase):
             return  # read-ahead is best effort: only a read that needs a damaged node fails
         _, _, missing = self._claim([cid for cid in ids if cid is not None])
         self._submit(missing)
+
+    def _prefetch_packs(self, first: int) -> None:
+        """Hint the store to read the packs of the ``_pf_blocks`` blocks after ``first`` (on
+        the hint thread: the map lookup and index query stay off the read's critical path).
+        Each block is hinted once, in batches of at least a quarter window, as ``_prefetch``
+        does; the bytes arrive in the page cache (or the read cache) while this read decodes."""
+        if not self._pf_blocks:
+            return
+        end = min(first + self._pf_blocks, self._root.blocks)
+        with self._lock:
+            start = self._pf_next if first <= self._pf_next <= end else first
+            small = end - start < max(1, self._pf_blocks // 4)
+            if end <= start or (small and end < self._root.blocks):  # small only at the end
+                return
+            self._pf_next = end
+            if self._pf_pool is None:
+                self._pf_pool = ThreadPoolExecutor(1, "vmaccel-prefetch")
+            pool = self._pf_pool
+        pool.submit(self._hint, start, end - start)
+
+    def _hint(self, first: int, count: int) -> None:
+        try:
+            ids = self._map.lookup(self._root, first, count)
+            self._store.prefetch([cid for cid in ids if cid is not None])
+        except (VmaccelError, OSError):
+            pass  # a hint only: the read that needs these chunks reports what is wrong
 
     def _landed(self, job: list[bytes], fut: Future[_Loaded]) -> None:
         with self._lock:
