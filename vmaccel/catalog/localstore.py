@@ -181,7 +181,7 @@ class LocalObjectStore:
         cache and returns; a cold restore's preads then find it there."""
         try:
             fd = self._acquire(key)
-        except ObjectMissing:
+        except OSError:  # missing, unreadable, out of descriptors: the read reports it
             return
         try:
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
