@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import importlib
 import logging
 import os
 import sqlite3
@@ -23,53 +24,76 @@ from typing import Annotated, Any, Protocol, cast
 
 import typer
 
-from vmaccel.cli import (
-    backup,
-    backups,
-    files,
-    instant,
-    jobs,
-    maintenance,
-    mount,
-    policy,
-    repo,
-    restore,
-    serve,
-    signals,
-    token,
-    vcenter,
-    worker,
-)
-from vmaccel.cli import user as user_cli
+from vmaccel.cli import signals
 from vmaccel.cli.output import err_console
 from vmaccel.vocabulary.errors import LocalIOError, VmaccelError
 
-app = typer.Typer(
-    name="vmaccel",
-    help="Accelerator backups for VMware vSphere: every backup a full, for the cost of an "
-    "incremental.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+# The root's commands by the module of vmaccel.cli that holds them, in the order help lists
+# them. A module with ``register(app)`` adds its commands itself; any other is a group (its
+# ``app``) under the one name. A command line imports only its command's module (a third of
+# the start-up of importing them all); help, no command and an unknown one import every one.
+_MODULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("repo", ("repo",)),
+    ("backups", ("backups",)),
+    ("vcenter", ("vcenter",)),
+    ("backup", ("backup",)),
+    ("maintenance", ("verify", "prune", "gc")),
+    ("mount", ("mount", "umount")),
+    ("restore", ("restore",)),
+    ("files", ("files",)),
+    ("policy", ("policy",)),
+    ("jobs", ("jobs",)),
+    ("token", ("token",)),
+    ("instant", ("instant",)),
+    ("user", ("user",)),
+    ("serve", ("serve",)),
+    ("worker", ("worker", "proxies")),
 )
-app.add_typer(repo.app, name="repo")
-app.add_typer(backups.app, name="backups")
-app.add_typer(vcenter.app, name="vcenter")
-app.command("backup")(backup.backup)
-maintenance.register(app)
-mount.register(app)
-app.add_typer(restore.app, name="restore")
-app.add_typer(files.app, name="files")
-app.add_typer(policy.app, name="policy")
-app.add_typer(jobs.app, name="jobs")
-app.add_typer(token.app, name="token")
-app.add_typer(instant.app, name="instant")
-app.add_typer(user_cli.app, name="user")
-serve.register(app)
-worker.register(app)
+_HELP = ("--help", "-h")
 
 
-@app.callback()
+def build(args: Sequence[str] | None = None) -> typer.Typer:
+    """The root command with what ``args`` (a command line without the program name) needs:
+    the module of the command it names, or every module (``None``, help, no or an unknown
+    command)."""
+    wanted = _module_of(args)
+    root = typer.Typer(
+        name="vmaccel",
+        help="Accelerator backups for VMware vSphere: every backup a full, for the cost of an "
+        "incremental.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    root.callback()(_root)
+    for module, names in _MODULES:
+        if wanted is None or module == wanted:
+            loaded = importlib.import_module(f"vmaccel.cli.{module}")
+            if hasattr(loaded, "register"):
+                loaded.register(root)
+            else:
+                root.add_typer(loaded.app, name=names[0])
+    return root
+
+
+def _module_of(args: Sequence[str] | None) -> str | None:
+    """The module of the command ``args`` name (root options are flags: the first word that
+    is no option is the command), or None when every module is wanted."""
+    for arg in args or ():
+        if arg in _HELP:
+            return None
+        if not arg.startswith("-"):
+            return next((m for m, names in _MODULES if arg in names), None)
+    return None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    """``app``: the whole command tree (for tests and tools that walk it)."""
+    if name == "app":
+        return build()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress.")] = False,
@@ -109,10 +133,10 @@ _CLICK_ERROR = _click_error()
 _SQLITE_IO = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})  # primary result codes
 
 
-def _commands(args: Sequence[str]) -> list[tuple[str, Any]]:
+def _commands(root: typer.Typer, args: Sequence[str]) -> list[tuple[str, Any]]:
     """The click commands that ``args`` invoke, root first, each with its name: for
     ``["--debug", "restore", "disk", "1"]`` vmaccel, restore, disk (root options are flags)."""
-    chain: list[tuple[str, Any]] = [("vmaccel", typer.main.get_command(app))]
+    chain: list[tuple[str, Any]] = [("vmaccel", typer.main.get_command(root))]
     for arg in args:
         sub = getattr(chain[-1][1], "commands", {}).get(arg)
         if sub is None:
@@ -123,25 +147,27 @@ def _commands(args: Sequence[str]) -> list[tuple[str, Any]]:
     return chain
 
 
-def _command_path(args: Sequence[str]) -> str:
+def _command_path(root: typer.Typer, args: Sequence[str]) -> str:
     """``vmaccel restore disk`` for ``["--debug", "restore", "disk", "1", ...]``."""
-    return " ".join(name for name, _ in _commands(args))
+    return " ".join(name for name, _ in _commands(root, args))
 
 
-def _with_context(exc: Exception, args: Sequence[str]) -> None:
+def _with_context(exc: Exception, root: typer.Typer, args: Sequence[str]) -> None:
     """Give a usage error raised without a click context (click's parser raises "option
     requires an argument" so) the context of the command ``args`` invoke, so that it too
     shows the usage line and the --help hint."""
     if getattr(exc, "ctx", False) is not None:
         return  # has one, or is no usage error
     ctx = None
-    for name, command in _commands(args):
+    for name, command in _commands(root, args):
         ctx = command.context_class(command, parent=ctx, info_name=name)
     setattr(exc, "ctx", ctx)  # noqa: B010 - an attribute click declares on UsageError
 
 
-def _as_vmaccel_error(exc: OSError | sqlite3.Error, args: Sequence[str]) -> VmaccelError:
-    operation = f"during `{_command_path(args)}`"
+def _as_vmaccel_error(
+    exc: OSError | sqlite3.Error, root: typer.Typer, args: Sequence[str]
+) -> VmaccelError:
+    operation = f"during `{_command_path(root, args)}`"
     if isinstance(exc, OSError):
         return LocalIOError.from_os_error(exc, operation)
     code = exc.sqlite_errorcode & 0xFF  # the primary result code
@@ -181,15 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     signals.install()
+    root = build(args)
     try:
-        result = app(args=args, prog_name="vmaccel", standalone_mode=False)
+        result = root(args=args, prog_name="vmaccel", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except VmaccelError as exc:
         return _fail(exc, debug)
     except typer.Exit as exc:
         return exc.exit_code
     except _CLICK_ERROR as exc:
-        _with_context(exc, args)
+        _with_context(exc, root, args)
         shown = cast(_ClickError, exc)
         if shown.format_message():  # empty: typer's rich help, already printed on stdout
             shown.show()  # click's short usage text (Usage:, Try ... --help, Error:), or help
@@ -200,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         if exc.errno == errno.EPIPE:
             return _broken_pipe()
-        return _fail(_as_vmaccel_error(exc, args), debug)
+        return _fail(_as_vmaccel_error(exc, root, args), debug)
     except sqlite3.Error as exc:
         if not _is_io(exc):
             raise
-        return _fail(_as_vmaccel_error(exc, args), debug)
+        return _fail(_as_vmaccel_error(exc, root, args), debug)
 
 
 def run() -> None:

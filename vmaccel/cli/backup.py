@@ -149,3 +149,8 @@ def render(report: RunReport) -> None:
             say(f"  warning: {w}")
         if vm.error:
             warn(f"  error: {vm.error}")
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``backup`` to the root command."""
+    app.command("backup")(backup)
