@@ -208,10 +208,8 @@ class ChunkStore:
         """Ask the store to start reading the stored bytes of ``ids`` (one index query, one
         hint per run of neighbouring chunks of a pack) and return without waiting for them.
         Best effort: ids that are not indexed are skipped; their read reports them."""
-        locs = self.index.chunk_locations(ids)
-        for run in _runs(sorted(locs.values(), key=lambda c: (c.pack, c.offset))):
-            end = max(c.offset + c.stored_len for c in run)
-            self.packs.prefetch(run[0].pack, run[0].offset, end - run[0].offset)
+        for run, start, end in _runs(self.index.chunk_locations(ids).values()):
+            self.packs.prefetch(run[0].pack, start, end - start)
 
     def load_into(self, targets: Mapping[bytes, memoryview]) -> dict[bytes, DamageError]:
         """Decode each chunk of ``targets`` (id -> a view of exactly its plaintext length)
@@ -246,9 +244,7 @@ class ChunkStore:
             cid: ChunkMissing(_not_indexed(cid)) for cid in ids if cid not in locs
         }
         found: list[tuple[ChunkLocation, Buffer]] = []
-        for run in _runs(sorted(locs.values(), key=lambda c: (c.pack, c.offset))):
-            start = run[0].offset
-            end = max(c.offset + c.stored_len for c in run)
+        for run, start, end in _runs(locs.values()):
             data: memoryview | None
             try:
                 data = memoryview(self.packs.read(run[0].pack, start, end - start))
@@ -401,10 +397,11 @@ def _not_indexed(chunk_id: bytes) -> str:
     return f"chunk {chunk_id.hex()[:16]} is not in the index"
 
 
-def _runs(locs: list[ChunkLocation]) -> list[list[ChunkLocation]]:
-    """Split locations sorted by (pack, offset) into runs that one pread each can cover."""
+def _runs(locs: Iterable[ChunkLocation]) -> list[tuple[list[ChunkLocation], int, int]]:
+    """``locs`` in (pack, offset) order, split into runs that one pread each can cover: each
+    run with its start and end offset in its pack (bytes)."""
     runs: list[list[ChunkLocation]] = []
-    for loc in locs:
+    for loc in sorted(locs, key=lambda c: (c.pack, c.offset)):
         if runs:
             run = runs[-1]
             first, last = run[0], run[-1]
@@ -418,7 +415,7 @@ def _runs(locs: list[ChunkLocation]) -> list[list[ChunkLocation]]:
                 run.append(loc)
                 continue
         runs.append([loc])
-    return runs
+    return [(run, run[0].offset, max(c.offset + c.stored_len for c in run)) for run in runs]
 
 
 def _located(exc: ChunkCorrupt, loc: ChunkLocation) -> ChunkCorrupt:
