@@ -130,13 +130,9 @@ class ReadCache:
         if self._ahead is None or length <= 0:
             return
         tag = hashlib.sha256(key.encode()).hexdigest()[:32]
-        last = (offset + length - 1) // self.segment
+        first, last = offset // self.segment, (offset + length - 1) // self.segment
         with self._lock:
-            last = min(last, self._ends.get(tag, last))
-            for i in range(offset // self.segment, last + 1):
-                name = f"{tag}-{i}"
-                if name not in self._inflight and name not in self._files:
-                    self._inflight[name] = self._ahead.submit(self._fetch_ahead, tag, i, fetch)
+            self._submit(tag, range(first, min(last, self._ends.get(tag, last)) + 1), fetch)
 
     def _awaited(self, name: str, lo: int, hi: int) -> bytes | None:
         """Bytes ``lo .. hi`` of a segment being fetched ahead, once it is here (None when
@@ -162,13 +158,16 @@ class ReadCache:
                 self._last.popitem(last=False)
             if before is None or not before <= first <= before + 1 or last == before:
                 return
-            todo = []
             end = self._ends.get(tag, last + self.readahead)
-            for i in range(last + 1, min(end, last + self.readahead) + 1):
-                name = f"{tag}-{i}"
-                if name not in self._inflight and name not in self._files:
-                    todo.append((i, name))
-            for i, name in todo:
+            self._submit(tag, range(last + 1, min(end, last + self.readahead) + 1), fetch)
+
+    def _submit(self, tag: str, segments: range, fetch: Fetch) -> None:
+        """Fetch the ``segments`` of object ``tag`` that are neither cached nor on their way,
+        on the read-ahead threads (the caller holds the lock and has them)."""
+        assert self._ahead is not None  # noqa: S101 - callers return early without threads
+        for i in segments:
+            name = f"{tag}-{i}"
+            if name not in self._inflight and name not in self._files:
                 self._inflight[name] = self._ahead.submit(self._fetch_ahead, tag, i, fetch)
 
     def _ended(self, tag: str, i: int) -> None:
