@@ -39,6 +39,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, cast
 
 from vmaccel.catalog.blockmap import BlockMap, MapRoot
@@ -79,14 +80,12 @@ class ImageReader(io.RawIOBase):
         self._cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._cached = 0  # bytes in _cache
         self._cache_limit = max(cache_bytes, 2 * self._workers * block_size)
-        self._readahead = max(readahead_bytes // block_size, 1) if readahead_bytes > 0 else 0
+        self._readahead = _Ahead(_blocks(readahead_bytes, block_size), tail=False)
         self._inflight: dict[bytes, Future[_Loaded]] = {}
         self._lock = threading.RLock()  # a done future runs its callback under _fetch's lock
         self._pos = 0
         self._last_end = -1
-        self._ra_next = 0  # first block not yet requested by read-ahead
-        self._pf_blocks = max(prefetch_bytes // block_size, 1) if prefetch_bytes > 0 else 0
-        self._pf_next = 0  # first block whose packs bulk reads have not hinted yet
+        self._packs_ahead = _Ahead(_blocks(prefetch_bytes, block_size), tail=True)
         self._pf_pool: ThreadPoolExecutor | None = None  # one thread, started by the first hint
         self._zero = memoryview(bytes(block_size))
 
@@ -162,7 +161,7 @@ class ImageReader(io.RawIOBase):
             waits.update(self._submit(missing))
         # Near-sequential counts as sequential: FUSE and other multi-threaded callers issue
         # neighbouring reads in parallel, so they arrive slightly out of order.
-        if self._readahead and abs(offset - self._last_end) <= SEQUENTIAL_SLACK_BYTES:
+        if self._readahead.size and abs(offset - self._last_end) <= SEQUENTIAL_SLACK_BYTES:
             self._prefetch(last + 1)
         self._last_end = offset + n
         pos = 0
@@ -189,7 +188,7 @@ class ImageReader(io.RawIOBase):
         the others loaded and decoded into ``buf`` (not cached; a chunk another reader's job is
         fetching is loaded again rather than awaited). Raises the first damaged chunk's error
         in block order, once no job of the read touches ``buf`` any more."""
-        if 0 <= offset - max(self._last_end, 0) <= self._pf_blocks * self.block_size:
+        if 0 <= offset - max(self._last_end, 0) <= self._packs_ahead.size * self.block_size:
             self._prefetch_packs(first + len(ids))  # forward, within a window: a stream
         have, _, _ = self._claim([cid for cid in ids if cid is not None])
         todo = deque(range(0, len(ids), BULK_JOB_BLOCKS))  # job starts, taken in order
@@ -333,40 +332,33 @@ class ImageReader(io.RawIOBase):
         return data
 
     def _prefetch(self, first: int) -> None:
-        """Request the ``_readahead`` blocks after ``first``, in batches of at least a quarter
-        window: blocks already requested are not looked up again, so small sequential reads
-        do not each walk the whole window."""
-        end = min(first + self._readahead, self._root.blocks)
+        """Request the read-ahead window after ``first`` (see :class:`_Ahead`): blocks already
+        requested are not looked up again, so small sequential reads do not each walk the
+        whole window."""
         with self._lock:
-            start = self._ra_next if first <= self._ra_next <= end else first
-            if end - start < max(1, self._readahead // 4):
-                return
-            self._ra_next = end
+            todo = self._readahead.claim(first, self._root.blocks)
+        if todo is None:
+            return
         try:
-            ids = self._map.lookup(self._root, start, end - start)
+            ids = self._map.lookup(self._root, todo.start, len(todo))
         except DamageError:
             return  # read-ahead is best effort: only a read that needs a damaged node fails
         _, _, missing = self._claim([cid for cid in ids if cid is not None])
         self._submit(missing)
 
     def _prefetch_packs(self, first: int) -> None:
-        """Hint the store to read the packs of the ``_pf_blocks`` blocks after ``first`` (on
-        the hint thread: the map lookup and index query stay off the read's critical path).
-        Each block is hinted once, in batches of at least a quarter window, as ``_prefetch``
-        does; the bytes arrive in the page cache (or the read cache) while this read decodes."""
-        if not self._pf_blocks:
-            return
-        end = min(first + self._pf_blocks, self._root.blocks)
+        """Hint the store to read the packs of the prefetch window after ``first`` (see
+        :class:`_Ahead`), on the hint thread: the map lookup and index query stay off the
+        read's critical path, and the bytes arrive in the page cache (or the read cache) while
+        this read decodes."""
         with self._lock:
-            start = self._pf_next if first <= self._pf_next <= end else first
-            small = end - start < max(1, self._pf_blocks // 4)
-            if end <= start or (small and end < self._root.blocks):  # small only at the end
+            todo = self._packs_ahead.claim(first, self._root.blocks)
+            if todo is None:
                 return
-            self._pf_next = end
             if self._pf_pool is None:
                 self._pf_pool = ThreadPoolExecutor(1, "vmaccel-prefetch")
             pool = self._pf_pool
-        pool.submit(self._hint, start, end - start)
+        pool.submit(self._hint, todo.start, len(todo))
 
     def _hint(self, first: int, count: int) -> None:
         try:
@@ -392,6 +384,33 @@ class ImageReader(io.RawIOBase):
         self._cache[cid] = data
         while self._cached > self._cache_limit and len(self._cache) > 1:
             self._cached -= len(self._cache.popitem(last=False)[1])
+
+
+@dataclass
+class _Ahead:
+    """Blocks a reader asks for ahead of its reads, each block once: the ``size`` blocks after
+    a read, handed out in batches of at least a quarter of that (a smaller batch only as the
+    image's last, with ``tail``). ``size`` 0: never. The reader's lock guards it."""
+
+    size: int
+    tail: bool
+    next: int = 0  # the first block not handed out yet
+
+    def claim(self, first: int, blocks: int) -> range | None:
+        """The blocks to ask for now, after a read that ends before block ``first`` of an
+        image of ``blocks`` blocks; None when there are too few new ones."""
+        end = min(first + self.size, blocks)
+        start = self.next if first <= self.next <= end else first
+        small = end - start < max(1, self.size // 4)
+        if end <= start or (small and not (self.tail and end == blocks)):
+            return None
+        self.next = end
+        return range(start, end)
+
+
+def _blocks(nbytes: int, block_size: int) -> int:
+    """Whole blocks in a window of ``nbytes`` (at least one; 0 for no window)."""
+    return max(nbytes // block_size, 1) if nbytes > 0 else 0
 
 
 def _result(loaded: _Loaded, cid: bytes) -> bytes:
