@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -208,17 +209,30 @@ def test_damage_in_any_job_is_raised_in_block_order(repo: Repository, workers: i
         assert bytes(buf) == data[BULK_BYTES : 2 * BULK_BYTES]
 
 
-def hints(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int, str]]:
-    """Record every prefetch hint the repository's packs get: (pack, offset, length, thread)."""
-    seen: list[tuple[str, int, int, str]] = []
-    real = repo.chunks.packs.prefetch
+def spy(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[tuple[Any, ...]]:
+    """Record every call of ``owner.name`` as (its arguments..., the calling thread's name),
+    then make it."""
+    calls: list[tuple[Any, ...]] = []
+    real = getattr(owner, name)
 
-    def record(name: str, offset: int, length: int) -> None:
-        seen.append((name, offset, length, threading.current_thread().name))
-        real(name, offset, length)
+    def record(*args: Any) -> Any:
+        calls.append((*args, threading.current_thread().name))
+        return real(*args)
 
-    monkeypatch.setattr(repo.chunks.packs, "prefetch", record)
-    return seen
+    monkeypatch.setattr(owner, name, record)
+    return calls
+
+
+def hints(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    """Every prefetch hint the repository's packs get: (pack, offset, length, thread)."""
+    return spy(monkeypatch, repo.chunks.packs, "prefetch")
+
+
+def wait_until(done: Callable[[], bool], seconds: float = 10) -> None:
+    """Poll ``done`` until it holds or ``seconds`` pass (hints run behind the reads)."""
+    deadline = time.monotonic() + seconds
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_bulk_reads_hint_the_packs_of_the_blocks_ahead_once(
@@ -227,23 +241,15 @@ def test_bulk_reads_hint_the_packs_of_the_blocks_ahead_once(
     data = content()
     img = image(repo, data)
     seen = hints(repo, monkeypatch)
-    asked: list[bytes] = []
-    real = repo.chunks.prefetch
-
-    def record(ids: list[bytes]) -> None:
-        asked.extend(ids)
-        real(ids)
-
-    monkeypatch.setattr(repo.chunks, "prefetch", record)
+    batches = spy(monkeypatch, repo.chunks, "prefetch")
     first_read = BULK_BYTES // BS
     ids = repo.blockmap.lookup(repo.map_root(img), first_read, -(-SIZE // BS) - first_read)
     wanted = [c for c in ids if c is not None]
     window = 2 * BULK_BYTES
     with repo.open_image(img, readahead_bytes=0, cache_bytes=0, prefetch_bytes=window) as r:
         assert bulk_reads(r, 0, BULK_BYTES) == data
-        deadline = time.monotonic() + 10  # hints run behind the reads; close cancels the rest
-        while len(asked) < len(wanted) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: sum(len(ids) for ids, _ in batches) >= len(wanted))  # before close
+    asked = [cid for ids, _ in batches for cid in ids]
     assert seen and {thread for *_, thread in seen} == {"vmaccel-prefetch_0"}
     # every block past the first read is hinted once (a hole not at all) ...
     assert asked == wanted
@@ -299,8 +305,6 @@ def test_a_failing_hint_costs_the_reads_nothing(
     with repo.open_image(img, readahead_bytes=0, cache_bytes=0) as r:
         assert restore_reads(r) == data
         assert bulk_reads(r, 1000, BULK_BYTES + 777) == data[1000:]
-        deadline = time.monotonic() + 10
-        while not failed and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: bool(failed))
     assert failed == ["vmaccel-prefetch_0"] * len(failed) != []
     assert not [t for t in threading.enumerate() if t.name.startswith("vmaccel-prefetch")]
