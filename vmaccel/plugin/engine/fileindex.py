@@ -38,6 +38,10 @@ from vmaccel.vocabulary.errors import DamageError, NoSpaceLeft
 logger = logging.getLogger(__name__)
 
 CATCH_UP = 3  # earlier backups of the VM a run catalogues when a killed run left them without
+# Readers of an image's metadata: browsing and walking read small blocks here and there, so
+# no sequential read-ahead (it would decode up to 16 MiB past a partition table for nothing)
+# and a small cache (the walk reads each metadata block a few times, close together).
+METADATA_READER = {"readahead_bytes": 0, "cache_bytes": 4 << 20}
 
 
 @dataclasses.dataclass
@@ -68,7 +72,7 @@ def index_image(
     """Catalog the files of one image (what the followed volumes took is added to
     ``delta``, if given)."""
     counts, delta = VolumeCounts(), delta if delta is not None else DeltaCounts()
-    with repo.open_image(img) as reader:
+    with repo.open_image(img, **METADATA_READER) as reader:
         for vol in browse_disk(cast(BinaryIO, reader), img.size):
             if vol.filesystem is None:
                 continue
@@ -136,9 +140,8 @@ def _changed_blocks(
 
 
 def _parent_layout(repo: Repository, parent: ImageRow, vol: BrowsedVolume) -> bytes | None:
-    """The metadata layout of the same volume (same name and place) in the parent image
-    (a few metadata blocks are read: no read-ahead, a small cache)."""
-    with repo.open_image(parent, readahead_bytes=0, cache_bytes=4 << 20) as reader:
+    """The metadata layout of the same volume (same name and place) in the parent image."""
+    with repo.open_image(parent, **METADATA_READER) as reader:
         for old in browse_disk(cast(BinaryIO, reader), parent.size):
             if old.name == vol.name and old.volume == vol.volume and old.filesystem:
                 placement = old.filesystem.placement()
