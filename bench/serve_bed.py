@@ -4,6 +4,7 @@
 64 KiB blocks in about a third of it: a few MiB of guest data each), attaches the tag
 ``backup:<tag>`` to those N through the vSphere Automation API (as an admin does in the
 vSphere client), and registers the bed as vCenter ``bench`` in a private config directory.
+Change tracking answers like ESXi's (:data:`QCDA_LIKE_ESXI`).
 Everything runs as child processes of the bench except the bed's control calls.
 """
 
@@ -32,6 +33,9 @@ VMACCEL = str(ROOT / ".venv/bin/vmaccel")
 VCENTER = "bench"
 PASSWORD_ENV = "BENCH_VC_PASSWORD"  # noqa: S105 - the variable's name, not a password
 CATEGORY = "backup"
+# QueryChangedDiskAreas answered as ESXi does (one answer covers up to 64 GiB and 1,000
+# extents), not with the tests' small windows that make callers loop: a bench counts calls.
+QCDA_LIKE_ESXI = {"qcda_window": 64 << 30, "qcda_max_extents": 1000}
 
 
 def log(msg: str) -> None:
@@ -133,7 +137,7 @@ def prepared(count: int, disk_mib: int, work: Path | None = None) -> Iterator[Be
     assert base is not None
     (base / "disks").mkdir(parents=True, exist_ok=True)
     try:
-        with start_bed(machines=max(2, (count + 1) // 2)) as bed:
+        with start_bed(machines=max(2, (count + 1) // 2), **QCDA_LIKE_ESXI) as bed:
             vms = sorted(bed.control.vms(), key=lambda v: v.name)[:count]
             data = _disks(bed, base, vms, disk_mib * MiB)
             tag = tag_vms(bed, [v.moref for v in vms], "bench-serve")
