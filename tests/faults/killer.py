@@ -36,7 +36,7 @@ PHASES: dict[str, tuple[str, ...]] = {
     "cbt_query": ("vmaccel.plugin.vcenter.cbt:changed_areas",),
     "allocation": ("vmaccel.plugin.engine.disk:allocation_of",),
     "read": (
-        "vmaccel.plugin.transport.http:HttpSource.read",
+        "vmaccel.plugin.transport.http:HttpSource.read_into",
         "vmaccel.plugin.transport.file:FileSource.read",
     ),
     "image_write": ("vmaccel.catalog.imagewriter:ImageWriter.write",),

@@ -263,19 +263,18 @@ def test_transport_failure_mid_disk_fails_the_vm_and_removes_the_snapshot(
     datastore = bed.datastore_dirs["LocalDS_0"]
 
     # http: the frozen disk file disappears after the first piece was read.
-    http_read = HttpSource.read
+    http_read = HttpSource.read_into
     pieces: list[int] = []
 
-    def vanishing(self: HttpSource, offset: int, length: int) -> bytes:
-        data = http_read(self, offset, length)
+    def vanishing(self: HttpSource, offset: int, buffer: memoryview) -> None:
+        http_read(self, offset, buffer)
         pieces.append(offset)
         if len(pieces) == 1:
             path = urllib.parse.unquote(urllib.parse.urlsplit(self._loc.url).path)
             (datastore / path.removeprefix("/folder/")).unlink()
-        return data
 
     with monkeypatch.context() as patch:
-        patch.setattr(HttpSource, "read", vanishing)
+        patch.setattr(HttpSource, "read_into", vanishing)
         result = run(cli, repo, vcenter, [vm.name], "--transport", "http", "--no-skip-free")
     assert result.rc != 0 and result.out.startswith("{"), result.err
     (report,) = result.json["vms"]

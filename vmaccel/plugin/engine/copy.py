@@ -1,15 +1,16 @@
 """Copying a planned disk through a transport into an image writer.
 
-Reads are split into block-aligned pieces of up to ``piece_bytes`` and issued on a few
-threads (transports block on the network or the disk, and release the GIL), while the calling
-thread hands the pieces to the :class:`~vmaccel.catalog.imagewriter.ImageWriter` in order; the
-writer's own workers hash and compress. The window of pieces in flight is bounded, so memory is
-``O(readers x piece_bytes)`` whatever the disk size.
+Reads are split into block-aligned pieces of up to ``piece_bytes`` and issued on a few threads
+(the source's :class:`~vmaccel.plugin.transport.source.ReadShape`; transports block on the
+network or the disk, and release the GIL), while the calling thread hands the pieces to the
+:class:`~vmaccel.catalog.imagewriter.ImageWriter` in order; the writer's own workers hash and
+compress. The window of pieces in flight is bounded, so memory is ``O(readers x piece_bytes)``
+whatever the disk size.
 
-A source with ``read_into(offset, buffer)`` (the file transport) reads whole pieces into a few
-reused buffers, which the writer hands back (``release``) once its workers are done with them:
-no 4 MiB allocation per piece, so no page faults per read and no heap growth from freed pieces
-(glibc raises its mmap threshold after the first free and then keeps them in the heap).
+A source with ``read_into(offset, buffer)`` (the file and http transports) reads whole pieces
+into a few reused buffers, which the writer hands back (``release``) once its workers are done
+with them: no allocation per piece, so no page faults per read and no heap growth from freed
+pieces (glibc raises its mmap threshold after the first free and then keeps them in the heap).
 """
 
 from __future__ import annotations
@@ -23,16 +24,9 @@ from typing import Protocol
 from vmaccel.catalog.imagewriter import ImageWriter
 from vmaccel.guestfs.extent import Extent
 from vmaccel.plugin.engine.plan import DiskPlan
-from vmaccel.plugin.transport.source import DiskSource
+from vmaccel.plugin.transport.source import NETWORK_READS, DiskSource, ReadShape
 
 Progress = Callable[[int], None]
-PIECE_BYTES = 4 * 1024 * 1024  # a network round trip per piece: large
-BUFFER_PIECE_BYTES = 1024 * 1024  # read_into sources: one image writer task per piece
-READERS = 3  # reader threads: a network transport waits on round trips
-# A local read is a copy (page cache) or a queued disk read: two threads keep it well ahead of
-# the hashing (one piece read ~0.3 ms, hashed and compressed ~1.5 ms); more only add threads
-# contending for the GIL (on this 2-core machine 1, 2 and 3 readers were within noise)
-BUFFER_READERS = 2
 _Pending = tuple[Extent, "Future[bytes | bytearray]", Callable[[], None] | None]
 
 
@@ -64,10 +58,9 @@ def copy_disk(
     caller then aborts the backup, so nothing half-written becomes visible.
     """
     read_into: ReadInto | None = getattr(source, "read_into", None)
-    if readers is None:
-        readers = BUFFER_READERS if read_into else READERS
-    if piece_bytes is None:  # both powers of two, as block sizes are
-        piece_bytes = max(plan.block_size, BUFFER_PIECE_BYTES if read_into else PIECE_BYTES)
+    shape: ReadShape = getattr(source, "read_shape", NETWORK_READS)
+    readers = readers or shape.readers
+    piece_bytes = piece_bytes or max(plan.block_size, shape.piece_bytes)
     if piece_bytes % plan.block_size:
         raise ValueError("piece size must be a multiple of the block size")
     for hole in plan.holes:

@@ -9,11 +9,14 @@ import stat
 from pathlib import Path
 
 from vmaccel.guestfs.extent import Extent
+from vmaccel.plugin.transport.source import LOCAL_READS, ReadShape
 from vmaccel.vocabulary.errors import TransportError
 
 
 class FileSource:
     """Reads with ``pread`` (thread safe). Block devices report their size via seek."""
+
+    read_shape: ReadShape = LOCAL_READS
 
     def __init__(self, path: Path) -> None:
         self.path = path

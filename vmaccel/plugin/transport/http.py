@@ -3,7 +3,9 @@
 
 HTTP has no sparse map, so ``data_extents`` is the whole disk (zero blocks are still found by
 content and never stored); CBT and the allocation map keep the reads small. Each thread keeps
-its own connection, so the copy engine's parallel pieces are several requests in flight.
+its own keep-alive connection (``http.client`` over the vCenter's TLS trust), so the copy
+engine's parallel pieces are several requests in flight. :meth:`HttpSource.read_into` reads a
+body straight from the socket into the caller's buffer: no allocation and no copy per piece.
 
 A read that fails in transit (connection refused, reset or cut mid-body, a 5xx answer) is sent
 again on a new connection with backoff (:data:`vmaccel.plugin.backoff.TRANSPORT`). A 401/403 answer
@@ -14,18 +16,19 @@ file is gone) fail at once.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TypeVar
 
-import requests
-
 from vmaccel.guestfs.extent import Extent
 from vmaccel.plugin import backoff
+from vmaccel.plugin.transport.source import NETWORK_READS, ReadShape
 from vmaccel.plugin.vcenter.models import HttpDiskLocation
-from vmaccel.plugin.vcenter.tls import requests_session
+from vmaccel.plugin.vcenter.tls import ssl_context
 from vmaccel.vocabulary.errors import SessionLost, SourceChanged, TransportError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class HttpSource:
     """``renew(stale_cookie) -> cookie`` gives a new session cookie when vCenter refuses the
     one in use (see :meth:`vmaccel.plugin.vcenter.connection.VCenter.renew_session`)."""
 
+    read_shape: ReadShape = NETWORK_READS
+
     def __init__(
         self,
         location: HttpDiskLocation,
@@ -52,27 +57,20 @@ class HttpSource:
         renew: Callable[[str], str] | None = None,
     ) -> None:
         self._loc, self._size, self._timeout = location, size, timeout
+        url = urllib.parse.urlsplit(location.url)
+        if url.scheme != "https" or not url.hostname:
+            raise TransportError(f"{self.name}: not an https URL")
+        self._host, self._port = url.hostname, url.port or 443
+        self._target = url.path + (f"?{url.query}" if url.query else "")
+        self._tls = ssl_context(location.trust)
         self._cookie, self._renew = location.cookie, renew
         self._policy = backoff.TRANSPORT
         self._local = threading.local()
+        self._opened: list[http.client.HTTPSConnection] = []  # every thread's, for close()
+        self._lock = threading.Lock()
         length = self._retrying(self._probe)
         if length not in (-1, size):
             raise SourceChanged(f"{self.name} is {length} bytes, the disk is {size}")
-
-    def _probe(self) -> int:
-        """The file's length by HEAD (-1 when not said); refuses anything but 200."""
-        try:
-            head = self._session().head(
-                self._loc.url, timeout=self._timeout, headers=self._headers()
-            )
-        except requests.RequestException as exc:
-            raise _InTransit(f"datastore HTTP access to {self.name}: {exc}") from exc
-        if head.status_code != 200:
-            raise _error(head.status_code)(
-                f"datastore HTTP access to {self.name} answered {head.status_code} "
-                f"{head.reason}; check that the snapshot still exists and the session is valid"
-            )
-        return int(head.headers.get("Content-Length", "-1"))
 
     @property
     def size(self) -> int:
@@ -82,17 +80,89 @@ class HttpSource:
     def name(self) -> str:
         return self._loc.url.split("?", 1)[0]
 
-    def _session(self) -> requests.Session:
-        session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = requests_session(self._loc.trust)
-        return session
-
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"Cookie": self._cookie, **(extra or {})}
-
     def read(self, offset: int, length: int) -> bytes:
-        return self._retrying(lambda: self._read_once(offset, length))
+        buf = bytearray(length)
+        self.read_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` (writable, ``len(buffer)`` bytes) from byte ``offset``, the body
+        read from the socket straight into it."""
+        self._retrying(lambda: self._read_once(offset, buffer))
+
+    def data_extents(self) -> list[Extent]:
+        return [Extent(0, self._size)] if self._size else []
+
+    def close(self) -> None:
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for conn in opened:
+            conn.close()
+
+    def _probe(self) -> int:
+        """The file's length by HEAD (-1 when not said); refuses anything but 200."""
+        resp = self._send("HEAD", {}, f"datastore HTTP access to {self.name}")
+        resp.read()
+        if resp.status != 200:
+            self._drop_connection()
+            raise _error(resp.status)(
+                f"datastore HTTP access to {self.name} answered {resp.status} "
+                f"{resp.reason}; check that the snapshot still exists and the session is valid"
+            )
+        return int(resp.getheader("Content-Length") or -1)
+
+    def _read_once(self, offset: int, buffer: memoryview) -> None:
+        length = len(buffer)
+        what = f"HTTP read of {self.name} at {offset}"
+        resp = self._send("GET", {"Range": f"bytes={offset}-{offset + length - 1}"}, what)
+        declared = int(resp.getheader("Content-Length") or -1)
+        if resp.status != 206 or declared != length:
+            self._drop_connection()  # the body is not read: the connection cannot be reused
+            raise _error(resp.status)(
+                f"HTTP read of {length} bytes at {offset} from {self.name} answered "
+                f"{resp.status} with {max(declared, 0)} bytes"
+            )
+        done = 0
+        try:
+            while done < length and (n := resp.readinto(buffer[done:])):
+                done += n
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            raise _InTransit(f"{what}: {exc}") from exc
+        if done < length:
+            self._drop_connection()
+            raise _InTransit(f"{what}: the connection ended after {done} of {length} bytes")
+
+    def _send(self, method: str, headers: dict[str, str], what: str) -> http.client.HTTPResponse:
+        """Send one request on this thread's connection; its answer, body not read yet."""
+        conn = self._connection()
+        try:
+            conn.request(method, self._target, headers={"Cookie": self._cookie, **headers})
+            return conn.getresponse()
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop_connection()
+            raise _InTransit(f"{what}: {exc}") from exc
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        conn: http.client.HTTPSConnection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self._timeout, context=self._tls
+            )
+            self._local.conn = conn
+            with self._lock:
+                self._opened.append(conn)
+        return conn
+
+    def _drop_connection(self) -> None:
+        """Forget this thread's connection: the next request opens a new one."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            conn.close()
+            with self._lock:
+                if conn in self._opened:
+                    self._opened.remove(conn)
 
     def _retrying(self, call: Callable[[], T]) -> T:
         """``call()``, sent again on a new connection while it fails in transit, and once
@@ -113,38 +183,8 @@ class HttpSource:
                 if delay is None:
                     raise TransportError(f"{exc}; gave up after retrying") from exc
                 logger.warning("%s; retrying in %.1f s", exc, delay)
-                self._drop_session()
+                self._drop_connection()
                 time.sleep(delay)
-
-    def _read_once(self, offset: int, length: int) -> bytes:
-        rng = f"bytes={offset}-{offset + length - 1}"
-        try:
-            resp = self._session().get(
-                self._loc.url, headers=self._headers({"Range": rng}), timeout=self._timeout
-            )
-        except requests.RequestException as exc:
-            raise _InTransit(f"HTTP read of {self.name} at {offset}: {exc}") from exc
-        if resp.status_code != 206 or len(resp.content) != length:
-            raise _error(resp.status_code)(
-                f"HTTP read of {length} bytes at {offset} from {self.name} answered "
-                f"{resp.status_code} with {len(resp.content)} bytes"
-            )
-        return resp.content
-
-    def _drop_session(self) -> None:
-        """Forget this thread's connection: the next read opens a new one."""
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
-            self._local.session = None
-
-    def data_extents(self) -> list[Extent]:
-        return [Extent(0, self._size)] if self._size else []
-
-    def close(self) -> None:
-        session = getattr(self._local, "session", None)
-        if session is not None:
-            session.close()
 
 
 def _error(status: int) -> type[TransportError]:
