@@ -7,7 +7,7 @@ Run by hand, never from CI (``bench/README.md`` explains every figure)::
     .venv/bin/python bench/bench_backup.py [--json] [--quick] [--dir DIR] [--no-peers] [--profile]
 
 One run: build (or reuse) a Debian system disk and its "day 1" (``backup_images.py``), back up
-day 0 and day 1 with ``vmaccel backup --transport file`` from the test bed (CBT incremental)
+day 0 and day 1 with ``vmaccel backup --transport file`` (``--transport http``: over HTTPS) from the test bed (CBT incremental)
 under two models of change tracking (``minimal``: the 4 KiB blocks that differ; ``esxi``: every
 block the guest wrote, in 64 KiB granules), the same two versions with borg (both chunkers) and
 restic (when installed, settings from ``peers.py``), and the same change on a 64 GiB mostly
@@ -126,8 +126,8 @@ run()
 class Vmaccel:
     """The vmaccel CLI as child processes, against one repository and one bed."""
 
-    def __init__(self, work: Path, bed: VsphereBed, profile: bool) -> None:
-        self.work, self.bed, self.profile = work, bed, profile
+    def __init__(self, work: Path, bed: VsphereBed, profile: bool, transport: str) -> None:
+        self.work, self.bed, self.profile, self.transport = work, bed, profile, transport
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -172,6 +172,14 @@ class Vmaccel:
             str(self.bed.ca_file),
         )
 
+    def _transport(self) -> list[str]:
+        """The bed's datastore read as a local directory (file), or over HTTPS (http: what
+        a backup server without the datastores mounted uses; every block is read, as HTTP
+        has no sparse map)."""
+        if self.transport == "http":
+            return ["--transport", "http"]
+        return ["--transport", "file", "--datastore-path", f"LocalDS_0={self.bed.datastore_dir}"]
+
     def backup(self, vm: str, name: str) -> dict[str, Any]:
         run = self.cli(
             "backup",
@@ -179,10 +187,7 @@ class Vmaccel:
             "bench",
             "--vm",
             vm,
-            "--transport",
-            "file",
-            "--datastore-path",
-            f"LocalDS_0={self.bed.datastore_dir}",
+            *self._transport(),
             "--json",
             name=name,
         )
@@ -270,7 +275,7 @@ def run_vmaccel(
             vms = bed.control.vms()
             for (label, day), vm in zip(cases.items(), vms, strict=False):
                 (work / label).mkdir()
-                tool = Vmaccel(work / label, bed, args.profile)
+                tool = Vmaccel(work / label, bed, args.profile, args.transport)
                 tool.setup()
                 out[label] = {"cbt_model": model, **vmaccel_case(tool, bed, vm, day, label)}
     return out
@@ -374,7 +379,8 @@ def table(res: dict[str, Any]) -> str:
         f"load before run {res['load_before']:.2f}",
         f"bed QueryChangedDiskAreas: window {res['qcda_window'] // MiB} MiB, max extents "
         f"{res['qcda_max_extents'] or 'unbounded'}; CBT models {', '.join(res['cbt_models'])} "
-        f"(esxi granule {res['ctk_block_esxi'] // KiB} KiB)",
+        f"(esxi granule {res['ctk_block_esxi'] // KiB} KiB); vmaccel reads with --transport "
+        f"{res['transport']}",
         f"{'run':<30} {'wall s':>8} {'cpu s':>7} {'RSS MiB':>7} {'read MiB':>9} "
         f"{'stored MiB':>9} {'repo MB':>9}  notes (vmaccel: where the wall time went)",
     ]
@@ -449,6 +455,12 @@ def parse_args() -> argparse.Namespace:
         default=1000,
         help="extents one answer holds at most (default 1000, ESXi-like; 0: window only)",
     )
+    ap.add_argument(
+        "--transport",
+        choices=("file", "http"),
+        default="file",
+        help="how vmaccel reads the bed's disks (default file: the datastore as a directory)",
+    )
     args = ap.parse_args()
     args.models = CBT_MODELS if args.cbt == "both" else (args.cbt,)
     return args
@@ -486,6 +498,7 @@ def main() -> None:
         "ctk_block_esxi": args.ctk_block_kib * KiB,
         "qcda_window": args.qcda_window_mib * MiB,
         "qcda_max_extents": args.qcda_max_extents,
+        "transport": args.transport,
         "peers": {},
     }
     res["vmaccel"] = run_vmaccel(work, images, wide, args)
