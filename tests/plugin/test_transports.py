@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -199,6 +200,15 @@ def test_http_source_reads_the_frozen_snapshot_disk(
                 assert src.data_extents() == [Extent(0, len(content))]
                 assert src.read(0, len(content)) == content
                 assert src.read(3 * MiB, 65536) == content[3 * MiB : 3 * MiB + 65536]
+                # read_into (the copy engine's path) gives the same bytes as read, in a
+                # reused buffer, from any thread (each keeps its own connection).
+                for offset, length in [(MiB - 3, 5 * MiB + 7), (0, 4096), (7 * MiB, MiB)]:
+                    buf = bytearray(length)
+                    src.read_into(offset, memoryview(buf))
+                    assert buf == content[offset : offset + length] == src.read(offset, length)
+                with ThreadPoolExecutor(3) as pool:
+                    parts = pool.map(lambda k: src.read(k * MiB, MiB), range(8))
+                    assert b"".join(parts) == content
                 with pytest.raises(TransportError, match=r"answered 416|with 0 bytes|answered"):
                     src.read(len(content), 4096)
             finally:
