@@ -126,6 +126,29 @@ def test_pooled_reads_store_what_plain_reads_store(
     assert fast[2].new_chunks > 0 and fast[2].zero_blocks > 0 and fast[2].dedup_blocks > 0
 
 
+def test_small_extents_get_small_buffers_and_the_same_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An incremental's scattered small extents: each buffer is as long as the longest extent
+    (not a whole piece, zeroed for a few blocks), and the chunks are the plain path's."""
+    size = 2048 * KiB
+    data = make_image(tmp_path / "disk.img", size, seed=11)
+    read = tuple(Extent(k * 37 * BLOCK, (1 + k % 3) * BLOCK) for k in range(12))
+    buffers: list[int] = []
+    read_into = FileSource.read_into
+
+    def spy(self: FileSource, offset: int, buffer: memoryview) -> None:
+        buffers.append(len(buffer.obj))  # type: ignore[arg-type]
+        read_into(self, offset, buffer)
+
+    monkeypatch.setattr(FileSource, "read_into", spy)
+    fast = back_up(tmp_path, "fast", FileSource(tmp_path / "disk.img"), read)
+    slow = back_up(tmp_path, "slow", PlainSource(FileSource(tmp_path / "disk.img")), read)
+    assert fast[0] == slow[0] and fast[1] == slow[1]
+    assert [fast[1][e.offset : e.end] for e in read] == [data[e.offset : e.end] for e in read]
+    assert len(buffers) == len(read) and set(buffers) == {3 * BLOCK}
+
+
 def test_gathered_pack_bytes_equal_a_plain_stream(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(5)
     plain, gathered = io.BytesIO(), io.BytesIO()

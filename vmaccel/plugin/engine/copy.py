@@ -67,13 +67,16 @@ def copy_disk(
         writer.punch(hole.offset, hole.length)
     total = 0
     free: list[bytearray] = []  # reusable piece buffers; used on this thread only
+    # No piece is longer than the longest extent: an incremental's small extents get small
+    # buffers, not zeroed megabytes each.
+    buffer_bytes = min(piece_bytes, max((e.length for e in plan.read), default=0))
     window: deque[_Pending] = deque()
     with ThreadPoolExecutor(readers, "vmaccel-transport") as pool:
 
         def fetch(piece: Extent) -> _Pending:
             if read_into is None:
                 return piece, pool.submit(source.read, piece.offset, piece.length), None
-            buf = free.pop() if free else bytearray(piece_bytes)  # pieces are never longer
+            buf = free.pop() if free else bytearray(buffer_bytes)
             return (
                 piece,
                 pool.submit(_fill, read_into, piece.offset, buf, piece.length),
