@@ -162,7 +162,8 @@ def test_session_refused_again_fails_only_that_vm(
         vm.write(3 * MiB, seed=10 + i)
     # The call fails, the new login works, the call fails again: that VM gives up.
     fault_bed.control.inject_fault("session", 2, method="QueryChangedDiskAreas")
-    result = backup(cli, repo, vcenter, vms)
+    # One VM after the other, so both faults meet the first VM's call and its retry.
+    result = backup(cli, repo, vcenter, vms, "--parallel", "1")
     assert result.rc == 1, result.err
     failed = [v for v in result.json["vms"] if not v["ok"]]
     good = [v for v in result.json["vms"] if v["ok"]]
@@ -245,7 +246,7 @@ def backup_text(cli: Cli, repo: Path, vcenter: str, bed: VsphereBed, vms: list[F
     args: list[str] = []
     for vm in vms:
         args += ["--vm", vm.name]
-    result = cli("backup", "--repo", repo, "--vcenter", vcenter, *args)
+    result = cli("backup", "--repo", repo, "--vcenter", vcenter, *args, "--parallel", "1")
     assert result.rc == 1
     assert "Traceback" not in result.err
     return " ".join(result.err.split())

@@ -230,7 +230,8 @@ def test_snapshot_failure_fails_only_that_vm(
     bed, repo = plugin_bed, new_repo("repo")
     (a, _), (b, _) = attached(), attached()
     bed.control.inject_fault("snapshot", 2)  # the quiesced try and the crash-consistent retry
-    result = run(cli, repo, vcenter, [a.name, b.name])
+    # One VM after the other, so both faults meet the first VM's two tries.
+    result = run(cli, repo, vcenter, [a.name, b.name], "--parallel", "1")
     # One VM of two failed: the run exits 1 (mixed), the failed VM carries SnapshotFailed's 11.
     assert result.rc == 1, result.err + result.out
     assert result.json["exit_code"] == 1 and result.json["ok"] is False

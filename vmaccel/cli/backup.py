@@ -13,6 +13,7 @@ from vmaccel.cli.output import console, emit, say, warn
 from vmaccel.cli.progress import byte_progress
 from vmaccel.cli.settings import context
 from vmaccel.plugin.engine.report import RunReport
+from vmaccel.service.limits import VMS_AT_ONCE
 from vmaccel.service.runs import (
     BackupRequest,
     RunOptions,
@@ -53,7 +54,9 @@ _NbdCommandOpt = Annotated[
         "snapshot={snapshot}'.",
     ),
 ]
-_ParallelOpt = Annotated[int, typer.Option("--parallel", min=1, help="VMs backed up at once.")]
+_ParallelOpt = Annotated[
+    int, typer.Option("--parallel", min=1, help="VMs backed up at once (at most 4 per datastore).")
+]
 _RescanOpt = Annotated[
     bool, typer.Option("--rescan", help="Read every allocated block and audit CBT.")
 ]
@@ -82,7 +85,7 @@ def backup(
     transport: _TransportOpt = "auto",
     datastore_path: _DatastorePathOpt = None,
     nbd_command: _NbdCommandOpt = None,
-    parallel: _ParallelOpt = 1,
+    parallel: _ParallelOpt = VMS_AT_ONCE,
     rescan: _RescanOpt = False,
     no_quiesce: _NoQuiesceOpt = False,
     source: _SourceOpt = None,

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from vmaccel.service.limits import VMS_AT_ONCE
 from vmaccel.service.schedule import Window, check_cron, zone
 from vmaccel.vocabulary.errors import UsageError
 
@@ -57,7 +58,7 @@ class Policy:
     transport: str = "auto"
     datastore_paths: tuple[str, ...] = ()
     quiesce: bool = True
-    parallel: int = 2
+    parallel: int = VMS_AT_ONCE
     retries: int = 2
     retry_delay: float = 300.0
     verification: str = "none"

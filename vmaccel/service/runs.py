@@ -17,7 +17,7 @@ from vmaccel.plugin.engine.selection import Selection, missing_names, select
 from vmaccel.plugin.registry import Registry
 from vmaccel.service.cancel import Cancel
 from vmaccel.service.context import Context
-from vmaccel.service.limits import DatastoreSlots
+from vmaccel.service.limits import VMS_AT_ONCE, DatastoreSlots
 from vmaccel.vocabulary.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class RunOptions:
     skip_free: bool = True
     rescan: bool = False
     exclude_disks: tuple[str, ...] = ()
-    parallel: int = 1
+    parallel: int = VMS_AT_ONCE
     file_index: bool = True
 
 
