@@ -115,8 +115,8 @@ class HttpSource:
         length = len(buffer)
         what = f"HTTP read of {self.name} at {offset}"
         resp = self._send("GET", {"Range": f"bytes={offset}-{offset + length - 1}"}, what)
-        declared = int(resp.getheader("Content-Length") or -1)
-        if resp.status != 206 or declared != length:
+        declared = int(resp.getheader("Content-Length") or -1)  # -1: chunked
+        if resp.status != 206 or declared not in (-1, length):
             self._drop_connection()  # the body is not read: the connection cannot be reused
             raise _error(resp.status)(
                 f"HTTP read of {length} bytes at {offset} from {self.name} answered "
@@ -126,12 +126,17 @@ class HttpSource:
         try:
             while done < length and (n := resp.readinto(buffer[done:])):
                 done += n
+            extra = b"" if done < length or resp.isclosed() else resp.read(1)
         except (OSError, http.client.HTTPException) as exc:
             self._drop_connection()
             raise _InTransit(f"{what}: {exc}") from exc
-        if done < length:
+        if done < length or extra:
             self._drop_connection()
-            raise _InTransit(f"{what}: the connection ended after {done} of {length} bytes")
+            raise _InTransit(
+                f"{what}: the answer ended after {done} of {length} bytes"
+                if done < length
+                else f"{what}: the answer went on past the {length} bytes asked for"
+            )
 
     def _send(self, method: str, headers: dict[str, str], what: str) -> http.client.HTTPResponse:
         """Send one request on this thread's connection; its answer, body not read yet."""
