@@ -109,13 +109,13 @@ class HttpSource:
                 f"datastore HTTP access to {self.name} answered {resp.status} "
                 f"{resp.reason}; check that the snapshot still exists and the session is valid"
             )
-        return int(resp.getheader("Content-Length") or -1)
+        return _declared_length(resp)
 
     def _read_once(self, offset: int, buffer: memoryview) -> None:
         length = len(buffer)
         what = f"HTTP read of {self.name} at {offset}"
         resp = self._send("GET", {"Range": f"bytes={offset}-{offset + length - 1}"}, what)
-        declared = int(resp.getheader("Content-Length") or -1)  # -1: chunked
+        declared = _declared_length(resp)
         if resp.status != 206 or declared not in (-1, length):
             self._drop_connection()  # the body is not read: the connection cannot be reused
             raise _error(resp.status)(
@@ -190,6 +190,12 @@ class HttpSource:
                 logger.warning("%s; retrying in %.1f s", exc, delay)
                 self._drop_connection()
                 time.sleep(delay)
+
+
+def _declared_length(resp: http.client.HTTPResponse) -> int:
+    """The answer's Content-Length; -1 when it has none (chunked) or not a number."""
+    value = resp.getheader("Content-Length") or ""
+    return int(value) if value.isascii() and value.isdigit() else -1
 
 
 def _error(status: int) -> type[TransportError]:
