@@ -413,9 +413,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--quick", action="store_true", help="1 GiB disk (16 GiB wide)")
-    ap.add_argument(
-        "--size-mib", type=int, default=0, help="disk size in MiB (wide: 16x); overrides --quick"
-    )
+    ap.add_argument("--size-mib", type=int, default=0, help="disk size in MiB (wide: 16x); overrides --quick")
     ap.add_argument(
         "--dir",
         type=Path,
@@ -424,11 +422,16 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--no-peers", action="store_true", help="skip borg and restic")
     ap.add_argument("--no-wide", action="store_true", help="skip the 64 GiB case")
-    ap.add_argument(
-        "--require-debootstrap",
-        action="store_true",
-        help="fail instead of falling back to a copy of /usr when debootstrap cannot run",
-    )
+    ap.add_argument("--require-debootstrap", action="store_true", help="fail instead of falling back to a copy of /usr when debootstrap cannot run")
+    ap.add_argument("--profile", action="store_true", help="vmaccel backups under py-spy (DIR/run*/CASE/profile-*.txt; times include it)")
+    _bed_options(ap)
+    args = ap.parse_args()
+    args.models = CBT_MODELS if args.cbt == "both" else (args.cbt,)
+    return args
+
+
+def _bed_options(ap: argparse.ArgumentParser) -> None:
+    """How the bed tracks and answers changes, and how vmaccel reads its disks."""
     ap.add_argument(
         "--cbt",
         choices=("minimal", "esxi", "both"),
@@ -438,32 +441,9 @@ def parse_args() -> argparse.Namespace:
         "headline figures from esxi",
     )
     ap.add_argument("--ctk-block-kib", type=int, default=64, help="esxi model's granule")
-    ap.add_argument(
-        "--profile",
-        action="store_true",
-        help="vmaccel backups under py-spy (DIR/run*/CASE/profile-*.txt; times include it)",
-    )
-    ap.add_argument(
-        "--qcda-window-mib",
-        type=int,
-        default=64 * 1024,
-        help="MiB one QueryChangedDiskAreas answer covers at most (default 64 GiB, ESXi-like)",
-    )
-    ap.add_argument(
-        "--qcda-max-extents",
-        type=int,
-        default=1000,
-        help="extents one answer holds at most (default 1000, ESXi-like; 0: window only)",
-    )
-    ap.add_argument(
-        "--transport",
-        choices=("file", "http"),
-        default="file",
-        help="how vmaccel reads the bed's disks (default file: the datastore as a directory)",
-    )
-    args = ap.parse_args()
-    args.models = CBT_MODELS if args.cbt == "both" else (args.cbt,)
-    return args
+    ap.add_argument("--qcda-window-mib", type=int, default=64 * 1024, help="MiB one QueryChangedDiskAreas answer covers at most (default 64 GiB, ESXi-like)")
+    ap.add_argument("--qcda-max-extents", type=int, default=1000, help="extents one answer holds at most (default 1000, ESXi-like; 0: window only)")
+    ap.add_argument("--transport", choices=("file", "http"), default="file", help="how vmaccel reads the bed's disks (default file: the datastore as a directory)")
 
 
 def run_peers(res: dict[str, Any], skip: bool, work: Path, images: backup_images.Images) -> None:

@@ -19,12 +19,23 @@ from testbed.vsphere import vimclient
 from testbed.vsphere.bed import VsphereBed
 from testbed.vsphere.snaplog import most_open_per_datastore, unpaired
 from tests.plugin.conftest import Tagger
+from tests.plugin.test_vcenter_outcomes import MiB, small_disk
 from vmaccel.service.context import Context
 from vmaccel.service.jobs import JobDetail, list_jobs, show_job
 
 VMACCEL = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "vmaccel"
 SNAPSHOT_PREFIX = "vmaccel-"
 T = TypeVar("T")
+
+
+def slow_disk(path: Path, seed: int) -> Path:
+    """A raw disk whose backup lasts seconds over any transport, for tests that stop a run
+    mid-disk: 256 MiB with random data in about a third of it, then 2 GiB of zeros that the
+    http transport reads too (it has no sparse map) and the file transport's data extents
+    leave out."""
+    small_disk(path, 256 * MiB, seed=seed)
+    os.truncate(path, 2304 * MiB)
+    return path
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 60.0) -> T:

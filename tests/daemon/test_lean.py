@@ -19,7 +19,14 @@ import pytest
 import requests
 
 from testbed.vsphere.bed import VmInfo, VsphereBed
-from tests.daemon.servebed import VMACCEL, ctx_for, serve, vmaccel_snapshots, wait_for
+from tests.daemon.servebed import (
+    VMACCEL,
+    ctx_for,
+    serve,
+    slow_disk,
+    vmaccel_snapshots,
+    wait_for,
+)
 from tests.daemon.test_serve import _policy, _with_disk
 from tests.plugin.conftest import (
     _fresh_vms,
@@ -129,7 +136,8 @@ def test_cancel_reaches_the_worker_and_a_killed_worker_is_recovered(
     new_repo: Callable[[str], Path], tmp_path: Path,
 ) -> None:  # fmt: skip
     repo = new_repo("repo")
-    vm = _with_disk(plugin_bed, fresh_vm(), tmp_path, 22, 256 * MiB)  # slow enough to be caught
+    vm = fresh_vm()
+    plugin_bed.control.attach_disk(vm.name, slow_disk(tmp_path / "disk22", 22))
     add_policy(ctx_for(repo), _policy("slow", vcenter, vm_patterns=[vm.name], schedule=YEARLY))
     log = tmp_path / "serve.log"
 

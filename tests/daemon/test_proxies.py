@@ -25,6 +25,7 @@ from tests.daemon.servebed import (
     ctx_for,
     finished_runs,
     serve,
+    slow_disk,
     snapshot_seq,
     vmaccel_snapshots,
     wait_for,
@@ -127,7 +128,7 @@ def test_a_proxy_killed_mid_disk_has_its_job_taken_over(
     cli: Cli,
 ) -> None:  # fmt: skip
     (vm,) = fleet[:1]
-    _with_disks(bed, [vm], tmp_path, 256 * MiB)  # slow enough to be caught mid-disk
+    bed.control.attach_disk(vm.name, slow_disk(tmp_path / f"{vm.name}.img", 0))
     first = proxies.start("doomed", "--max-jobs", "1")
     outcome: list[JobDetail] = []
     run = threading.Thread(target=lambda: outcome.append(

@@ -25,6 +25,7 @@ from tests.daemon.servebed import (
     ctx_for,
     finished_runs,
     serve,
+    slow_disk,
     snapshot_seq,
     untag,
     vmaccel_snapshots,
@@ -165,8 +166,8 @@ def test_kill_minus_nine_mid_run_then_restart(
     plugin_bed: VsphereBed, fresh_vm: Callable[[], VmInfo], vcenter: str,
     new_repo: Callable[[str], Path], tmp_path: Path,
 ) -> None:  # fmt: skip
-    repo = new_repo("repo")
-    vm = _with_disk(plugin_bed, fresh_vm(), tmp_path, 4, 256 * MiB)  # slow enough to be caught
+    repo, vm = new_repo("repo"), fresh_vm()
+    plugin_bed.control.attach_disk(vm.name, slow_disk(tmp_path / "disk4", 4))
     add_policy(ctx_for(repo), _policy("crash", vcenter, vm_patterns=[vm.name]))
     log = tmp_path / "serve.log"
     with serve(repo, log) as proc:
@@ -204,11 +205,7 @@ def test_sigterm_aborts_after_the_stop_timeout_and_cleans_up(
     new_repo: Callable[[str], Path], tmp_path: Path,
 ) -> None:  # fmt: skip
     repo, vm = new_repo("repo"), fresh_vm()
-    # 256 MiB of data, then 2 GiB of zeros that HTTP reads too (it has no sparse map): the
-    # copy lasts seconds after the snapshot appears, whatever the machine's speed.
-    disk = small_disk(tmp_path / "disk5", 256 * MiB, seed=5)
-    os.truncate(disk, 2304 * MiB)
-    plugin_bed.control.attach_disk(vm.name, disk)
+    plugin_bed.control.attach_disk(vm.name, slow_disk(tmp_path / "disk5", 5))
     add_policy(ctx_for(repo), _policy("term", vcenter, vm_patterns=[vm.name]))
     with serve(repo, tmp_path / "serve.log", "--stop-timeout", "0") as proc:
         wait_for("the VM's backup snapshot", lambda: vmaccel_snapshots(plugin_bed).get(vm.name),
