@@ -104,7 +104,6 @@ class HttpSource:
         resp = self._send("HEAD", {}, f"datastore HTTP access to {self.name}")
         resp.read()
         if resp.status != 200:
-            self._drop_connection()
             raise _error(resp.status)(
                 f"datastore HTTP access to {self.name} answered {resp.status} "
                 f"{resp.reason}; check that the snapshot still exists and the session is valid"
@@ -117,7 +116,6 @@ class HttpSource:
         resp = self._send("GET", {"Range": f"bytes={offset}-{offset + length - 1}"}, what)
         declared = _declared_length(resp)
         if resp.status != 206 or declared not in (-1, length):
-            self._drop_connection()  # the body is not read: the connection cannot be reused
             raise _error(resp.status)(
                 f"HTTP read of {length} bytes at {offset} from {self.name} answered "
                 f"{resp.status} with {max(declared, 0)} bytes"
@@ -128,15 +126,11 @@ class HttpSource:
                 done += n
             extra = b"" if done < length or resp.isclosed() else resp.read(1)
         except (OSError, http.client.HTTPException) as exc:
-            self._drop_connection()
             raise _InTransit(f"{what}: {exc}") from exc
-        if done < length or extra:
-            self._drop_connection()
-            raise _InTransit(
-                f"{what}: the answer ended after {done} of {length} bytes"
-                if done < length
-                else f"{what}: the answer went on past the {length} bytes asked for"
-            )
+        if done < length:
+            raise _InTransit(f"{what}: the answer ended after {done} of {length} bytes")
+        if extra:
+            raise _InTransit(f"{what}: the answer went on past the {length} bytes asked for")
 
     def _send(self, method: str, headers: dict[str, str], what: str) -> http.client.HTTPResponse:
         """Send one request on this thread's connection; its answer, body not read yet."""
@@ -145,7 +139,6 @@ class HttpSource:
             conn.request(method, self._target, headers={"Cookie": self._cookie, **headers})
             return conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
-            self._drop_connection()
             raise _InTransit(f"{what}: {exc}") from exc
 
     def _connection(self) -> http.client.HTTPSConnection:
@@ -171,11 +164,12 @@ class HttpSource:
 
     def _retrying(self, call: Callable[[], T]) -> T:
         """``call()``, sent again on a new connection while it fails in transit, and once
-        with a new session cookie when the session was refused."""
+        with a new session cookie when the session was refused. A failed call's connection
+        is dropped (its answer was not read to the end)."""
         waits, renewed = self._policy.waits(), False
         while True:
             try:
-                return call()
+                return self._spending_on_failure(call)
             except _Refused as exc:
                 if self._renew is None:
                     raise
@@ -188,8 +182,14 @@ class HttpSource:
                 if delay is None:
                     raise TransportError(f"{exc}; gave up after retrying") from exc
                 logger.warning("%s; retrying in %.1f s", exc, delay)
-                self._drop_connection()
                 time.sleep(delay)
+
+    def _spending_on_failure(self, call: Callable[[], T]) -> T:
+        try:
+            return call()
+        except TransportError:
+            self._drop_connection()
+            raise
 
 
 def _declared_length(resp: http.client.HTTPResponse) -> int:
